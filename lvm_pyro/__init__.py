@@ -1,0 +1,1 @@
+from lvm_pyro.data import validate_data
