@@ -32,7 +32,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden]
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in zip(sizes[:-1], sizes[1:], strict=False):
             layers += [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
