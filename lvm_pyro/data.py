@@ -77,7 +77,10 @@ def _as_tensor(data, name: str) -> torch.Tensor:
                 f"{name} has dtype {data.dtype}; numeric data is needed: convert it with "
                 "np.asarray(x, dtype=float)"
             )
-        return torch.from_numpy(np.ascontiguousarray(data))
+        # native byte order (torch refuses big-endian) and a contiguous copy of the same shape
+        # (np.ascontiguousarray alone turns a 0-d array into a 1-d one)
+        native = data.astype(data.dtype.newbyteorder("="), order="C", copy=False)
+        return torch.from_numpy(native.reshape(data.shape))
     raise DataTypeError(
         f"{name} is a {type(data).__name__}; pass a torch.Tensor, a numpy array or a nested list"
     )
@@ -661,6 +664,8 @@ def _load_text(p: Path, delimiter: str | None) -> np.ndarray:
     fields = lines[first].split(delimiter)
     start = first if all(_is_number(f.strip()) for f in fields) else first + 1
     shown = "whitespace" if delimiter is None else repr(delimiter)
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in lines[start:]):
+        raise DataError(f"{p} has a header line but no data rows")
     try:
         arr = np.loadtxt(lines[start:], delimiter=delimiter, ndmin=2, dtype=np.float64)
     except ValueError as exc:
@@ -668,8 +673,6 @@ def _load_text(p: Path, delimiter: str | None) -> np.ndarray:
             f"{p} cannot be parsed as numbers separated by {shown} ({exc}); every row needs the "
             "same number of numeric fields (pass delimiter= if the separator differs)"
         ) from exc
-    if arr.size == 0:
-        raise DataError(f"{p} has a header line but no data rows")
     return arr
 
 

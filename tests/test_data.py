@@ -1,4 +1,4 @@
-"""Tests of lvm_pyro.data: input validation, the embedded digits, synthetic mixtures, file readers."""
+"""Tests of lvm_pyro.data: validation, the embedded digits, synthetic mixtures, file readers."""
 
 from __future__ import annotations
 
@@ -108,6 +108,16 @@ def test_validate_data_refuses_non_numeric():
         validate_data([[1.0, 2.0], [3.0]])
     with pytest.raises(DataTypeError, match="pass a torch.Tensor"):
         validate_data({"x": 1})
+
+
+def test_validate_data_big_endian_and_zero_d():
+    big = np.arange(4.0).reshape(2, 2).astype(">f8")
+    out = validate_data(big)
+    assert out.dtype == torch.float64 and out.tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    with pytest.raises(DataError, match=r"shape \(\)"):
+        validate_data(np.array(5.0))
+    transposed = validate_data(np.arange(6.0).reshape(2, 3).T)
+    assert transposed.tolist() == [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
 
 
 def test_validate_data_accepts_array_likes():

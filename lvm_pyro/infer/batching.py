@@ -24,9 +24,10 @@ DEFAULT_BATCH_SIZE = 128
 class Batches:
     """Shuffled minibatches of in-memory tensors (all on one device).
 
-    Every epoch is a fresh permutation drawn from a private generator; the final partial
-    batch is dropped when N is not a multiple of the batch size (a different random
-    remainder each epoch), so every step sees B points and is scaled by N / B.
+    Training (``shuffle=True``): every epoch is a fresh permutation drawn from a private
+    generator and the final partial batch is dropped when N is not a multiple of the batch
+    size (a different random remainder each epoch), so every step sees B points and is
+    scaled by N / B. Evaluation (``shuffle=False``): every point once, in order.
     """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int):
@@ -39,7 +40,9 @@ class Batches:
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(self.num_data // self.batch_size, 1)
+        if self.shuffle:
+            return max(self.num_data // self.batch_size, 1)
+        return -(-self.num_data // self.batch_size)
 
     def epoch(self, skip: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch of batches; ``skip`` batches are passed over (resuming mid-epoch)."""

@@ -99,7 +99,7 @@ class ForceScoreFunction(Messenger):
         if msg["is_observed"] or msg["infer"].get("enumerate"):
             return
         if msg["fn"].has_rsample:
-            msg["fn"] = msg["fn"].has_rsample_(False)
+            _sample_without_reparameterization(msg["fn"])
         if "baseline" in msg["infer"] or self.baseline == "none":
             return
         if self.baseline == "neural":
@@ -107,6 +107,15 @@ class ForceScoreFunction(Messenger):
         else:
             options = {"use_decaying_avg_baseline": True, "baseline_beta": self.beta}
         msg["infer"] = {**msg["infer"], "baseline": options}
+
+
+def _sample_without_reparameterization(fn) -> None:
+    """Switch a distribution (and the base of a wrapper such as Independent) to .sample()."""
+    base = getattr(fn, "base_dist", None)
+    if base is not None:
+        _sample_without_reparameterization(base)
+    else:
+        fn.has_rsample_(False)
 
 
 class NeuralBaseline(torch.nn.Module):
