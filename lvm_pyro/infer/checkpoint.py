@@ -86,7 +86,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if "global" not in str(exc).lower():
             raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({exc})") from exc
         raise CheckpointError(
             f"{str(path)!r} holds pickled Python objects, which are not loaded for safety "
