@@ -19,6 +19,11 @@ from pyro.nn import PyroModule
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError
 
+# A PyroModule's parameters live in the module itself (state_dict, .to(), checkpoints), never
+# in Pyro's global param store, so two instances of a model class never share or overwrite
+# each other's parameters. Plain pyro.param calls outside a PyroModule still use the store.
+pyro.settings.set(module_local_params=True)
+
 #: Name of the plate over data points. ``fit`` scales the sites inside it by N / batch size
 #: so that a minibatch ELBO is an unbiased estimate of the full-data ELBO.
 DATA_PLATE = "data"

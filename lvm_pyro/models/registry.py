@@ -1,0 +1,94 @@
+"""Named models for the command line (``lvm-pyro fit NAME``).
+
+A model module registers itself at import time::
+
+    register_model(
+        "vae",
+        build=lambda data, **opts: VAE(input_shape=data.event_shape, **opts),
+        description="variational autoencoder, Bernoulli pixels",
+        data_options={"binarize": 8},
+        fit_options={"epochs": 200, "batch_size": 64},
+    )
+
+``build(data, **options)`` receives the loaded dataset (``lvm_pyro.data.DigitsData``: train,
+val and test splits) and the user's ``--option key=value`` pairs, and returns a model.
+``prepare(split)`` turns one split into what the trainer takes (default: ``split.x``; a
+conditional model returns a tuple such as ``(x_top, x_bottom)``).
+``data_options`` are passed to ``lvm_pyro.data.load_dataset`` (how the digits are prepared
+for this likelihood); ``fit_options`` are defaults for ``fit`` (or ``em`` when
+``trainer="em"``) that command-line flags override.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lvm_pyro.errors import ConfigurationError
+
+TRAINERS = ("fit", "em")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: how to build it, prepare its data and train it by default."""
+
+    name: str
+    build: Callable
+    description: str
+    data_options: dict = field(default_factory=dict)
+    fit_options: dict = field(default_factory=dict)
+    trainer: str = "fit"
+    prepare: Callable = field(default=lambda split: split.x)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    build: Callable,
+    *,
+    description: str,
+    data_options: dict | None = None,
+    fit_options: dict | None = None,
+    trainer: str = "fit",
+    prepare: Callable | None = None,
+) -> ModelEntry:
+    """Add a model under ``name`` (see the module docstring); returns its entry.
+
+    Example:
+        >>> entry = register_model("demo", lambda data: None, description="a demo")
+        >>> entry.trainer
+        'fit'
+    """
+    if trainer not in TRAINERS:
+        raise ConfigurationError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
+    entry = ModelEntry(name, build, description, dict(data_options or {}), dict(fit_options or {}),
+                       trainer, prepare or (lambda split: split.x))
+    _REGISTRY[name] = entry
+    return entry
+
+
+def _import_model_modules() -> None:
+    import lvm_pyro.models as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def available_models() -> dict[str, ModelEntry]:
+    """Every registered model by name (imports each module of ``lvm_pyro.models`` once)."""
+    _import_model_modules()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_model(name: str) -> ModelEntry:
+    """The entry registered under ``name``; the error lists the valid names."""
+    models = available_models()
+    if name not in models:
+        valid = ", ".join(models) or "(none registered)"
+        raise ConfigurationError(f"unknown model {name!r}; available models: {valid}")
+    return models[name]
