@@ -232,6 +232,7 @@ class _NaNAfter(Callback):
             self.flag["nan"] = True
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_divergence_keeps_last_good_parameters_and_checkpoint(tmp_path):
     flag = {"nan": False}
 

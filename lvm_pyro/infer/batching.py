@@ -111,12 +111,14 @@ def make_batches(
     shuffle: bool = True,
     seed: int = 0,
     name: str = "data",
+    max_batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Batches | LoaderBatches:
     """Validate ``data`` once and wrap it as minibatches on ``device``.
 
     ``data`` is x (a tensor, array or nested list), or a tuple (x, cond, ...) whose extra
     entries are per-example conditions (labels, covariates) passed to the model after x.
-    A ``batch_size`` larger than N is clamped to N with a warning; None means min(N, 128).
+    A ``batch_size`` larger than N is clamped to N with a warning; None means
+    min(N, ``max_batch_size``).
     """
     if isinstance(data, DataLoader):
         first = next(iter(data))
@@ -131,7 +133,7 @@ def make_batches(
     )
     n = x.shape[0]
     if batch_size is None:
-        batch_size = min(n, DEFAULT_BATCH_SIZE)
+        batch_size = min(n, max_batch_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
     if batch_size > n:

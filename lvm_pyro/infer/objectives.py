@@ -237,7 +237,7 @@ class ImportanceWeightedELBO(ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
-        return float(loss)
+        return loss.detach().item()
 
 
 @dataclass

@@ -260,8 +260,8 @@ def fit(
 
     batches = make_batches(data, program, dev, batch_size=batch_size, seed=shuffle_seed)
     val_batches = (
-        make_batches(val_data, program, dev, batch_size=batches.batch_size, shuffle=False,
-                     name="val_data")
+        make_batches(val_data, program, dev, batch_size=None, shuffle=False, name="val_data",
+                     max_batch_size=batches.batch_size)
         if val_data is not None else None
     )
     first = next(iter(batches.epoch()))

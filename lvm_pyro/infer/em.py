@@ -1,0 +1,686 @@
+"""``em``: expectation-maximization for Pyro models with discrete latent sites.
+
+Each iteration raises log p(x | theta) + log p(theta) (exactly, never lowering it):
+
+- E-step: the exact posterior q(z) = p(z | x, theta_old) over the discrete sites, so the
+  bound log p(x) >= E_q[log p(x, z)] + H[q] is tight.
+- M-step: theta_new = argmax_theta E_q[log p(x, z | theta)] + log p(theta).
+
+Two routes run the E-step, and ``EMResult.e_step`` says which one ran:
+
+- ``"enum"``: Pyro's enumeration. The model is traced under ``poutine.enum`` with the guide's
+  point estimates of the global parameters replayed, and Pyro's tensor variable elimination
+  (``pyro.ops.contract.contract_to_tensor``, the machinery behind ``TraceEnum_ELBO``)
+  gives log p(x) and the posterior marginal of every log-factor over the discrete sites it
+  depends on. This works for any model whose latent sites are either enumerable (discrete,
+  marked ``infer={"enumerate": "parallel"}`` or left unmarked: ``em`` enumerates every
+  discrete latent site the guide does not sample) or point-estimated by the guide.
+- ``"closed_form"``: a model that provides ``expected_statistics(x, shift, chunk_size)``
+  and ``m_step_from_statistics(stats)`` (the Gaussian mixture) does the E-step and the
+  sufficient statistics as matrix products over chunks of rows; this is tested equal to the
+  enumeration route and is the default for such models (``e_step="auto"``).
+
+The M-step is the model's own where it has one: ``m_step_from_statistics`` (closed_form
+route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated sites'
+marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
+Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
+posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from opt_einsum import shared_intermediates
+from pyro import poutine
+from pyro.infer import config_enumerate
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from lvm_pyro.data import resolve_device
+from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
+from lvm_pyro.models.base import DATA_PLATE, Program, as_program
+
+INITS = ("auto", "current", "kmeans++", "k-means++", "kmeans", "random_from_data", "random")
+E_STEPS = ("auto", "closed_form", "enum")
+
+
+@dataclass(frozen=True)
+class ReseedEvent:
+    """A component re-seeded because its expected count fell below the model's threshold."""
+
+    init: int
+    iteration: int
+    component: int
+    count: float
+
+
+@dataclass
+class EMState:
+    """What the EM loop knows, passed to every callback after each iteration.
+
+    A callback may set ``stop = True`` (and ``stop_reason``) to end the current start.
+    ``log_likelihood`` and ``objective`` are per data point, one entry per E-step so far.
+    """
+
+    model: object
+    init: int
+    iteration: int
+    log_likelihood: list[float]
+    objective: list[float]
+    stop: bool = False
+    stop_reason: str = ""
+
+
+@dataclass
+class EMResult:
+    """What ``em`` returns (for the best of the ``n_init`` starts).
+
+    ``log_likelihood[i]``: mean log p(x_n | theta) after i M-steps (entry 0: the start; the
+    last entry: the returned parameters). ``objective``: the same plus log p(theta) / N, the
+    quantity EM never decreases (equal to ``log_likelihood`` with flat priors).
+    ``lower_bound``: the objective at the last E-step inside the loop (scikit-learn's
+    ``lower_bound_``). ``n_iter``: M-steps done. ``best_init``: index of the winning start;
+    ``init_objectives``: the final objective of every start. ``reseeded``: re-seeding
+    events. ``e_step`` / ``m_step``: the routes that ran ("closed_form" or "enum";
+    "closed_form", "model" or "gradient").
+    """
+
+    model: object
+    log_likelihood: list[float]
+    objective: list[float]
+    converged: bool
+    n_iter: int
+    best_init: int
+    init_objectives: list[float]
+    reseeded: list[ReseedEvent]
+    lower_bound: float
+    e_step: str
+    m_step: str
+    wall_time: float
+    config: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- enumeration
+
+
+def _base(fn):
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _ordinal(trace, site) -> frozenset:
+    return frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+
+
+@dataclass
+class _EnumTrace:
+    """The packed log-factors of one enumerated trace of the model."""
+
+    factors: OrderedDict  # ordinal -> [packed log-factor]
+    named: list  # (site name, ordinal, packed log-factor, its enumerated symbols)
+    sum_dims: set
+    enum_sites: dict  # site name -> (symbol, ordinal, enum dim)
+    log_prior: torch.Tensor
+    symbol_to_dim: dict
+    data_symbol: str | None
+
+
+def _max_plate_nesting(program: Program, x: torch.Tensor) -> int:
+    if program.max_plate_nesting is not None:
+        return program.max_plate_nesting
+    with poutine.block():
+        tr = poutine.trace(program.model).get_trace(x)
+    dims = [
+        -f.dim
+        for s in tr.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def _trace_enum(program: Program, x: torch.Tensor, nesting: int) -> _EnumTrace:
+    guide_tr = poutine.trace(program.guide).get_trace(x)
+    globals_ = {n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+    for name in globals_:
+        fn = _base(guide_tr.nodes[name]["fn"])
+        if not isinstance(fn, dist.Delta):
+            raise ModelContractError(
+                f"em fits point estimates, but the guide samples site {name!r} from a "
+                f"{type(fn).__name__}: use a Delta guide (e.g. pyro.infer.autoguide.AutoDelta) "
+                "for the global parameters, or train this model with fit()"
+            )
+    enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
+    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(x)
+    model_tr.compute_log_prob()
+    model_tr.pack_tensors()
+    factors, named, sum_dims, enum_sites = OrderedDict(), [], set(), {}
+    log_prior = x.new_zeros(())
+    for name, site in model_tr.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if name in globals_:
+            log_prior = log_prior + site["log_prob_sum"]
+            continue
+        ordinal = _ordinal(model_tr, site)
+        if site["infer"].get("_enumerate_dim") is not None:
+            symbol = site["infer"]["_enumerate_symbol"]
+            sum_dims.add(symbol)
+            enum_sites[name] = (symbol, ordinal, site["infer"]["_enumerate_dim"])
+        elif not site["is_observed"]:
+            raise ModelContractError(
+                f"latent site {name!r} ({type(_base(site['fn'])).__name__}) is neither "
+                "enumerable nor sampled by the guide: em needs every latent site to be discrete "
+                "(summed out) or a point estimate in the guide (Delta / AutoDelta)"
+            )
+        term = site["packed"]["log_prob"]
+        factors.setdefault(ordinal, []).append(term)
+        named.append((name, ordinal, term))
+    if not enum_sites:
+        raise ModelContractError(
+            "em needs a discrete latent site to enumerate, and this model has none (every "
+            "latent site is in the guide or observed): add a discrete site such as "
+            "pyro.sample('z', dist.Categorical(w), infer={'enumerate': 'parallel'}), or train "
+            "the model with fit()"
+        )
+    named = [(n, o, t, set(t._pyro_dims) & sum_dims) for n, o, t in named]
+    data_symbol = model_tr.plate_to_symbol.get(DATA_PLATE)
+    return _EnumTrace(factors, named, sum_dims, enum_sites, log_prior, model_tr.symbol_to_dim, data_symbol)
+
+
+def _normalize(log_q: torch.Tensor, symbols: set) -> torch.Tensor:
+    dims = log_q._pyro_dims
+    axes = [i for i, s in enumerate(dims) if s in symbols]
+    q = (log_q - torch.logsumexp(log_q, axes, keepdim=True)).exp()
+    q._pyro_dims = dims
+    return q
+
+
+def _site_marginal(q: torch.Tensor, symbol_to_dim: dict, enum_dim: int) -> torch.Tensor:
+    """A packed marginal over one site's values -> (..., values), as compute_marginals does."""
+    probs = packed.unpack(q, symbol_to_dim)
+    probs = probs.unsqueeze(-1).transpose(-1, enum_dim - 1).squeeze(enum_dim - 1)
+    while probs.dim() > 1 and probs.shape[0] == 1:
+        probs = probs.squeeze(0)
+    return probs
+
+
+@dataclass
+class _ChunkPosterior:
+    """The E-step of one chunk: per-factor weights and per-site marginals (all detached)."""
+
+    weights: dict  # site name -> packed posterior over the factor's symbols
+    marginals: dict  # enumerated site name -> (..., values)
+
+
+def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
+    """log p(x) and the posterior of every factor's discrete sites, by variable elimination.
+
+    Factors over the same sites in the same plates share one contraction (for a mixture the
+    prior of z and the likelihood of x need the same posterior p(z_n | x_n)).
+    """
+    done: dict = {}
+
+    def posterior(ordinal: frozenset, symbols: set) -> torch.Tensor:
+        key = (ordinal, frozenset(symbols))
+        if key not in done:
+            log_q = contract_to_tensor(
+                tr.factors, tr.sum_dims, target_ordinal=ordinal, target_dims=set(symbols), cache=cache
+            )
+            done[key] = _normalize(log_q, symbols)
+        return done[key]
+
+    with shared_intermediates() as cache:
+        total = contract_to_tensor(tr.factors, tr.sum_dims, cache=cache)
+        weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
+        marginals = {
+            name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
+            for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
+        }
+    return total.sum(), _ChunkPosterior(weights, marginals)
+
+
+def _random_posterior(tr: _EnumTrace, gen: torch.Generator) -> _ChunkPosterior:
+    """Independent uniform-random marginals per enumerated site (a random start)."""
+    dim_to_symbol = {d: s for s, d in tr.symbol_to_dim.items()}
+    site_q, marginals = {}, {}
+    own = {name: term for name, _, term, _ in tr.named}
+    for name, (symbol, _, enum_dim) in tr.enum_sites.items():
+        term = own[name]
+        shape = [
+            size if (s == symbol or s not in tr.sum_dims) else 1
+            for s, size in zip(term._pyro_dims, term.shape)
+        ]
+        r = torch.rand(shape, generator=gen, dtype=term.dtype).to(term.device)
+        r._pyro_dims = term._pyro_dims
+        r = packed.unpack(r, tr.symbol_to_dim)
+        r = r / r.sum(enum_dim, keepdim=True)
+        site_q[symbol] = r
+        q = packed.pack(r, dim_to_symbol)
+        marginals[name] = _site_marginal(q, tr.symbol_to_dim, enum_dim)
+    weights = {}
+    for name, _, _, symbols in tr.named:
+        if symbols:
+            prod = math.prod(site_q[s] for s in sorted(symbols))
+            weights[name] = packed.pack(prod, dim_to_symbol)
+    return _ChunkPosterior(weights, marginals)
+
+
+def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
+    """Q = sum over log-factors f of sum q_f * log f (q_f = 1 for factors without a discrete site)."""
+    total = tr.log_prior.new_zeros(())
+    for name, _, term, symbols in tr.named:
+        if not symbols:
+            total = total + term.sum()
+            continue
+        q = post.weights[name]
+        total = total + torch.einsum(f"{q._pyro_dims},{term._pyro_dims}->", q, term)
+    return total
+
+
+# --------------------------------------------------------------------------- the two routes
+
+
+class _ClosedFormRoute:
+    """The model's own E-step statistics and M-step (the Gaussian mixture)."""
+
+    e_step_name = "closed_form"
+    m_step_name = "closed_form"
+
+    def __init__(self, model, x: torch.Tensor, chunk_size: int | None) -> None:
+        self.model, self.chunk_size = model, chunk_size
+        self.shift = x.mean(0)
+
+    def e_step(self, x: torch.Tensor):
+        return self.model.expected_statistics(x, self.shift, self.chunk_size)
+
+    def m_step(self, x: torch.Tensor, stats) -> None:
+        self.model.m_step_from_statistics(stats)
+
+    def log_prior(self) -> float:
+        return float(self.model.log_prior()) if hasattr(self.model, "log_prior") else 0.0
+
+    def reseed(self, x, stats, gen) -> list[tuple[int, float]]:
+        if not hasattr(self.model, "reseed_"):
+            return []
+        counts = stats.nk.tolist()
+        return [(k, counts[k]) for k in self.model.reseed_(x, stats, gen)]
+
+    def initialize(self, x, method: str, gen) -> None:
+        self.model.initialize_(x, method, gen, self.chunk_size)
+
+    def random_start(self, x, gen) -> None:
+        self.initialize(x, "random", gen)
+
+
+class _EnumRoute:
+    """Pyro's enumeration E-step for any model; the model's m_step or generalized EM."""
+
+    e_step_name = "enum"
+
+    def __init__(self, program: Program, x: torch.Tensor, chunk_size, steps: int, lr: float):
+        self.program = program
+        self.nesting = _max_plate_nesting(program, x)
+        self.rows = len(x) if chunk_size is None else chunk_size
+        self.steps, self.lr = steps, lr
+        self.closed_m_step = getattr(program.source, "m_step", None)
+        self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
+        self.params: list[torch.Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._log_prior = 0.0
+
+    def _chunks(self, x: torch.Tensor):
+        return x.split(self.rows)
+
+    def _trace(self, chunk: torch.Tensor, n_rows: int) -> _EnumTrace:
+        tr = _trace_enum(self.program, chunk, self.nesting)
+        if len(chunk) < n_rows:
+            global_sites = [n for n, (_, o, _) in tr.enum_sites.items() if tr.data_symbol not in o]
+            if global_sites:
+                raise ConfigurationError(
+                    f"site(s) {global_sites} are enumerated outside the plate {DATA_PLATE!r}, so "
+                    "their posterior needs all the data at once: leave chunk_size=None"
+                )
+        return tr
+
+    @torch.no_grad()
+    def e_step(self, x: torch.Tensor):
+        total, posts = x.new_zeros((), dtype=torch.float64), []
+        for i, chunk in enumerate(self._chunks(x)):
+            tr = self._trace(chunk, len(x))
+            if i == 0:
+                self._log_prior = float(tr.log_prior)
+            ll, post = _enum_e_step(tr)
+            total += ll.double()
+            posts.append(post)
+        return total, posts
+
+    def log_prior(self) -> float:
+        return self._log_prior
+
+    def reseed(self, x, posts, gen) -> list:
+        return []
+
+    def m_step(self, x: torch.Tensor, posts: list[_ChunkPosterior]) -> None:
+        if self.closed_m_step is not None:
+            marginals = {
+                name: torch.cat([p.marginals[name] for p in posts], dim=-2) for name in posts[0].marginals
+            }
+            self.closed_m_step(x, marginals)
+        else:
+            self._gradient_m_step(x, posts)
+
+    def _q(self, x: torch.Tensor, posts, backward: bool) -> float:
+        total = 0.0
+        for i, (chunk, post) in enumerate(zip(self._chunks(x), posts)):
+            tr = self._trace(chunk, len(x))
+            q = _expected_log_joint(tr, post) + (tr.log_prior if i == 0 else 0.0)
+            if backward:
+                (-q / len(x)).backward()
+            total += float(q.detach())
+        return total
+
+    def _collect_params(self, x: torch.Tensor, posts) -> list[torch.Tensor]:
+        """The module's parameters and every pyro.param the model and guide touch, once each."""
+        with poutine.trace(param_only=True) as capture, torch.no_grad():
+            chunk = next(iter(self._chunks(x)))
+            _expected_log_joint(_trace_enum(self.program, chunk, self.nesting), posts[0])
+        module = self.program.module
+        candidates = list(module.parameters()) if module is not None else []
+        candidates += [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        params = list({id(p): p for p in candidates if p.requires_grad}.values())
+        if not params:
+            raise ModelContractError(
+                "em found no parameters to fit: declare the global parameters with pyro.param, "
+                "as PyroParams of the model, or as Delta guide sites built from them"
+            )
+        return params
+
+    def _gradient_m_step(self, x: torch.Tensor, posts) -> None:
+        if self.params is None:
+            self.params = self._collect_params(x, posts)
+            self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        best_q, best = -math.inf, None
+        for _ in range(self.steps):
+            self.optimizer.zero_grad()
+            q = self._q(x, posts, backward=True)
+            if q > best_q:
+                best_q, best = q, [p.detach().clone() for p in self.params]
+            self.optimizer.step()
+        with torch.no_grad():
+            if self._q(x, posts, backward=False) < best_q:
+                for p, b in zip(self.params, best):
+                    p.copy_(b)
+
+    @torch.no_grad()
+    def random_start(self, x: torch.Tensor, gen) -> None:
+        posts = [_random_posterior(self._trace(chunk, len(x)), gen) for chunk in self._chunks(x)]
+        with torch.enable_grad():
+            self.m_step(x, posts)
+
+    def initialize(self, x, method: str, gen) -> None:
+        init = getattr(self.program.source, "initialize_", None)
+        if init is None:
+            raise ConfigurationError(
+                f"init={method!r} needs a model with an initialize_(x, method, generator) "
+                "method; use init='current' (the model's parameters as they are) or 'random'"
+            )
+        init(x, method, gen)
+
+    def reset(self) -> None:
+        self.params, self.optimizer = None, None
+
+
+# --------------------------------------------------------------------------- em
+
+
+def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr) -> None:
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise ConfigurationError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if not isinstance(n_init, int) or n_init < 1:
+        raise ConfigurationError(f"n_init must be a positive integer, got {n_init!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ConfigurationError(f"tol must be a non-negative number, got {tol!r}")
+    if not callable(init) and init not in INITS:
+        raise ConfigurationError(f"init must be one of {INITS} or a callable, got {init!r}")
+    if e_step not in E_STEPS:
+        raise ConfigurationError(f"e_step must be one of {E_STEPS}, got {e_step!r}")
+    if not isinstance(m_step_steps, int) or m_step_steps < 1 or not m_step_lr > 0:
+        raise ConfigurationError("m_step_steps must be a positive integer and m_step_lr positive")
+
+
+def _warn_constant_features(model, x: torch.Tensor) -> None:
+    reg = getattr(model, "reg_covar", None)
+    if reg is None:
+        return
+    constant = torch.nonzero(x.amax(0) == x.amin(0)).flatten().tolist()
+    if constant:
+        warnings.warn(
+            f"feature(s) {constant[:10]} are constant (zero variance); their variance is "
+            f"regularized to reg_covar={reg:g}: drop those features, or raise reg_covar",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _make_route(program: Program, x, e_step, chunk_size, m_step_steps, m_step_lr):
+    source = program.source
+    closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
+    if e_step == "closed_form" and not closed:
+        raise ConfigurationError(
+            "e_step='closed_form' needs a model with expected_statistics() and "
+            "m_step_from_statistics(); use e_step='enum' (Pyro's enumeration)"
+        )
+    if closed and e_step != "enum":
+        return _ClosedFormRoute(source, x, chunk_size)
+    return _EnumRoute(program, x, chunk_size, m_step_steps, m_step_lr)
+
+
+def _resolve_init(init, source, n_init: int):
+    if init == "auto":
+        if hasattr(source, "initialize_"):
+            return "kmeans++"
+        return "current" if n_init == 1 else "random"
+    if init == "current" and n_init > 1:
+        raise ConfigurationError(
+            "n_init > 1 with init='current' would repeat the same start: pass init='random' "
+            "or another data-based init"
+        )
+    return "kmeans++" if init == "k-means++" else init
+
+
+def em(
+    model,
+    data,
+    *,
+    guide: Callable | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    n_init: int = 1,
+    init: str | Callable = "auto",
+    chunk_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    seed: int | None = None,
+    progress: bool = False,
+    callbacks: Sequence[Callable[[EMState], None]] = (),
+    e_step: str = "auto",
+    m_step_steps: int = 20,
+    m_step_lr: float = 0.05,
+    canonical_order: bool = True,
+) -> EMResult:
+    """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
+
+    Args:
+        model: a model with enumerable discrete latent sites (see the module docstring): a
+            ``LatentVariableModel``, an object with ``model``/``guide``, or a (model, guide)
+            pair whose guide point-estimates the global parameters.
+        data: x, an (N, ...) tensor, array or nested list.
+        max_iter, tol: at most max_iter iterations; stop when the per-point objective
+            changes by less than tol (scikit-learn's rule; tol=0 runs all iterations).
+        n_init: number of starts; the one with the highest final objective is kept.
+        init: "auto" (k-means++ for models with ``initialize_``, else the current parameters,
+            or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
+            "random" (random responsibilities then an M-step), "current", or a callable
+            ``init(model, x, generator)``.
+        chunk_size: rows per E-step chunk (default: sized to ~2 MiB blocks for the closed
+            form, all rows for the enum route); memory stays bounded by it.
+        device: "auto" (CUDA when available), "cpu", "cuda", ...; model and data move there
+            and the model takes the data's floating dtype.
+        seed: makes the starts reproducible.
+        progress: show a tqdm bar over iterations.
+        callbacks: callables receiving an :class:`EMState` after every iteration.
+        e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration).
+        m_step_steps, m_step_lr: Adam steps and learning rate of the generalized M-step.
+        canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
+
+    Raises DataError (bad data, fewer points than components), ConfigurationError,
+    ModelContractError (no enumerable site, a continuous latent outside the guide) and
+    DivergenceError (non-finite log-likelihood).
+
+    Example:
+        >>> from lvm_pyro.models.gmm import GaussianMixtureModel
+        >>> x = torch.cat([torch.randn(100, 2) - 4, torch.randn(100, 2) + 4])
+        >>> result = em(GaussianMixtureModel(2, 2, "diag"), x, seed=0, device="cpu")
+        >>> result.converged, sorted(round(m) for m in result.model.loc[:, 0].tolist())
+        (True, [-4, 4])
+    """
+    started = time.perf_counter()
+    _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr)
+    program = as_program(model, guide)
+    source = program.source
+    dev = resolve_device(device)
+    x = program.validate(data).to(dev)
+    n_components = getattr(source, "n_components", None)
+    if n_components is not None and n_components > len(x):
+        raise DataError(
+            f"n_components={n_components} is larger than the number of points ({len(x)}): "
+            "use n_components <= n_samples, or more data"
+        )
+    if program.module is not None:
+        program.module.to(device=dev, dtype=x.dtype)
+    _warn_constant_features(source, x)
+    route = _make_route(program, x, e_step, chunk_size, m_step_steps, m_step_lr)
+    init = _resolve_init(init, source, n_init)
+    gen = torch.Generator()
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    config = dict(
+        max_iter=max_iter,
+        tol=tol,
+        n_init=n_init,
+        init=init if not callable(init) else "callable",
+        chunk_size=chunk_size,
+        device=str(dev),
+        seed=seed,
+        dtype=str(x.dtype),
+        e_step=route.e_step_name,
+        m_step=route.m_step_name,
+    )
+
+    best = None
+    scores, all_reseeds = [], []
+    for start in range(n_init):
+        if hasattr(route, "reset"):
+            route.reset()
+        if callable(init):
+            init(source, x, gen)
+        elif init == "random":
+            route.random_start(x, gen)
+        elif init != "current":
+            route.initialize(x, init, gen)
+        run = _run(route, source, x, start, max_iter, tol, gen, progress, callbacks)
+        all_reseeds.extend(run["reseeded"])
+        scores.append(run["objective"][-1])
+        if best is None or scores[-1] > best["objective"][-1]:
+            best = run
+            best["init"] = start
+            best["state"] = _snapshot(program) if n_init > 1 else None
+    if best["state"] is not None:
+        _restore(program, best["state"])
+    if canonical_order and hasattr(source, "canonicalize_"):
+        source.canonicalize_()
+    return EMResult(
+        model=model,
+        log_likelihood=best["log_likelihood"],
+        objective=best["objective"],
+        converged=best["converged"],
+        n_iter=best["n_iter"],
+        best_init=best["init"],
+        init_objectives=scores,
+        reseeded=all_reseeds,
+        lower_bound=best["objective"][max(best["n_iter"] - 1, 0)],
+        e_step=route.e_step_name,
+        m_step=route.m_step_name,
+        wall_time=time.perf_counter() - started,
+        config=config,
+    )
+
+
+def _snapshot(program: Program):
+    if program.module is not None:
+        return copy.deepcopy(program.module.state_dict())
+    return copy.deepcopy(pyro.get_param_store().get_state())
+
+
+def _restore(program: Program, state) -> None:
+    if program.module is not None:
+        program.module.load_state_dict(state)
+    else:
+        pyro.get_param_store().set_state(state)
+
+
+def _run(route, source, x, start, max_iter, tol, gen, progress, callbacks) -> dict:
+    n = len(x)
+    lls, objs, reseeded = [], [], []
+
+    def evaluate(state_ll) -> None:
+        ll = float(state_ll) / n
+        if not math.isfinite(ll):
+            raise DivergenceError(
+                f"the log-likelihood became {ll} at iteration {len(lls)} of start {start}: "
+                "check the data scale, raise reg_covar, or lower n_components"
+            )
+        lls.append(ll)
+        objs.append(ll + route.log_prior() / n)
+
+    converged, n_iter, previous = False, 0, -math.inf
+    bar = tqdm(total=max_iter, disable=not progress, desc=f"em start {start}", leave=False)
+    state = EMState(model=source, init=start, iteration=0, log_likelihood=lls, objective=objs)
+    try:
+        for it in range(1, max_iter + 1):
+            total, posterior = route.e_step(x)
+            evaluate(total)
+            route.m_step(x, posterior)
+            events = route.reseed(x, posterior, gen)
+            reseeded += [ReseedEvent(start, it, k, c) for k, c in events]
+            n_iter = it
+            state.iteration = it
+            for callback in callbacks:
+                callback(state)
+            bar.update(1)
+            bar.set_postfix(log_lik=f"{objs[-1]:.5g}")
+            change = objs[-1] - previous
+            if abs(change) < tol and not events:
+                converged = True
+                break
+            previous = objs[-1]
+            if state.stop:
+                break
+    finally:
+        bar.close()
+    with torch.no_grad():
+        evaluate(route.e_step(x)[0])
+    return dict(log_likelihood=lls, objective=objs, converged=converged, n_iter=n_iter, reseeded=reseeded)

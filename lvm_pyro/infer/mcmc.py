@@ -1,0 +1,229 @@
+"""``mcmc``: a NUTS baseline for small models, to check a variational posterior against.
+
+Chains run one after another in this process, each with its own seed and its own random
+initialization (Pyro's ``MCMC`` with num_chains > 1 forks one process per chain, and falls
+back to sequential sampling anyway when there are fewer spare CPUs than chains). Discrete
+sites marked ``infer={"enumerate": "parallel"}`` are summed out inside NUTS, so the
+Bayesian Gaussian mixture samples its continuous parameters with z marginalized.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS
+from pyro.poutine.util import site_is_subsample
+
+from lvm_pyro.data import validate_condition, validate_data
+from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.models.base import LatentVariableModel
+
+
+@dataclass
+class MCMCResult:
+    """What ``mcmc`` returns.
+
+    ``samples``: latent site -> tensor (chain, draw, *site shape) (enumerated sites are summed
+    out, so they are absent); ``sample_stats``: per draw "diverging", "acceptance_rate"
+    (NUTS's mean Metropolis acceptance over the tree) and "step_size", each (chain, draw);
+    ``data``: the model's arguments; ``model``: the Pyro model function; ``source``: the
+    object passed in. ``lvm_pyro.diagnostics.to_inference_data(result)`` turns it into
+    ArviZ InferenceData (R-hat, ESS, LOO).
+    """
+
+    samples: dict[str, torch.Tensor]
+    sample_stats: dict[str, np.ndarray]
+    data: tuple[torch.Tensor, ...]
+    model: Callable
+    source: object
+    num_chains: int
+    num_samples: int
+    warmup_steps: int
+    max_plate_nesting: int | None
+    wall_time: float
+    config: dict = field(default_factory=dict)
+
+    def get_samples(self, group_by_chain: bool = False) -> dict[str, torch.Tensor]:
+        """Samples per site, (chain, draw, ...) or with chains concatenated (chain * draw, ...)."""
+        if group_by_chain:
+            return dict(self.samples)
+        return {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.samples.items()}
+
+    @property
+    def num_divergences(self) -> int:
+        """Divergent transitions after warm-up, over all chains."""
+        return int(self.sample_stats["diverging"].sum())
+
+    def validate(self, x, name: str = "data") -> torch.Tensor:
+        """Validate new data the way ``mcmc`` validated the data it sampled with."""
+        return _validate(self.source, x, name)
+
+
+def _validate(source, x, name: str) -> torch.Tensor:
+    if isinstance(source, LatentVariableModel):
+        return source.validate(x, name)
+    shape = tuple(np.shape(x))
+    return validate_data(x, name=name, event_shape=shape[1:] if shape else None)
+
+
+class _StatsHook:
+    """Records per-draw NUTS statistics from the kernel after every sample."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.diverging: list[bool] = []
+        self.accept: list[float] = []
+        self.step_size: list[float] = []
+        self._n_div = 0
+        self._mean = 0.0
+
+    def __call__(self, kernel, params, stage, i) -> None:
+        if kernel._t <= self.warmup_steps:
+            return
+        n = kernel._t - self.warmup_steps
+        mean = kernel._mean_accept_prob
+        # the kernel keeps a running mean over the draws so far: recover this draw's value
+        self.accept.append(mean if n == 1 else self._mean + n * (mean - self._mean))
+        self._mean = mean
+        divergences = len(kernel._divergences)
+        self.diverging.append(divergences > self._n_div)
+        self._n_div = divergences
+        self.step_size.append(float(kernel.step_size))
+
+
+def _check_count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def mcmc(
+    model,
+    data,
+    *,
+    num_samples: int = 500,
+    warmup_steps: int | None = None,
+    num_chains: int = 2,
+    seed: int | None = 0,
+    progress: bool = False,
+    max_plate_nesting: int | None = None,
+    jit_compile: bool = False,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+) -> MCMCResult:
+    """Sample p(theta | x) proportional to p(theta) p(x | theta) with NUTS (Hoffman & Gelman, 2014).
+
+    Args:
+        model: a Pyro model callable ``model(x, *cond)``, or an object with a ``model``
+            method (a LatentVariableModel). Every latent site must be continuous or marked
+            for enumeration; its guide (if any) is not used.
+        data: x, or a tuple (x, cond, ...) of per-example tensors passed as ``model(x, *cond)``.
+        num_samples: draws kept per chain (after warm-up).
+        warmup_steps: adaptation steps per chain (default: num_samples).
+        num_chains: independent chains, run one after another (seeds seed, seed + 1, ...).
+        seed: seeds Pyro's RNG for each chain; None leaves the RNG alone.
+        progress: show Pyro's progress bar.
+        max_plate_nesting: plates nested in the model (needed with enumerated sites; default:
+            the model's attribute, else inferred by Pyro).
+        jit_compile: compile the potential energy with the PyTorch JIT.
+        target_accept_prob, max_tree_depth: NUTS settings.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> result = mcmc(model, torch.randn(20) + 3, num_samples=50, num_chains=1)
+        >>> result.samples["mu"].shape
+        torch.Size([1, 50])
+    """
+    num_samples = _check_count(num_samples, "num_samples")
+    warmup_steps = num_samples if warmup_steps is None else _check_count(warmup_steps, "warmup_steps", 0)
+    num_chains = _check_count(num_chains, "num_chains")
+    fn = getattr(model, "model", model)
+    if not callable(fn):
+        raise ConfigurationError(
+            f"mcmc needs a Pyro model: a callable model(x, *cond) or an object with a model method, "
+            f"got {type(model).__name__}"
+        )
+    if max_plate_nesting is None:
+        max_plate_nesting = getattr(model, "max_plate_nesting", None)
+    parts = data if isinstance(data, tuple) else (data,)
+    x = _validate(model, parts[0], "data")
+    args = (x, *(validate_condition(c, x.shape[0], name=f"data condition {i + 1}")
+                 for i, c in enumerate(parts[1:])))
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is not None:
+        first = next(iter(module.parameters()), None)
+        if first is not None:
+            args = tuple(a.to(first.device) for a in args)
+            if first.is_floating_point():
+                args = (args[0].to(first.dtype), *args[1:])
+    _check_latents(fn, args)
+
+    started = time.perf_counter()
+    chains, stats = [], []
+    for chain in range(num_chains):
+        if seed is not None:
+            pyro.set_rng_seed(seed + chain)
+        hook = _StatsHook(warmup_steps)
+        kernel = NUTS(fn, max_plate_nesting=max_plate_nesting, jit_compile=jit_compile,
+                      ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
+                      max_tree_depth=max_tree_depth)
+        run = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
+                   hook_fn=hook, disable_progbar=not progress)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            run.run(*args)
+        chains.append({k: v[0] for k, v in run.get_samples(group_by_chain=True).items()})
+        stats.append(hook)
+    samples = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
+    sample_stats = {
+        "diverging": np.array([h.diverging for h in stats], dtype=bool),
+        "acceptance_rate": np.array([h.accept for h in stats], dtype=float),
+        "step_size": np.array([h.step_size for h in stats], dtype=float),
+    }
+    return MCMCResult(
+        samples=samples,
+        sample_stats=sample_stats,
+        data=args,
+        model=fn,
+        source=model,
+        num_chains=num_chains,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        max_plate_nesting=max_plate_nesting,
+        wall_time=time.perf_counter() - started,
+        config={"seed": seed, "jit_compile": jit_compile, "target_accept_prob": target_accept_prob,
+                "max_tree_depth": max_tree_depth},
+    )
+
+
+def _check_latents(fn: Callable, args: tuple) -> None:
+    """Refuse a model NUTS cannot sample: no continuous latent site, or a discrete one not enumerated."""
+    with pyro.validation_enabled(False):
+        tr = poutine.trace(fn).get_trace(*args)
+    latent = [
+        s for s in tr.nodes.values()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        and not s["infer"].get("enumerate")
+    ]
+    discrete = [s["name"] for s in latent if s["fn"].support.is_discrete]
+    if discrete:
+        raise ModelContractError(
+            f"NUTS samples continuous sites only, but {discrete} are discrete: mark them "
+            "infer={'enumerate': 'parallel'} so they are summed out"
+        )
+    if not latent:
+        raise ModelContractError(
+            "the model has no continuous latent sample sites for NUTS to sample: add a latent "
+            "variable (pyro.sample without obs=) with a prior"
+        )
