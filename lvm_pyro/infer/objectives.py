@@ -40,15 +40,16 @@ class TrainingScale(Messenger):
     A site inside the plate named ``plate`` whose declared size is B gets its log-density
     multiplied by num_data / B, so a minibatch ELBO is an unbiased estimate of the full-data
     ELBO (a plate already declared with size=num_data and a subsample is left alone). Latent
-    (unobserved, non-enumerated) sites are further multiplied by ``beta``, the KL warm-up
-    factor: ELBO_beta = E_q[log p(x | z)] - beta * KL(q(z | x) || p(z)).
+    (unobserved, non-enumerated) sites are further multiplied by ``beta`` (a float, or a 0-d
+    tensor so a compiled loss can take it as an input), the KL warm-up factor:
+    ELBO_beta = E_q[log p(x | z)] - beta * KL(q(z | x) || p(z)).
 
     Example:
         >>> with TrainingScale(num_data=1000, beta=0.5):
         ...     pass
     """
 
-    def __init__(self, num_data: int, beta: float = 1.0, plate: str = DATA_PLATE) -> None:
+    def __init__(self, num_data: int, beta: float | torch.Tensor = 1.0, plate: str = DATA_PLATE) -> None:
         super().__init__()
         self.num_data = num_data
         self.beta = beta
@@ -64,7 +65,8 @@ class TrainingScale(Messenger):
                 if frame.size != self.num_data:
                     msg["scale"] = msg["scale"] * (self.num_data / frame.size)
                 break
-        if self.beta != 1.0 and not msg["is_observed"] and not msg["infer"].get("enumerate"):
+        annealed = torch.is_tensor(self.beta) or self.beta != 1.0
+        if annealed and not msg["is_observed"] and not msg["infer"].get("enumerate"):
             msg["scale"] = msg["scale"] * self.beta
 
 
@@ -263,6 +265,29 @@ class Objective:
 
     def loss(self, model, guide, *args) -> float:
         return self.elbo.loss(model, self.wrap_guide(guide), *args)
+
+    def differentiable_loss(self, model, guide, *args) -> torch.Tensor:
+        """The loss as a tensor to differentiate (every estimator but "score").
+
+        Its value is the negative ELBO and its gradient the estimator's; unlike Pyro's own
+        ``differentiable_loss`` it holds no Python floats taken from tensors, so it can be
+        recorded once as a graph (``lvm_pyro.infer.compiled``) and replayed on new data.
+        """
+        guide = self.wrap_guide(guide)
+        if not isinstance(self.elbo, (Trace_ELBO, TraceMeanField_ELBO)):
+            return self.elbo.differentiable_loss(model, guide, *args)
+        loss = 0.0
+        for model_trace, guide_trace in self.elbo._get_traces(model, guide, args, {}):
+            _, surrogate = self.elbo._differentiable_loss_particle(model_trace, guide_trace)
+            if not isinstance(self.elbo, TraceMeanField_ELBO):  # mean-field: value == surrogate
+                value = _log_prob_total(guide_trace) - _log_prob_total(model_trace)
+                surrogate = surrogate + (value - surrogate).detach()
+            loss = loss + surrogate / self.elbo.num_particles
+        return loss
+
+
+def _log_prob_total(trace) -> torch.Tensor:
+    return sum(site["log_prob_sum"] for site in trace.nodes.values() if site["type"] == "sample")
 
 
 def make_objective(

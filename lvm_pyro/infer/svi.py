@@ -30,6 +30,7 @@ from lvm_pyro.infer.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from lvm_pyro.infer.compiled import COMPILABLE, CompiledLoss
 from lvm_pyro.infer.evaluate import dataset_loss
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
@@ -197,6 +198,7 @@ def fit(
     score_baseline: str = "decaying",
     vectorize_particles: bool | None = None,
     data_plate: str = DATA_PLATE,
+    jit: bool = True,
 ) -> FitResult:
     """Train a model/guide pair by SVI: maximize ELBO(x) = E_q[log p(x, z) - log q(z | x)].
 
@@ -224,6 +226,9 @@ def fit(
             ``checkpoint_every`` epochs (and at the end); ``resume=True`` continues from it.
         kl_warmup: epochs of linear KL annealing; "auto" uses the model's default.
         score_baseline: "decaying", "neural" or "none" (estimator "score" only).
+        jit: for "reparam", "meanfield" and "iwae", record the loss once per batch shape as
+            one torch graph (``lvm_pyro.infer.compiled``), verified against the eager loss
+            and gradients before use, with a fallback to eager; the trajectory is the same.
 
     Raises DivergenceError (with ``.result`` holding the history so far) when a loss or
     gradient is not finite; the parameters are those of the last finite step and the last
@@ -328,6 +333,16 @@ def fit(
     )
     partial = {"sum": 0.0, "count": 0}
     model_fn, guide_fn = scale(program.model), scale(program.guide)
+    compiled = None
+    if jit and estimator in COMPILABLE:
+        annealing = any(isinstance(cb, KLWarmup) for cb in callbacks)
+        beta_input = x0.new_tensor(1.0)
+
+        def loss_fn(*args):
+            scale.beta = args[-1] if annealing else 1.0
+            return objective.differentiable_loss(model_fn, guide_fn, *args[:-1])
+
+        compiled = CompiledLoss(loss_fn, param_list)
 
     def write_checkpoint() -> None:
         if ckpt_dir is None:
@@ -403,9 +418,15 @@ def fit(
                 for batch in batches.epoch(skip=skip):
                     for cb in callbacks:
                         cb.on_step_start(state)
-                    scale.beta = state.beta
                     opt.zero_grad(set_to_none=True)
-                    loss = objective.loss_and_grads(model_fn, guide_fn, *batch)
+                    if compiled is not None:
+                        beta_input.fill_(state.beta)
+                        loss_tensor = compiled(batch, beta_input)
+                        loss_tensor.backward()
+                        loss = loss_tensor.detach().item()
+                    else:
+                        scale.beta = state.beta
+                        loss = objective.loss_and_grads(model_fn, guide_fn, *batch)
                     if not _finite(loss, param_list):
                         err = DivergenceError(
                             f"non-finite loss or gradient at step {state.step + 1} (epoch "
@@ -449,6 +470,9 @@ def fit(
         cb.on_fit_end(state)
     if not state.stop_reason:
         state.stop_reason = "completed"
+    config["compiled"] = compiled is not None and compiled.active and bool(compiled.graphs)
+    if compiled is not None and not compiled.active:
+        config["compile_fallback"] = compiled.fallback_reason
     return _result(model, program, state, config, started, params)
 
 

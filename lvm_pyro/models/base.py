@@ -73,6 +73,19 @@ class LatentVariableModel(PyroModule):
     def forward(self, x: torch.Tensor, *cond: torch.Tensor) -> None:
         return self.model(x, *cond)
 
+    def __getattr__(self, name: str):
+        # Plain torch submodules and parameters are used as they are: ``fit`` trains
+        # ``module.parameters()`` directly, so the Pyro param statements PyroModule would
+        # emit for them on every access are pure overhead. PyroParam / PyroSample
+        # attributes and PyroModule children still go through Pyro.
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules and not isinstance(modules[name], PyroModule):
+            return modules[name]
+        params = self.__dict__.get("_parameters")
+        if params is not None and name in params and not name.endswith("_unconstrained"):
+            return params[name]
+        return super().__getattr__(name)
+
     @staticmethod
     def data_plate(x: torch.Tensor) -> pyro.plate:
         """The plate over the examples of ``x`` (its first dimension), at dim -1."""

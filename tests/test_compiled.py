@@ -1,0 +1,78 @@
+"""The compiled loss: used by default, same trajectory as eager, safe fallback."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from models_for_tests import LocalGaussian
+
+import lvm_pyro
+from lvm_pyro.infer.compiled import CompiledLoss
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "meanfield", "iwae"])
+def test_compiled_and_eager_paths_follow_the_same_trajectory(estimator):
+    x = torch.randn(96, 3)
+    runs = {}
+    for jit in (False, True):
+        pyro.clear_param_store()
+        model = LocalGaussian(3, learn_w=True)
+        result = lvm_pyro.fit(model, x, estimator=estimator, epochs=6, batch_size=32, lr=0.02,
+                              kl_warmup=2 if estimator != "iwae" else 0, progress=False, seed=3, jit=jit)
+        runs[jit] = (result, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    eager, compiled = runs[False], runs[True]
+    assert compiled[0].config["compiled"] is True and eager[0].config["compiled"] is False
+    torch.testing.assert_close(torch.tensor(compiled[0].losses), torch.tensor(eager[0].losses),
+                               rtol=1e-5, atol=1e-5)
+    for name, value in eager[1].items():
+        torch.testing.assert_close(compiled[1][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_data_dependent_model_falls_back_to_eager_with_a_warning():
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        spread = float(x.abs().max())  # a Python number taken from the data: recorded once
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, spread), obs=x)
+
+    x = torch.randn(64) * torch.linspace(0.5, 3.0, 64)
+    with pytest.warns(UserWarning, match="differ from the eager ones"):
+        result = lvm_pyro.fit((model, lambda x: None), x, steps=6, batch_size=16, progress=False,
+                              seed=0)
+    assert result.config["compiled"] is False
+    assert "differ" in result.config["compile_fallback"]
+    pyro.clear_param_store()
+    eager = lvm_pyro.fit((model, lambda x: None), x, steps=6, batch_size=16, progress=False, seed=0,
+                         jit=False)
+    assert result.losses == pytest.approx(eager.losses, rel=1e-6)
+
+
+def test_branch_independent_of_data_is_compiled():
+    w = torch.nn.Parameter(torch.ones(2))
+
+    def loss_fn(x, beta):
+        scale = 2.0 if x.shape[0] > 1 else 1.0  # depends on the shape only: one graph per shape
+        return scale * (w * x).sum() * beta
+
+    compiled = CompiledLoss(loss_fn, [w])
+    for _ in range(3):
+        assert float(compiled((torch.ones(3, 2),), torch.tensor(1.0))) == 12.0
+    assert float(compiled((torch.ones(1, 2),), torch.tensor(0.5))) == 1.0
+    assert compiled.active and len(compiled.graphs) == 1
+
+
+def test_tracing_failure_falls_back_to_eager():
+    w = torch.nn.Parameter(torch.ones(2))
+
+    def loss_fn(x, beta):
+        if torch.jit.is_tracing():
+            raise RuntimeError("cannot be traced")
+        return (w * x).sum()
+
+    compiled = CompiledLoss(loss_fn, [w])
+    x = torch.ones(3, 2)
+    with pytest.warns(UserWarning, match="tracing failed: RuntimeError: cannot be traced"):
+        values = [float(compiled((x,), torch.tensor(1.0))) for _ in range(3)]
+    assert values == [6.0, 6.0, 6.0] and not compiled.active
