@@ -342,3 +342,22 @@ def test_bad_sizes_and_options():
         lvm_pyro.fit(LocalGaussian(2), torch.randn(8, 2), steps=1, optimizer="lbfgs2", progress=False)
     with pytest.raises(errors.ConfigurationError, match="KLWarmup"):
         KLWarmup(epochs=0)
+
+
+def test_a_new_model_instance_does_not_inherit_an_old_ones_parameters():
+    x = torch.randn(64, 2) * 3
+    first = LocalGaussian(2, learn_w=True)
+    lvm_pyro.fit(first, x, epochs=20, batch_size=64, lr=0.1, progress=False, seed=0)
+    assert not torch.allclose(first.w.detach(), torch.ones(2), atol=0.1)
+    second = LocalGaussian(2, learn_w=True)  # same class, same Pyro parameter names
+    lvm_pyro.fit(second, x, steps=1, batch_size=64, lr=1e-6, progress=False, seed=0)
+    torch.testing.assert_close(second.w.detach(), torch.ones(2), atol=1e-4, rtol=0)
+
+
+def test_library_models_also_train_with_pyro_svi():
+    """A LatentVariableModel is a plain Pyro program: Pyro's own SVI runs it too."""
+    model = LocalGaussian(2, learn_w=True)
+    svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
+    x = torch.randn(64, 2)
+    losses = [svi.step(x) for _ in range(100)]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])

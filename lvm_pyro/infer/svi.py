@@ -140,10 +140,42 @@ def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator
     return params
 
 
+def _pyro_name_to_torch(name: str) -> str:
+    """'enc$$$0.weight' (a pyro.module parameter) -> 'enc.0.weight' (its module path)."""
+    return name.replace("$$$", ".")
+
+
+def _module_param_names(module: torch.nn.Module) -> set[str]:
+    names = set()
+    for name, _ in module.named_parameters():
+        names.add(name)
+        names.add(name.removesuffix("_unconstrained"))  # a PyroParam's Pyro name
+    return names
+
+
+def claim_module_params(module: torch.nn.Module | None) -> None:
+    """Drop param-store entries that a fresh PyroModule would otherwise inherit.
+
+    With Pyro's default global param store, a PyroModule reads back any parameter of the
+    same name left there by an earlier instance (Pyro's "ParamStore -> PyroModule" sync), so
+    a new model would silently start from an old one's values. The module's own
+    parameters win: colliding store entries are removed before training.
+    """
+    if module is None:
+        return
+    store = pyro.get_param_store()
+    own = _module_param_names(module)
+    ids = {id(p) for p in module.parameters()}
+    for name in list(store.keys()):
+        if _pyro_name_to_torch(name) in own and id(store._params[name]) not in ids:
+            del store[name]
+
+
 def _collect_params(program: Program, objective: Objective, traced: dict[str, torch.Tensor]):
     """Every trained tensor, once, by a stable name (module parameters first)."""
     named: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
+    own = _module_param_names(program.module) if program.module is not None else set()
     modules = [("module", program.module)] if program.module is not None else []
     modules += [(f"baseline{i}", m) for i, m in enumerate(objective.extra_modules)]
     for prefix, module in modules:
@@ -153,7 +185,7 @@ def _collect_params(program: Program, objective: Objective, traced: dict[str, to
                 named[f"{prefix}.{name}"] = p
     for name in sorted(traced):
         p = traced[name]
-        if id(p) not in seen:
+        if id(p) not in seen and _pyro_name_to_torch(name) not in own:
             seen.add(id(p))
             named[f"param.{name}"] = p
     if not named:
@@ -293,6 +325,7 @@ def fit(
         callbacks.insert(0, KLWarmup(warmup))
 
     scale = TrainingScale(batches.num_data, plate=data_plate)
+    claim_module_params(program.module)
     traced = _setup_trace(program, scale, first, estimator)
     if batches.batch_size < batches.num_data and not scale.saw_plate:
         raise ModelContractError(

@@ -19,11 +19,6 @@ from pyro.nn import PyroModule
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError
 
-# A PyroModule's parameters live in the module itself (state_dict, .to(), checkpoints), never
-# in Pyro's global param store, so two instances of a model class never share or overwrite
-# each other's parameters. Plain pyro.param calls outside a PyroModule still use the store.
-pyro.settings.set(module_local_params=True)
-
 #: Name of the plate over data points. ``fit`` scales the sites inside it by N / batch size
 #: so that a minibatch ELBO is an unbiased estimate of the full-data ELBO.
 DATA_PLATE = "data"
@@ -72,19 +67,6 @@ class LatentVariableModel(PyroModule):
 
     def forward(self, x: torch.Tensor, *cond: torch.Tensor) -> None:
         return self.model(x, *cond)
-
-    def __getattr__(self, name: str):
-        # Plain torch submodules and parameters are used as they are: ``fit`` trains
-        # ``module.parameters()`` directly, so the Pyro param statements PyroModule would
-        # emit for them on every access are pure overhead. PyroParam / PyroSample
-        # attributes and PyroModule children still go through Pyro.
-        modules = self.__dict__.get("_modules")
-        if modules is not None and name in modules and not isinstance(modules[name], PyroModule):
-            return modules[name]
-        params = self.__dict__.get("_parameters")
-        if params is not None and name in params and not name.endswith("_unconstrained"):
-            return params[name]
-        return super().__getattr__(name)
 
     @staticmethod
     def data_plate(x: torch.Tensor) -> pyro.plate:

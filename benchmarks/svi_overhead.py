@@ -1,0 +1,190 @@
+"""Cost of a training step of ``lvm_pyro.fit`` against a hand-written PyTorch loop.
+
+Same architecture (the library VAE's own modules), optimizer (torch Adam), batch, data
+and KL treatment: "reparam" against a sampled KL, "meanfield" against the analytic KL.
+Peers in the same run: the hand-written step (the reference), ``fit`` with the compiled
+loss (the default), ``fit`` eager (``jit=False``), and Pyro's ``SVI`` with ``Trace_ELBO`` /
+``JitTrace_ELBO`` and ``pyro.optim.Adam``. Timings alternate between peers in short blocks
+and each ratio is the median over rounds of (peer / hand-written), so a noisy machine moves
+both sides of a ratio together.
+
+    python benchmarks/svi_overhead.py            # both sizes, 1 thread
+    python benchmarks/svi_overhead.py --quick    # a smoke run
+    python benchmarks/svi_overhead.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from torch.nn import functional as F
+
+import lvm_pyro
+from lvm_pyro.data import load_digits
+from lvm_pyro.infer.callbacks import Callback
+from lvm_pyro.infer.objectives import TrainingScale
+from lvm_pyro.models.vae import VAE
+
+CONFIGS = {
+    "small": dict(batch=128, hidden=256, latent=8),
+    "large": dict(batch=1024, hidden=1024, latent=32),
+}
+
+
+class StepClock(Callback):
+    """Time stamps after every step; the per-step cost excludes set-up and compilation."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.stamps: list[float] = []
+
+    def on_step_end(self, state) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        s = self.stamps[self.warmup:]
+        return (s[-1] - s[0]) / (len(s) - 1)
+
+
+def make_vae(cfg: dict, device, dtype) -> VAE:
+    return VAE((64,), latent_dim=cfg["latent"], hidden=(cfg["hidden"],)).to(device=device, dtype=dtype)
+
+
+def time_fit(x, cfg, estimator, steps, warmup, jit, device):
+    pyro.clear_param_store()
+    clock = StepClock(warmup)
+    torch.manual_seed(0)
+    vae = make_vae(cfg, device, x.dtype)
+    result = lvm_pyro.fit(vae, x, estimator=estimator, steps=steps, batch_size=cfg["batch"],
+                          lr=1e-3, kl_warmup=0, progress=False, seed=0, jit=jit, device=device,
+                          callbacks=[clock])
+    return clock.per_step(), result
+
+
+def time_handwritten(x, cfg, estimator, steps, warmup, device):
+    torch.manual_seed(0)
+    vae = make_vae(cfg, device, x.dtype)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    n, b = x.shape[0], cfg["batch"]
+    g = torch.Generator().manual_seed(0)
+    stamps = []
+    done = 0
+    while done < steps:
+        order = torch.randperm(n, generator=g).to(device)
+        for i in range(n // b):
+            xb = x[order[i * b:(i + 1) * b]]
+            loc, scale = vae.encoder_head(vae.encoder_body(xb))
+            z = loc + scale * torch.randn_like(loc)
+            rec = -F.binary_cross_entropy_with_logits(vae.decoder.net(z), xb, reduction="none").sum(-1)
+            if estimator == "meanfield":
+                kl = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum(-1)
+            else:
+                kl = (dist.Normal(loc, scale).log_prob(z) - dist.Normal(0.0, 1.0).log_prob(z)).sum(-1)
+            loss = -(rec - kl).sum() * (n / b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+            stamps.append(time.perf_counter())
+            done += 1
+            if done >= steps:
+                break
+    s = stamps[warmup:]
+    return (s[-1] - s[0]) / (len(s) - 1)
+
+
+def time_pyro_svi(x, cfg, steps, warmup, jit, device):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = make_vae(cfg, device, x.dtype)
+    scale = TrainingScale(x.shape[0])
+    loss = JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True) if jit else Trace_ELBO(max_plate_nesting=1)
+    svi = SVI(scale(vae.model), scale(vae.guide), pyro.optim.Adam({"lr": 1e-3}), loss)
+    n, b = x.shape[0], cfg["batch"]
+    stamps = []
+    with pyro.validation_enabled(False):
+        for i in range(steps):
+            idx = torch.randint(0, n, (b,), device=device)
+            svi.step(x[idx])
+            stamps.append(time.perf_counter())
+    s = stamps[warmup:]
+    return (s[-1] - s[0]) / (len(s) - 1)
+
+
+def trajectory_gap(x, cfg, estimator, device) -> float:
+    """Largest relative difference of the per-step losses, compiled vs eager, same seed."""
+    _, compiled = time_fit(x, cfg, estimator, 60, 5, True, device)
+    _, eager = time_fit(x, cfg, estimator, 60, 5, False, device)
+    assert compiled.config["compiled"], compiled.config.get("compile_fallback")
+    a, b = torch.tensor(compiled.losses), torch.tensor(eager.losses)
+    return float(((a - b).abs() / b.abs()).max())
+
+
+def run(args) -> str:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x = load_digits(binarize=8).train.x.to(device)
+    rows = []
+    for size, cfg in CONFIGS.items():
+        steps = args.steps if size == "small" else max(args.steps // 4, 20)
+        warmup = min(10, steps // 4)
+        for estimator in ("reparam", "meanfield"):
+            ratios: dict[str, list[float]] = {"fit (compiled)": [], "fit (eager)": []}
+            if estimator == "reparam":
+                ratios.update({"Pyro SVI + Trace_ELBO": [], "Pyro SVI + JitTrace_ELBO": []})
+            hand_ms = []
+            for _ in range(args.rounds):
+                hand = time_handwritten(x, cfg, estimator, steps, warmup, device)
+                hand_ms.append(1e3 * hand)
+                ratios["fit (compiled)"].append(time_fit(x, cfg, estimator, steps, warmup, True, device)[0] / hand)
+                ratios["fit (eager)"].append(time_fit(x, cfg, estimator, steps, warmup, False, device)[0] / hand)
+                if estimator == "reparam":
+                    ratios["Pyro SVI + Trace_ELBO"].append(time_pyro_svi(x, cfg, steps, warmup, False, device) / hand)
+                    ratios["Pyro SVI + JitTrace_ELBO"].append(time_pyro_svi(x, cfg, steps, warmup, True, device) / hand)
+            gap = trajectory_gap(x, cfg, estimator, device)
+            for peer, values in ratios.items():
+                rows.append((size, estimator, peer, statistics.median(values), statistics.median(hand_ms), gap
+                             if peer == "fit (compiled)" else None))
+    lines = [
+        f"SVI step cost relative to a hand-written PyTorch step ({args.threads} thread(s), {device}, "
+        f"median of {args.rounds} rounds; torch {torch.__version__}, pyro {pyro.__version__})",
+        "",
+        "| VAE | KL | peer | time / hand-written | hand-written ms/step | compiled vs eager loss gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, est, peer, ratio, hand, gap in rows:
+        cfg = CONFIGS[size]
+        name = f"{size} (B={cfg['batch']}, H={cfg['hidden']}, L={cfg['latent']})"
+        kl = "analytic (meanfield)" if est == "meanfield" else "sampled (reparam)"
+        lines.append(f"| {name} | {kl} | {peer} | {ratio:.2f}x | {hand:.2f} | "
+                     f"{'' if gap is None else f'{gap:.1e}'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=200, help="steps per timing block (small VAE)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and rounds")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "svi_overhead.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 40, 1
+    table = run(args)
+    print(table)
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
