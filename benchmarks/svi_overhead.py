@@ -1,12 +1,14 @@
 """Cost of a training step of ``lvm_pyro.fit`` against a hand-written PyTorch loop.
 
-Same architecture (the library VAE's own modules), optimizer (torch Adam), batch, data
-and KL treatment: "reparam" against a sampled KL, "meanfield" against the analytic KL.
-Peers in the same run: the hand-written step (the reference), ``fit`` with the compiled
-loss (the default), ``fit`` eager (``jit=False``), and Pyro's ``SVI`` with ``Trace_ELBO`` /
-``JitTrace_ELBO`` and ``pyro.optim.Adam``. Timings alternate between peers in short blocks
-and each ratio is the median over rounds of (peer / hand-written), so a noisy machine moves
-both sides of a ratio together.
+Same architecture (the library VAE's own modules), optimizer (torch Adam: the default
+implementation for the reference, the fused one in ``fit``), batch, data and KL treatment:
+"reparam" against a sampled KL, "meanfield" against the analytic KL. Peers in the same run:
+the hand-written step (the reference; also with fused Adam), ``fit`` with the compiled loss
+(the default), ``fit`` eager (``jit=False``), Pyro's ``SVI`` with ``Trace_ELBO`` /
+``JitTrace_ELBO`` and ``pyro.optim.Adam``, and NumPyro's jit-compiled SVI step (optional:
+skipped where JAX is not installed; ``numpyro_vae.py``, same threads). Timings alternate
+between peers in short blocks and each ratio is the median over rounds of
+(peer / hand-written), so a noisy machine moves both sides of a ratio together.
 
     python benchmarks/svi_overhead.py            # both sizes, 1 thread
     python benchmarks/svi_overhead.py --quick    # a smoke run
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,10 +72,10 @@ def time_fit(x, cfg, estimator, steps, warmup, jit, device):
     return clock.per_step(), result
 
 
-def time_handwritten(x, cfg, estimator, steps, warmup, device):
+def time_handwritten(x, cfg, estimator, steps, warmup, device, fused=False):
     torch.manual_seed(0)
     vae = make_vae(cfg, device, x.dtype)
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
     n, b = x.shape[0], cfg["batch"]
     g = torch.Generator().manual_seed(0)
     stamps = []
@@ -105,17 +109,31 @@ def time_pyro_svi(x, cfg, steps, warmup, jit, device):
     torch.manual_seed(0)
     vae = make_vae(cfg, device, x.dtype)
     scale = TrainingScale(x.shape[0])
-    loss = JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True) if jit else Trace_ELBO(max_plate_nesting=1)
+    if jit:
+        loss = JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+    else:
+        loss = Trace_ELBO(max_plate_nesting=1)
     svi = SVI(scale(vae.model), scale(vae.guide), pyro.optim.Adam({"lr": 1e-3}), loss)
     n, b = x.shape[0], cfg["batch"]
     stamps = []
     with pyro.validation_enabled(False):
-        for i in range(steps):
+        for _ in range(steps):
             idx = torch.randint(0, n, (b,), device=device)
             svi.step(x[idx])
             stamps.append(time.perf_counter())
     s = stamps[warmup:]
     return (s[-1] - s[0]) / (len(s) - 1)
+
+
+def time_numpyro(cfg, estimator, steps, warmup, threads) -> float | None:
+    """ms per jit-compiled NumPyro SVI step (subprocess, threads pinned); None without JAX."""
+    cmd = [sys.executable, str(Path(__file__).parent / "numpyro_vae.py"), "--batch", str(cfg["batch"]),
+           "--hidden", str(cfg["hidden"]), "--latent", str(cfg["latent"]), "--steps", str(steps),
+           "--warmup", str(warmup), "--threads", str(threads)]
+    if estimator == "meanfield":
+        cmd.append("--meanfield")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return None if not out or out[-1] == "unavailable" else float(out[-1]) / 1e3
 
 
 def trajectory_gap(x, cfg, estimator, device) -> float:
@@ -127,6 +145,21 @@ def trajectory_gap(x, cfg, estimator, device) -> float:
     return float(((a - b).abs() / b.abs()).max())
 
 
+def peers(x, cfg, estimator, steps, warmup, device, threads) -> dict:
+    """Peer name -> a callable timing one block (seconds per step, or None if unavailable)."""
+    table = {
+        "fit (compiled)": lambda: time_fit(x, cfg, estimator, steps, warmup, True, device)[0],
+        "fit (eager)": lambda: time_fit(x, cfg, estimator, steps, warmup, False, device)[0],
+        "hand-written + fused Adam": lambda: time_handwritten(x, cfg, estimator, steps, warmup, device, True),
+    }
+    if device.type == "cpu":
+        table["NumPyro SVI (jit)"] = lambda: time_numpyro(cfg, estimator, steps, warmup, threads)
+    if estimator == "reparam":
+        table["Pyro SVI + Trace_ELBO"] = lambda: time_pyro_svi(x, cfg, steps, warmup, False, device)
+        table["Pyro SVI + JitTrace_ELBO"] = lambda: time_pyro_svi(x, cfg, steps, warmup, True, device)
+    return table
+
+
 def run(args) -> str:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -136,22 +169,21 @@ def run(args) -> str:
         steps = args.steps if size == "small" else max(args.steps // 4, 20)
         warmup = min(10, steps // 4)
         for estimator in ("reparam", "meanfield"):
-            ratios: dict[str, list[float]] = {"fit (compiled)": [], "fit (eager)": []}
-            if estimator == "reparam":
-                ratios.update({"Pyro SVI + Trace_ELBO": [], "Pyro SVI + JitTrace_ELBO": []})
+            timers = peers(x, cfg, estimator, steps, warmup, device, args.threads)
+            ratios: dict[str, list[float]] = {name: [] for name in timers}
             hand_ms = []
             for _ in range(args.rounds):
                 hand = time_handwritten(x, cfg, estimator, steps, warmup, device)
                 hand_ms.append(1e3 * hand)
-                ratios["fit (compiled)"].append(time_fit(x, cfg, estimator, steps, warmup, True, device)[0] / hand)
-                ratios["fit (eager)"].append(time_fit(x, cfg, estimator, steps, warmup, False, device)[0] / hand)
-                if estimator == "reparam":
-                    ratios["Pyro SVI + Trace_ELBO"].append(time_pyro_svi(x, cfg, steps, warmup, False, device) / hand)
-                    ratios["Pyro SVI + JitTrace_ELBO"].append(time_pyro_svi(x, cfg, steps, warmup, True, device) / hand)
+                for name, timer in timers.items():
+                    seconds = timer()
+                    if seconds is not None:
+                        ratios[name].append(seconds / hand)
             gap = trajectory_gap(x, cfg, estimator, device)
             for peer, values in ratios.items():
-                rows.append((size, estimator, peer, statistics.median(values), statistics.median(hand_ms), gap
-                             if peer == "fit (compiled)" else None))
+                if values:
+                    rows.append((size, estimator, peer, statistics.median(values),
+                                 statistics.median(hand_ms), gap if peer == "fit (compiled)" else None))
     lines = [
         f"SVI step cost relative to a hand-written PyTorch step ({args.threads} thread(s), {device}, "
         f"median of {args.rounds} rounds; torch {torch.__version__}, pyro {pyro.__version__})",

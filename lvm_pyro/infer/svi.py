@@ -73,6 +73,19 @@ class FitResult:
         return -last
 
 
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """Fused Adam (one kernel for every tensor) needs floating tensors on one CPU/CUDA device."""
+    devices = {p.device for p in params}
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.is_floating_point() for p in params)
+    )
+
+
 def _make_optimizer(optimizer, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
@@ -80,7 +93,10 @@ def _make_optimizer(optimizer, params: list[torch.Tensor], lr: float) -> torch.o
                 f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}, a torch.optim "
                 "class, or a callable params -> optimizer"
             )
-        return OPTIMIZERS[optimizer](params, lr=lr)
+        cls = OPTIMIZERS[optimizer]
+        if cls in FUSABLE and _fusable(params):
+            return cls(params, lr=lr, fused=True)
+        return cls(params, lr=lr)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return optimizer(params, lr=lr)
     if callable(optimizer):
@@ -196,13 +212,19 @@ def _collect_params(program: Program, objective: Objective, traced: dict[str, to
     return named
 
 
-def _finite(loss: float, params: Sequence[torch.Tensor]) -> bool:
-    if not math.isfinite(loss):
-        return False
+def _loss_and_finite(loss: torch.Tensor | float, params: Sequence[torch.Tensor]) -> tuple[float, bool]:
+    """The loss as a float and whether it and every gradient are finite, in one device sync."""
     grads = [p.grad for p in params if p.grad is not None]
+    if not torch.is_tensor(loss):
+        if not grads:
+            return loss, math.isfinite(loss)
+        total = float(torch.stack(torch._foreach_norm(grads)).sum())
+        return loss, math.isfinite(loss) and math.isfinite(total)
     if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+        value = loss.detach().item()
+        return value, math.isfinite(value)
+    value, total = torch.stack((loss.detach(), torch.stack(torch._foreach_norm(grads)).sum())).tolist()
+    return value, math.isfinite(value) and math.isfinite(total)
 
 
 def fit(
@@ -246,7 +268,8 @@ def fit(
             ``data_plate`` are scaled by N / batch size.
         epochs / steps: how long to train (one of them; default 50 epochs).
         optimizer, lr, clip_norm: a torch optimizer name/class/factory, its learning rate,
-            and optional gradient-norm clipping.
+            and optional gradient-norm clipping. "adam" and "adamw" use torch's fused
+            implementation (one kernel for all tensors) where the parameters allow it.
         val_data: held-out data; its ELBO per data point is recorded after every epoch.
         device: "auto" (CUDA when available), "cpu", "cuda", ...; data and model move there;
             the model also takes the data's floating dtype.
@@ -454,13 +477,13 @@ def fit(
                     opt.zero_grad(set_to_none=True)
                     if compiled is not None:
                         beta_input.fill_(state.beta)
-                        loss_tensor = compiled(batch, beta_input)
-                        loss_tensor.backward()
-                        loss = loss_tensor.detach().item()
+                        loss = compiled(batch, beta_input)
+                        loss.backward()
                     else:
                         scale.beta = state.beta
                         loss = objective.loss_and_grads(model_fn, guide_fn, *batch)
-                    if not _finite(loss, param_list):
+                    loss, finite = _loss_and_finite(loss, param_list)
+                    if not finite:
                         err = DivergenceError(
                             f"non-finite loss or gradient at step {state.step + 1} (epoch "
                             f"{state.epoch + 1}, loss {loss}); the parameters are those after step "
