@@ -9,6 +9,8 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("LVM_PYRO_SMOKE", "1")
+# Tests use tiny tensors: one intra-op thread avoids two threads fighting over two cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -42,18 +42,27 @@ class TrainingScale(Messenger):
     ELBO (a plate already declared with size=num_data and a subsample is left alone). Latent
     (unobserved, non-enumerated) sites are further multiplied by ``beta`` (a float, or a 0-d
     tensor so a compiled loss can take it as an input), the KL warm-up factor:
-    ELBO_beta = E_q[log p(x | z)] - beta * KL(q(z | x) || p(z)).
+    ELBO_beta = E_q[log p(x | z)] - beta * KL(q(z | x) || p(z)). Sites outside the plate
+    are multiplied by ``global_scale`` (1 / world size in data-parallel training, where every
+    rank would otherwise count them once).
 
     Example:
         >>> with TrainingScale(num_data=1000, beta=0.5):
         ...     pass
     """
 
-    def __init__(self, num_data: int, beta: float | torch.Tensor = 1.0, plate: str = DATA_PLATE) -> None:
+    def __init__(
+        self,
+        num_data: float,
+        beta: float | torch.Tensor = 1.0,
+        plate: str = DATA_PLATE,
+        global_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.num_data = num_data
         self.beta = beta
         self.plate = plate
+        self.global_scale = global_scale
         self.saw_plate = False
 
     def _process_message(self, msg: dict) -> None:
@@ -65,6 +74,9 @@ class TrainingScale(Messenger):
                 if frame.size != self.num_data:
                     msg["scale"] = msg["scale"] * (self.num_data / frame.size)
                 break
+        else:
+            if self.global_scale != 1.0:
+                msg["scale"] = msg["scale"] * self.global_scale
         annealed = torch.is_tensor(self.beta) or self.beta != 1.0
         if annealed and not msg["is_observed"] and not msg["infer"].get("enumerate"):
             msg["scale"] = msg["scale"] * self.beta

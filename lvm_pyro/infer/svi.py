@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyro
 import torch
@@ -31,6 +32,7 @@ from lvm_pyro.infer.checkpoint import (
     set_rng_state,
 )
 from lvm_pyro.infer.compiled import COMPILABLE, CompiledLoss
+from lvm_pyro.infer.distributed import distributed_context
 from lvm_pyro.infer.evaluate import dataset_loss
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
@@ -253,6 +255,7 @@ def fit(
     vectorize_particles: bool | None = None,
     data_plate: str = DATA_PLATE,
     jit: bool = True,
+    distributed: bool = False,
 ) -> FitResult:
     """Train a model/guide pair by SVI: maximize ELBO(x) = E_q[log p(x, z) - log q(z | x)].
 
@@ -284,6 +287,10 @@ def fit(
         jit: for "reparam", "meanfield" and "iwae", record the loss once per batch shape as
             one torch graph (``lvm_pyro.infer.compiled``), verified against the eager loss
             and gradients before use, with a fallback to eager; the trajectory is the same.
+        distributed: data-parallel training in a torch.distributed group (launch with
+            ``torchrun --nproc_per_node=P``): ``batch_size`` is the global batch, split over
+            the processes, gradients summed (``lvm_pyro.infer.distributed``); rank 0 shows
+            progress and writes checkpoints.
 
     Raises DivergenceError (with ``.result`` holding the history so far) when a loss or
     gradient is not finite; the parameters are those of the last finite step and the last
@@ -306,6 +313,9 @@ def fit(
     started = time.perf_counter()
     program = as_program(model, guide)
     dev = resolve_device(device)
+    group = distributed_context(dev) if distributed else None
+    if group is not None and dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
     if epochs is not None and steps is not None:
         raise ConfigurationError("pass epochs or steps, not both")
     for value, label in ((epochs, "epochs"), (steps, "steps"), (checkpoint_every, "checkpoint_every")):
@@ -313,10 +323,17 @@ def fit(
             raise ConfigurationError(f"{label} must be a positive integer, got {value!r}")
     if resume and checkpoint_dir is None:
         raise ConfigurationError("resume=True needs checkpoint_dir, the folder of the run to resume")
-    ckpt_dir = prepare_directory(checkpoint_dir) if checkpoint_dir is not None else None
+    main_process = group is None or group.is_main
+    ckpt_dir = None
+    if checkpoint_dir is not None:  # rank 0 writes; every rank reads when resuming
+        ckpt_dir = prepare_directory(checkpoint_dir) if main_process else Path(checkpoint_dir)
     if seed is not None:
         pyro.set_rng_seed(seed)
     shuffle_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    if group is not None:
+        # one batch order for every rank; each rank its own noise
+        shuffle_seed = group.broadcast_int(shuffle_seed, dev)
+        pyro.set_rng_seed(shuffle_seed + group.rank)
 
     batches = make_batches(data, program, dev, batch_size=batch_size, seed=shuffle_seed)
     val_batches = (
@@ -326,6 +343,13 @@ def fit(
     )
     first = next(iter(batches.epoch()))
     batches.rewind_epoch(batches.epoch_start_state)
+    if group is not None:
+        if batches.batch_size < group.world_size:
+            raise ConfigurationError(
+                f"batch_size={batches.batch_size} is smaller than the {group.world_size} processes: "
+                "pass a global batch_size of at least one example per process"
+            )
+        first = group.shard(first)
     x0 = first[0]
     if program.module is not None:
         program.module.to(device=dev, dtype=x0.dtype if x0.is_floating_point() else None)
@@ -348,6 +372,10 @@ def fit(
         callbacks.insert(0, KLWarmup(warmup))
 
     scale = TrainingScale(batches.num_data, plate=data_plate)
+    if group is not None:
+        # a shard of s of a global batch of B: data sites count N / B each, global sites 1 / P
+        scale.num_data = batches.num_data * x0.shape[0] / batches.batch_size
+        scale.global_scale = 1.0 / group.world_size
     claim_module_params(program.module)
     traced = _setup_trace(program, scale, first, estimator)
     if batches.batch_size < batches.num_data and not scale.saw_plate:
@@ -358,6 +386,8 @@ def fit(
         )
     params = _collect_params(program, objective, traced)
     param_list = list(params.values())
+    if group is not None:
+        group.broadcast_(param_list)
     opt = _make_optimizer(optimizer, param_list, lr)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
@@ -379,6 +409,7 @@ def fit(
         "score_baseline": score_baseline if estimator == "score" else None,
         "data_plate": data_plate,
         "model": type(program.source).__name__ if program.source is not None else "callable",
+        "world_size": group.world_size if group is not None else 1,
     }
     state = TrainState(
         num_data=batches.num_data,
@@ -401,7 +432,7 @@ def fit(
         compiled = CompiledLoss(loss_fn, param_list)
 
     def write_checkpoint() -> None:
-        if ckpt_dir is None:
+        if ckpt_dir is None or not main_process:
             return
         store = pyro.get_param_store()
         traced_ids = {id(p) for p in param_list}
@@ -464,7 +495,7 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(state)
     bar = tqdm(total=total_steps, initial=state.step, desc=f"fit[{estimator}]", unit="step",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and main_process), dynamic_ncols=True)
     try:
         with pyro.validation_enabled(False):
             while state.step < total_steps and not state.stop:
@@ -472,6 +503,8 @@ def fit(
                 if skip == 0:
                     partial.update(sum=0.0, count=0)
                 for batch in batches.epoch(skip=skip):
+                    if group is not None:
+                        batch = group.shard(batch)
                     for cb in callbacks:
                         cb.on_step_start(state)
                     opt.zero_grad(set_to_none=True)
@@ -482,6 +515,8 @@ def fit(
                     else:
                         scale.beta = state.beta
                         loss = objective.loss_and_grads(model_fn, guide_fn, *batch)
+                    if group is not None:
+                        loss = group.all_reduce_step(torch.as_tensor(loss, device=dev), param_list)
                     loss, finite = _loss_and_finite(loss, param_list)
                     if not finite:
                         err = DivergenceError(
