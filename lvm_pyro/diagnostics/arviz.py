@@ -1,0 +1,865 @@
+"""ArviZ diagnostics: InferenceData from SVI, EM and NUTS results, PSIS k-hat, LOO, comparison.
+
+This is the only module of lvm_pyro that imports ArviZ; it is written for arviz 0.23
+(``az.from_dict``, ``az.psislw``, ``az.loo``, ``az.compare``).
+
+:func:`to_inference_data` works on any Pyro model through the model contract: posterior
+draws of the latent sites come from the guide (a ``fit`` result, one chain), from the point
+estimate of an ``em`` result (one draw), or from NUTS (an ``mcmc`` result, several chains).
+For each draw the model is replayed on the data: the pointwise log-likelihood of every
+observed site per data point (enumerated discrete sites, such as a mixture's z, summed out),
+and a posterior predictive draw with the observations removed. Local latents (those inside
+the ``"data"`` plate) are part of each draw: the log-likelihood and posterior predictive of
+an amortized model are conditional on the guide's z_i ~ q(z | x_i).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from matplotlib.figure import Figure
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import MCMC
+from pyro.poutine.util import site_is_subsample
+
+from lvm_pyro.data import validate_condition
+from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.infer.em import EMResult
+from lvm_pyro.infer.mcmc import MCMCResult
+from lvm_pyro.infer.svi import FitResult
+from lvm_pyro.models.base import DATA_PLATE, LatentVariableModel, Program, as_program
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+import xarray as xr
+
+#: k-hat below this: the guide is a good importance proposal for the posterior.
+KHAT_GOOD = 0.5
+#: k-hat below this (and above KHAT_GOOD): usable, with slower convergence; above: unreliable.
+KHAT_OK = 0.7
+
+__all__ = [
+    "KHAT_GOOD",
+    "KHAT_OK",
+    "PSISResult",
+    "compare",
+    "loo",
+    "plot_ppc",
+    "psis_khat",
+    "to_inference_data",
+]
+
+
+# ------------------------------------------------------------------------------------------
+# Draws: where the latent values come from, and the model replayed on each of them
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """What a result offers: a model, the data, and a way to draw latent values."""
+
+    kind: str
+    model: Callable
+    args: tuple
+    num_chains: int
+    num_draws: int
+    guide: Callable | None = None
+    module: torch.nn.Module | None = None
+    samples: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    max_plate_nesting: int | None = None
+    site_dims: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
+    trace_stats: Mapping[str, tuple[str, Sequence[float]]] = field(default_factory=dict)
+
+    def latent_trace(self, chain: int, draw: int) -> poutine.Trace:
+        """A trace holding one draw of the latent values, to replay the model against."""
+        tr = poutine.Trace()
+        for name, value in self.samples.items():
+            tr.add_node(name, name=name, type="sample", is_observed=False, infer={},
+                        value=value[chain, draw])
+        return tr
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """Evaluation mode (dropout off, batch-norm statistics frozen) for the block, then restored."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@dataclass
+class _Structure:
+    """The model's sites as seen on the first draw."""
+
+    latent: list[str]
+    local: set[str]
+    observed: list[str]
+    enumerated: list[str]
+    max_plate_nesting: int
+    n_components: int | None
+
+
+def _is_latent(site: dict) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("enumerate")
+        and not site["infer"].get("is_auxiliary")
+    )
+
+
+def _data_frame(site: dict, plate: str = DATA_PLATE):
+    return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+
+
+def _structure(trace: poutine.Trace, max_plate_nesting: int | None) -> _Structure:
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    latent = [s["name"] for s in sites if _is_latent(s)]
+    observed = [s["name"] for s in sites if s["is_observed"]]
+    enumerated = [s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate")]
+    if not latent and not enumerated:
+        raise ModelContractError(
+            "the model has no latent sample sites, so there is no posterior to diagnose: add a "
+            "latent variable (pyro.sample without obs=), or use a plain likelihood fit instead"
+        )
+    if not observed:
+        raise ModelContractError("the model observes nothing: pass the data to a sample site with obs=x")
+    for name in observed + enumerated:
+        if _data_frame(trace.nodes[name]) is None:
+            what = "observed" if name in observed else "enumerated"
+            raise ModelContractError(
+                f"{what} site {name!r} is outside the {DATA_PLATE!r} plate, so it has no value per "
+                f"data point: put it inside pyro.plate({DATA_PLATE!r}, len(x))"
+            )
+    nesting = max(
+        (-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized), default=0
+    )
+    mpn = max(nesting, max_plate_nesting or 0)
+    sizes = {
+        int(trace.nodes[n]["fn"].enumerate_support(expand=False).shape[0]) for n in enumerated
+    }
+    return _Structure(
+        latent=latent,
+        local={n for n in latent if _data_frame(trace.nodes[n]) is not None},
+        observed=observed,
+        enumerated=enumerated,
+        max_plate_nesting=mpn,
+        n_components=sizes.pop() if len(sizes) == 1 else None,
+    )
+
+
+def _log_prob(site: dict) -> torch.Tensor:
+    """log p of a site's value, unscaled, masked as the model masks it."""
+    lp = site["fn"].log_prob(site["value"])
+    return scale_and_mask(lp, 1.0, site["mask"])
+
+
+def _to_data_dim(term: torch.Tensor, frame, mpn: int, n: int) -> torch.Tensor:
+    """Reduce a log-density over plate dims to shape (n,): keep the data plate's dim, sum the rest."""
+    term = term.reshape((1,) * (mpn - term.dim()) + term.shape)
+    axis = mpn + frame.dim
+    others = [d for d in range(mpn) if d != axis]
+    if others:
+        term = term.sum(others, keepdim=True)
+    return term.reshape(-1).expand(n) if term.numel() == 1 else term.reshape(n)
+
+
+def _marginal(terms: list[torch.Tensor], mpn: int) -> torch.Tensor:
+    """log sum over the enumerated dims (left of the plates) of the summed log-densities."""
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    n_enum = total.dim() - mpn
+    return torch.logsumexp(total, dim=tuple(range(n_enum))) if n_enum > 0 else total
+
+
+def _pointwise_log_lik(trace: poutine.Trace, st: _Structure, n: int) -> dict[str, torch.Tensor]:
+    """log p(obs_i | draw) per observed site, with enumerated sites summed out: shape (n,)."""
+    enum_terms = [_log_prob(trace.nodes[e]) for e in st.enumerated]
+    out = {}
+    for name in st.observed:
+        site = trace.nodes[name]
+        total = _marginal([_log_prob(site), *enum_terms], st.max_plate_nesting)
+        out[name] = _to_data_dim(total, _data_frame(site), st.max_plate_nesting, n)
+    return out
+
+
+def _log_density(
+    trace: poutine.Trace, mpn: int, n: int, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the sites outside the data plate, per-point sum of the sites inside it (n,)).
+
+    Enumerated sites inside the data plate are summed out per point: logsumexp over their dims.
+    """
+    global_part = like.new_zeros(())
+    local_terms = []
+    frame = None
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        lp = _log_prob(site)
+        f = _data_frame(site)
+        if f is None:
+            global_part = global_part + lp.sum()
+        else:
+            frame = f
+            local_terms.append(lp)
+    if not local_terms:
+        return global_part, like.new_zeros(n)
+    return global_part, _to_data_dim(_marginal(local_terms, mpn), frame, mpn, n)
+
+
+def _sample_enumerated(trace: poutine.Trace, st: _Structure, n: int) -> dict[str, torch.Tensor]:
+    """Draw the enumerated sites from p(z_i | x_i, draw) per data point, exactly.
+
+    The local log-densities summed over the enumeration grid give the joint posterior of the
+    enumerated sites of each point up to a constant; a joint index is drawn per point and
+    each site takes its enumerated value at its own coordinate of that index.
+    """
+    mpn = st.max_plate_nesting
+    terms, frame = [], None
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site) and _data_frame(site) is not None:
+            frame = _data_frame(site)
+            terms.append(_log_prob(site))
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    n_enum = total.dim() - mpn
+    axis = n_enum + mpn + frame.dim
+    others = [d for d in range(n_enum, total.dim()) if d != axis]
+    if others:
+        total = total.sum(others, keepdim=True)
+    grid = total.shape[:n_enum]
+    logits = total.reshape(math.prod(grid), -1).expand(-1, n).T
+    flat = torch.distributions.Categorical(logits=logits).sample()
+    out = {}
+    for name in st.enumerated:
+        site = trace.nodes[name]
+        pos = n_enum + mpn + site["infer"]["_enumerate_dim"]
+        index = (flat // math.prod(grid[pos + 1:])) % grid[pos]
+        event_shape = site["fn"].event_shape
+        support = site["value"].reshape((grid[pos],) + tuple(event_shape))
+        out[name] = support[index]
+    return out
+
+
+class _Replayer:
+    """Runs the model against each draw: structure, latents, log-likelihood, predictive."""
+
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+        self.n = int(source.args[0].shape[0])
+        self.st: _Structure | None = None
+
+    def _run(self, fn, *args):
+        try:
+            return poutine.trace(fn).get_trace(*args)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            if isinstance(exc, (ModelContractError, ConfigurationError)):
+                raise
+            shapes = [tuple(a.shape) for a in self.source.args]
+            raise DataError(
+                f"running the fitted model on data of shape(s) {shapes} failed ({type(exc).__name__}: "
+                f"{exc}); pass data with the shape and conditions the model was fitted on"
+            ) from exc
+
+    def latent(self, chain: int, draw: int) -> poutine.Trace:
+        """One draw of the latent values: a guide trace, or a stored sample as a trace."""
+        if self.source.guide is not None:
+            return self._run(self.source.guide, *self.source.args)
+        return self.source.latent_trace(chain, draw)
+
+    def model_trace(self, latent: poutine.Trace) -> poutine.Trace:
+        """The model replayed against the draw, enumerated sites enumerated (in parallel)."""
+        src = self.source
+        if self.st is None:
+            first = self._run(poutine.replay(src.model, trace=latent), *src.args)
+            self.st = _structure(first, src.max_plate_nesting)
+        fn = src.model
+        if self.st.enumerated:
+            fn = poutine.enum(fn, first_available_dim=-1 - self.st.max_plate_nesting)
+        # replay outside enum, as TraceEnum_ELBO does, so enumeration sees every site's dims
+        return self._run(poutine.replay(fn, trace=latent), *src.args)
+
+    def predictive(self, latent: poutine.Trace) -> poutine.Trace:
+        """The model with its observations removed, replayed against the draw: x_rep ~ p(x | draw)."""
+        return self._run(poutine.uncondition(poutine.replay(self.source.model, trace=latent)),
+                         *self.source.args)
+
+
+# ------------------------------------------------------------------------------------------
+# Results -> sources
+# ------------------------------------------------------------------------------------------
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _prepare_args(validate: Callable, data, like: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Validate the data against the model and move it to the model's device and dtype."""
+    if data is None:
+        raise ConfigurationError(
+            "pass the data the model was fitted on: to_inference_data(result, data) (the "
+            "observed_data and log_likelihood groups are computed from it)"
+        )
+    parts = data if isinstance(data, tuple) else (data,)
+    x = validate(parts[0], name="data")
+    conds = tuple(
+        validate_condition(c, x.shape[0], name=f"data condition {i + 1}") for i, c in enumerate(parts[1:])
+    )
+    if like is not None:
+        x = x.to(device=like.device, dtype=like.dtype if like.is_floating_point() else x.dtype)
+        conds = tuple(c.to(like.device) for c in conds)
+    return (x, *conds)
+
+
+def _reference_tensor(program: Program) -> torch.Tensor | None:
+    """A tensor of the model's parameters: the data moves to its device and dtype (None: stays)."""
+    module = program.module
+    if module is None:
+        return None
+    first = next(iter(module.parameters()), None)
+    return first if first is not None else next(iter(module.buffers()), None)
+
+
+def _fitted_like(program: Program, result: FitResult | None) -> torch.Tensor | None:
+    """The model's device and dtype as a tensor: of its parameters, else those ``fit`` trained on."""
+    like = _reference_tensor(program)
+    if like is not None or result is None:
+        return like
+    dtype = getattr(torch, str(result.config.get("dtype", "")).removeprefix("torch."), None)
+    device = result.config.get("device")
+    if not isinstance(dtype, torch.dtype) or device is None:
+        return None
+    return torch.empty(0, dtype=dtype, device=device)
+
+
+def _site_dims_of(obj) -> dict[str, list[str]]:
+    dims = getattr(obj, "site_dims", None)
+    if callable(dims):
+        dims = dims()
+    return {k: list(v) for k, v in (dims or {}).items()}
+
+
+def _wrong_kind(result) -> ConfigurationError:
+    return ConfigurationError(
+        f"to_inference_data cannot read a {type(result).__name__}: pass the result of "
+        "lvm_pyro.fit(...) (SVI), lvm_pyro.em(...) (EM), lvm_pyro.mcmc(...) or a pyro.infer.MCMC "
+        "run (NUTS), or a trained model with a guide (a LatentVariableModel or a (model, guide) pair)"
+    )
+
+
+def _source(result, data, num_samples: int) -> _Source:
+    if isinstance(result, FitResult):
+        program = result.program
+        args = _prepare_args(program.validate, data, _fitted_like(program, result))
+        losses = {"loss": ("step", result.losses)}
+        if result.val_elbo:
+            losses["val_elbo"] = ("epoch", result.val_elbo)
+        return _Source("svi", program.model, args, 1, num_samples, guide=program.guide,
+                       module=program.module, max_plate_nesting=program.max_plate_nesting,
+                       site_dims=_site_dims_of(program.source), trace_stats=losses)
+    if isinstance(result, MCMCResult):
+        args = result.data if data is None else _prepare_args(result.validate, data, result.data[0])
+        chains, draws = next(iter(result.samples.values())).shape[:2]
+        module = result.source if isinstance(result.source, torch.nn.Module) else None
+        return _Source("mcmc", result.model, args, chains, draws, samples=result.samples, module=module,
+                       max_plate_nesting=result.max_plate_nesting,
+                       site_dims=_site_dims_of(result.source), sample_stats=result.sample_stats)
+    if isinstance(result, MCMC):
+        samples = result.get_samples(group_by_chain=True)
+        args = tuple(result._args) if data is None else (data if isinstance(data, tuple) else (data,))
+        chains, draws = next(iter(samples.values())).shape[:2]
+        diverging = np.zeros((chains, draws), dtype=bool)
+        for i, (_, idx) in enumerate(sorted(result.diagnostics()["divergences"].items())):
+            diverging[i, idx] = True
+        kernel = result.kernel
+        return _Source("mcmc", kernel.model, args, chains, draws, samples=samples,
+                       max_plate_nesting=kernel._max_plate_nesting,
+                       sample_stats={"diverging": diverging})
+    if isinstance(result, EMResult):
+        program = as_program(result.model)
+        args = _prepare_args(program.validate, data, _fitted_like(program, None))
+        return _Source("em", program.model, args, 1, 1, guide=program.guide,
+                       module=program.module, max_plate_nesting=program.max_plate_nesting,
+                       site_dims=_site_dims_of(result.model),
+                       trace_stats={"log_likelihood": ("iteration", list(result.log_likelihood))})
+    if isinstance(result, (LatentVariableModel, tuple, Program)) or (
+        hasattr(result, "model") and hasattr(result, "guide")
+    ):
+        program = as_program(result)
+        args = _prepare_args(program.validate, data, _fitted_like(program, None))
+        return _Source("guide", program.model, args, 1, num_samples, guide=program.guide,
+                       module=program.module, max_plate_nesting=program.max_plate_nesting,
+                       site_dims=_site_dims_of(program.source))
+    raise _wrong_kind(result)
+
+
+# ------------------------------------------------------------------------------------------
+# Dims and coords
+# ------------------------------------------------------------------------------------------
+
+
+def _value_dims(name: str, site: dict, value_shape: tuple[int, ...], sizes: dict[str, int | None],
+                declared: Mapping[str, Sequence[str]]) -> list[str]:
+    """Dim names of one site's value: declared by the model, else plates, else known sizes."""
+    if name in declared:
+        return list(declared[name])
+    n_batch = len(value_shape) - site["fn"].event_dim
+    frames = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    dims: list[str] = []
+    for i, size in enumerate(value_shape):
+        if i < n_batch:
+            plate = frames.get(i - n_batch)
+            dims.append(f"{name}_dim_{i}" if plate is None else "obs" if plate == DATA_PLATE else plate)
+            continue
+        matches = [k for k, s in sizes.items() if s == size]
+        free = [k for k in matches + [f"{k}_2" for k in matches] if k not in dims]
+        dims.append(free[0] if free else f"{name}_dim_{i}")
+    return dims
+
+
+def _coords(dims: Mapping[str, Sequence[str]], arrays: Mapping[str, np.ndarray], lead: int) -> dict:
+    coords: dict[str, np.ndarray] = {}
+    for name, names in dims.items():
+        shape = arrays[name].shape[lead:]
+        for d, size in zip(names, shape, strict=False):
+            coords.setdefault(d, np.arange(size))
+    return coords
+
+
+# ------------------------------------------------------------------------------------------
+# to_inference_data
+# ------------------------------------------------------------------------------------------
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@torch.no_grad()
+def to_inference_data(
+    result,
+    data=None,
+    *,
+    num_samples: int = 200,
+    local_latents: bool | str = "auto",
+    posterior_predictive: bool = True,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Sequence] | None = None,
+    seed: int | None = None,
+) -> az.InferenceData:
+    """ArviZ InferenceData of a fitted model: posterior draws, pointwise log-likelihood, more.
+
+    log_likelihood[chain, draw, i] = log p(x_i | theta_s) (= log sum_z p(z) p(x_i | z, theta_s) for
+    enumerated z), so that az.loo estimates elpd = sum_i log p(x_i | x_-i).
+
+    Args:
+        result: what ``fit`` returns (SVI: ``num_samples`` draws from the guide, one chain),
+            what ``em`` returns (one draw: the point estimate), what ``mcmc`` returns or a
+            ``pyro.infer.MCMC`` run (NUTS: its chains and draws), or a trained model with a
+            guide (a LatentVariableModel or a ``(model, guide)`` pair).
+        data: the data the model was fitted on, x or a tuple (x, cond, ...) (optional for an
+            ``mcmc`` result, which keeps it).
+        num_samples: draws from the guide (SVI); ignored for EM and NUTS.
+        local_latents: include latent sites inside the "data" plate (one value per data point)
+            in the posterior group; "auto" includes them when the model has no global latent;
+            enumerated sites are then drawn from their posterior p(z_i | x_i, draw).
+        posterior_predictive: add x_rep ~ p(x | draw) per draw (memory: draws x data size).
+        dims, coords: ArviZ dims (site -> dim names, without chain/draw) and coords, on top of
+            the automatic ones: "obs" for the data plate, plate names, "component" (the size of
+            an enumerated site), "feature" (the data's last dim), or the model's ``site_dims``.
+        seed: seeds Pyro's RNG first.
+
+    Groups: posterior, log_likelihood (chain, draw, obs), observed_data, posterior_predictive,
+    sample_stats (SVI: the loss per step and the validation ELBO per epoch; EM: the
+    log-likelihood per iteration; NUTS: diverging, acceptance_rate, step_size per draw).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from lvm_pyro import fit
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> def guide(x):
+        ...     loc = pyro.param("loc", torch.tensor(0.0))
+        ...     pyro.sample("mu", dist.Normal(loc, 0.15))
+        >>> x = torch.randn(50) + 3
+        >>> result = fit(model, x, guide=guide, steps=300, lr=0.05, progress=False, seed=0)
+        >>> idata = to_inference_data(result, x, num_samples=100)
+        >>> idata.log_likelihood["x"].shape
+        (1, 100, 50)
+        >>> bool(loo(idata).elpd_loo < 0)
+        True
+    """
+    num_samples = _check_count(num_samples, "num_samples")
+    if local_latents not in (True, False, "auto"):
+        raise ConfigurationError(f"local_latents must be True, False or 'auto', got {local_latents!r}")
+    src = _source(result, data, num_samples)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    replayer = _Replayer(src)
+    n = replayer.n
+    C, S = src.num_chains, src.num_draws
+    posterior: dict[str, list] = {}
+    loglik: dict[str, list] = {}
+    predictive: dict[str, list] = {}
+    first_trace, names, with_discrete = None, [], False
+    with _eval_mode(src.module):
+        for c in range(C):
+            for d in range(S):
+                latent = replayer.latent(c, d)
+                tr = replayer.model_trace(latent)
+                st = replayer.st
+                if first_trace is None:
+                    first_trace = tr
+                    keep_local = local_latents is True or (
+                        local_latents == "auto" and not set(st.latent) - st.local
+                    )
+                    names = [s for s in st.latent if keep_local or s not in st.local]
+                    with_discrete = keep_local and bool(st.enumerated)
+                for name in names:
+                    posterior.setdefault(name, []).append(tr.nodes[name]["value"])
+                if with_discrete:
+                    for name, value in _sample_enumerated(tr, st, n).items():
+                        posterior.setdefault(name, []).append(value)
+                for name, value in _pointwise_log_lik(tr, st, n).items():
+                    loglik.setdefault(name, []).append(value)
+                if posterior_predictive:
+                    ptr = replayer.predictive(latent)
+                    for name in st.observed:
+                        predictive.setdefault(name, []).append(ptr.nodes[name]["value"])
+    st = replayer.st
+
+    def stack(groups: dict[str, list]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, values in groups.items():
+            arr = _numpy(torch.stack([v.reshape(values[0].shape) for v in values]))
+            out[name] = arr.reshape((C, S) + arr.shape[1:])
+        return out
+
+    post, ll, pp = stack(posterior), stack(loglik), stack(predictive)
+    observed = {name: _numpy(first_trace.nodes[name]["value"]) for name in st.observed}
+    x = src.args[0]
+    sizes = {"component": st.n_components, "feature": int(x.shape[-1]) if x.dim() == 2 else None}
+    declared = {**src.site_dims, **(dims or {})}
+    all_dims: dict[str, list[str]] = {}
+    for name, arr in {**post, **observed}.items():
+        shape = arr.shape[2:] if name in post else arr.shape
+        all_dims[name] = _value_dims(name, first_trace.nodes[name], shape, sizes, declared)
+    all_coords = {**_coords({k: v for k, v in all_dims.items() if k in post}, post, 2),
+                  **_coords({k: v for k, v in all_dims.items() if k in observed}, observed, 0)}
+    all_coords.update(coords or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        idata = az.from_dict(
+            posterior=post,
+            log_likelihood=ll,
+            posterior_predictive=pp or None,
+            observed_data=observed,
+            coords=all_coords,
+            dims=all_dims,
+            attrs={"inference": src.kind, "lvm_pyro_num_data": n},
+        )
+    stats = _sample_stats(src, C, S)
+    if stats is not None:
+        idata.add_groups(sample_stats=stats)
+    return idata
+
+
+def _sample_stats(src: _Source, chains: int, draws: int) -> xr.Dataset | None:
+    if src.sample_stats:
+        data = {
+            k: (("chain", "draw"), np.asarray(v).reshape(chains, draws)) for k, v in src.sample_stats.items()
+        }
+        return xr.Dataset(data, coords={"chain": np.arange(chains), "draw": np.arange(draws)})
+    if src.trace_stats:
+        data = {
+            k: (("chain", dim), np.asarray(v, dtype=float)[None]) for k, (dim, v) in src.trace_stats.items()
+        }
+        return xr.Dataset(data, coords={"chain": [0]})
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# PSIS k-hat
+# ------------------------------------------------------------------------------------------
+
+
+def _label(k: float) -> str:
+    if not k < KHAT_OK:
+        return "bad" if not math.isnan(k) else "undefined"
+    return "good" if k < KHAT_GOOD else "ok"
+
+
+@dataclass(frozen=True)
+class PSISResult:
+    """Pareto k-hat of a guide q as an importance proposal for the posterior p(z | x).
+
+    ``khat``: for the joint weights w_s = p(x, z_s) / q(z_s | x); ``khat_per_point``: for
+    each data point's weights p(x_i, z_i,s | theta_s) / q(z_i,s | x_i) over the draws (guides
+    with local latents; None otherwise). k < 0.5 good, 0.5 <= k < 0.7 ok (slower
+    convergence), k >= 0.7 bad (the guide misses posterior mass; importance-sampled
+    estimates are unreliable). ``log_weights``: (num_samples,) joint log weights.
+    """
+
+    khat: float
+    khat_per_point: np.ndarray | None
+    num_samples: int
+    log_weights: np.ndarray = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """"good", "ok" or "bad" for the joint k-hat."""
+        return _label(self.khat)
+
+    def counts(self) -> dict[str, int]:
+        """Data points per verdict ("good", "ok", "bad") of the per-point k-hats."""
+        ks = self.khat_per_point if self.khat_per_point is not None else np.array([])
+        out = {"good": 0, "ok": 0, "bad": 0}
+        for k in ks:
+            label = _label(float(k))
+            out["bad" if label == "undefined" else label] += 1
+        return out
+
+    def summary(self) -> str:
+        """A few lines reporting the k-hats against the 0.5 and 0.7 thresholds."""
+        lines = [
+            f"PSIS k-hat of the guide ({self.num_samples} draws): joint {self.khat:.3f} -> "
+            f"{self.label} (good < {KHAT_GOOD}, ok < {KHAT_OK})"
+        ]
+        if self.khat_per_point is not None:
+            c = self.counts()
+            n = len(self.khat_per_point)
+            lines.append(
+                f"per data point (local latents): good {c['good']}/{n}, ok {c['ok']}/{n}, bad "
+                f"{c['bad']}/{n}; max {np.nanmax(self.khat_per_point):.3f}"
+            )
+        return "\n".join(lines)
+
+
+def _khat(log_w: np.ndarray) -> np.ndarray:
+    """Pareto k-hat per row of (rows, draws) log weights; -inf for (numerically) constant rows."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    spread = log_w.max(-1) - log_w.min(-1)
+    tol = 1e3 * np.finfo(np.float32).eps * (1.0 + np.abs(log_w).max(-1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = az.psislw(log_w)
+    return np.where(spread <= tol, -np.inf, np.asarray(k, dtype=np.float64))
+
+
+@torch.no_grad()
+def psis_khat(
+    model,
+    data,
+    *,
+    guide: Callable | None = None,
+    num_samples: int = 1000,
+    seed: int | None = None,
+) -> PSISResult:
+    """Pareto-smoothed importance-sampling k-hat of a guide ("Yes, but did it work?", Yao et al. 2018).
+
+    k-hat is the fitted generalized-Pareto shape of the largest weights w_s = p(x, z_s) / q(z_s | x),
+    z_s ~ q; enumerated discrete sites are summed out of p. k < 0.5: q is a good proposal.
+
+    ``model`` is a trained model with its guide (a LatentVariableModel, a (model, guide) pair,
+    or a callable with ``guide=``) or a ``fit`` result. For guides with local latents (inside
+    the "data" plate, e.g. an amortized encoder) each data point also gets its own k-hat.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> def exact(x):   # the posterior N(sum x / (N + 1), 1 / (N + 1))
+        ...     pyro.sample("mu", dist.Normal(x.sum() / (len(x) + 1), (len(x) + 1) ** -0.5))
+        >>> psis_khat(model, torch.randn(20), guide=exact, num_samples=500).label
+        'good'
+    """
+    num_samples = _check_count(num_samples, "num_samples")
+    if isinstance(model, FitResult):
+        if guide is not None:
+            raise ConfigurationError("a fit result carries its guide: do not pass guide= as well")
+        program = model.program
+    elif isinstance(model, (MCMCResult, MCMC, EMResult)):
+        raise ConfigurationError(
+            f"psis_khat diagnoses a guide's fit to the posterior; a {type(model).__name__} has no "
+            "such guide (EM gives a point estimate, NUTS exact draws): pass a fit result or a model "
+            "with its guide"
+        )
+    else:
+        try:
+            program = as_program(model, guide)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"psis_khat needs a model and its guide: {exc}") from exc
+    fitted = model if isinstance(model, FitResult) else None
+    args = _prepare_args(program.validate, data, _fitted_like(program, fitted))
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    src = _Source("guide", program.model, args, 1, num_samples, guide=program.guide,
+                  max_plate_nesting=program.max_plate_nesting, module=program.module)
+    replayer = _Replayer(src)
+    n = replayer.n
+    joint, per_point = [], []
+    has_local = False
+    with _eval_mode(program.module):
+        for _ in range(num_samples):
+            guide_tr = replayer.latent(0, 0)
+            model_tr = replayer.model_trace(guide_tr)
+            mpn = replayer.st.max_plate_nesting
+            p_global, p_local = _log_density(model_tr, mpn, n, args[0])
+            q_global, q_local = _log_density(guide_tr, mpn, n, args[0])
+            has_local = has_local or any(
+                _data_frame(s) is not None for s in guide_tr.nodes.values() if s["type"] == "sample"
+            )
+            joint.append(float(p_global - q_global + (p_local - q_local).sum()))
+            per_point.append(_numpy(p_local - q_local))
+    log_w = np.asarray(joint)
+    if not np.all(np.isfinite(log_w)):
+        raise ModelContractError(
+            "some importance weights log p(x, z) - log q(z | x) are not finite: the guide puts mass "
+            "where the model has none (check supports and constraints of the guide's distributions)"
+        )
+    khat = float(_khat(log_w[None])[0])
+    khat_points = _khat(np.stack(per_point, axis=1)) if has_local else None
+    return PSISResult(khat=khat, khat_per_point=khat_points, num_samples=num_samples, log_weights=log_w)
+
+
+# ------------------------------------------------------------------------------------------
+# LOO, comparison, PPC
+# ------------------------------------------------------------------------------------------
+
+
+def _as_idata(result, data, **kwargs) -> az.InferenceData:
+    return result if isinstance(result, az.InferenceData) else to_inference_data(result, data, **kwargs)
+
+
+def loo(result, data=None, *, pointwise: bool = True, **kwargs) -> az.ELPDData:
+    """PSIS-LOO of a fitted model: elpd_loo = sum_i log p(x_i | x_-i), estimated by Pareto-smoothed
+    importance sampling over the posterior draws (az.loo).
+
+    ``result`` is an InferenceData or anything :func:`to_inference_data` accepts (``kwargs``
+    are passed to it). The per-point Pareto k of the returned object flags influential points.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> def guide(x):
+        ...     pyro.sample("mu", dist.Normal(x.sum() / (len(x) + 1), (len(x) + 1) ** -0.5))
+        >>> bool(loo((model, guide), torch.randn(30), num_samples=200).elpd_loo < 0)
+        True
+    """
+    idata = _as_idata(result, data, **kwargs)
+    draws = idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"]
+    if draws < 2:
+        raise ConfigurationError(
+            "LOO needs posterior draws, but this InferenceData holds one (a point estimate, e.g. "
+            "from em): fit a posterior by SVI or NUTS, or compare mixtures with "
+            "select_components(..., criterion='loo')"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return az.loo(idata, pointwise=pointwise)
+
+
+def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwargs):
+    """Rank models by expected log predictive density (az.compare): a table with elpd_loo, its
+    standard error, the difference to the best model and stacking weights.
+
+    ``results`` maps names to InferenceData or to anything :func:`to_inference_data` accepts
+    (each converted with ``data`` and ``kwargs``).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> def good(x):
+        ...     pyro.sample("mu", dist.Normal(x.sum() / (len(x) + 1), (len(x) + 1) ** -0.5))
+        >>> def off(x):
+        ...     pyro.sample("mu", dist.Normal(x.sum() / (len(x) + 1) + 2.0, 0.1))
+        >>> x = torch.randn(30)
+        >>> compare({"good": (model, good), "off": (model, off)}, x, num_samples=200).index[0]
+        'good'
+    """
+    if not isinstance(results, Mapping) or not results:
+        raise ConfigurationError("compare needs a dict {name: result or InferenceData} of models")
+    idatas = {name: _as_idata(r, data, **kwargs) for name, r in results.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        return az.compare(idatas, ic=ic)
+
+
+def plot_ppc(
+    idata: az.InferenceData,
+    *,
+    kind: str = "kde",
+    num_pp_samples: int | None = 50,
+    var_names: Sequence[str] | None = None,
+    ax=None,
+    seed: int = 0,
+) -> Figure:
+    """Posterior predictive check: the observed data against replicated data x_rep ~ p(x | draw).
+
+    Draws through ``az.plot_ppc`` (kind "kde", "cumulative" or "scatter") on a new headless
+    Figure (or on ``ax``) and returns the Figure.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> def guide(x):
+        ...     pyro.sample("mu", dist.Normal(x.mean(), 0.2))
+        >>> fig = plot_ppc(to_inference_data((model, guide), torch.randn(30), num_samples=50))
+        >>> type(fig).__name__
+        'Figure'
+    """
+    if not isinstance(idata, az.InferenceData) or "posterior_predictive" not in idata.groups():
+        raise ConfigurationError(
+            "plot_ppc needs an InferenceData with a posterior_predictive group: make it with "
+            "to_inference_data(result, data, posterior_predictive=True)"
+        )
+    names = list(var_names) if var_names is not None else list(idata.posterior_predictive.data_vars)
+    if ax is None:
+        fig = Figure(figsize=(5 * len(names), 3.5), layout="constrained")
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+    else:
+        fig = ax.figure
+        axes = np.atleast_1d(ax)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        az.plot_ppc(idata, kind=kind, num_pp_samples=num_pp_samples, var_names=names,
+                    ax=axes if len(axes) > 1 else axes[0], random_seed=seed, show=False)
+    return fig

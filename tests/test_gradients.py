@@ -1,0 +1,105 @@
+"""gradient_variance(): the closed form on a Normal-Normal guide, reparameterization against
+the score function (with and without baselines) on a VAE at initialization, side effects,
+and bad input."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from models_for_tests import NOISE, PRIOR_SCALE, normal_normal_model
+
+from lvm_pyro.data import load_digits
+from lvm_pyro.diagnostics.gradients import gradient_variance
+from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.models.vae import VAE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+GUIDE_SCALE = 0.3
+
+
+def guide(x):
+    loc = pyro.param("q_loc", x.new_tensor(0.5))
+    pyro.sample("mu", dist.Normal(loc, GUIDE_SCALE))
+
+
+def test_reparam_variance_of_the_location_gradient_is_the_closed_form():
+    """d/dloc [log p(x, loc + s eps) - log q] = c - P (loc + s eps), P = 1/prior^2 + N/noise^2,
+    so Var = P^2 s^2 exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(30).double()
+    result = gradient_variance(normal_normal_model, x, guide=guide, estimator="reparam", num_draws=800,
+                               seed=0)
+    precision = 1 / PRIOR_SCALE**2 + len(x) / NOISE**2
+    expected = precision**2 * GUIDE_SCALE**2
+    assert result.per_parameter["q_loc"] == pytest.approx(expected, rel=0.15)
+    assert result.total == pytest.approx(result.per_parameter["q_loc"])
+    assert float(pyro.param("q_loc").detach()) == 0.5  # measured, not trained
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(binarize=8).train.x[:100]
+
+
+def test_score_function_variance_is_orders_of_magnitude_above_reparam_on_a_vae(digits):
+    pyro.set_rng_seed(0)
+    vae = VAE((64,), latent_dim=4, hidden=(32,))
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    reparam = gradient_variance(vae, digits, estimator="reparam", num_draws=60, seed=0)
+    plain = gradient_variance(vae, digits, estimator="score", score_baseline="none", num_draws=60, seed=0)
+    decaying = gradient_variance(vae, digits, estimator="score", score_baseline="decaying", num_draws=60,
+                                 warmup_draws=30, seed=0)
+    encoder = [n for n in reparam.per_parameter if n.startswith("encoder")]
+    decoder = [n for n in reparam.per_parameter if n.startswith("decoder")]
+    assert plain.ratio(reparam) > 10
+    assert plain.ratio(reparam, encoder) > 100
+    # the decoder's gradient is pathwise under both estimators: same variance
+    assert 0.5 < plain.ratio(reparam, decoder) < 2
+    # a baseline removes most of the score function's variance, not all of it
+    assert plain.ratio(decaying) > 10
+    assert decaying.ratio(reparam, encoder) > 1
+    assert "total" in plain.summary() and plain.label == "score (baseline: none)"
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not [k for k in pyro.get_param_store().keys() if "baseline" in k]  # averages cleaned up
+
+
+def test_neural_baseline_is_trained_during_warm_up(digits):
+    pyro.set_rng_seed(0)
+    vae = VAE((64,), latent_dim=4, hidden=(32,))
+    plain = gradient_variance(vae, digits, estimator="score", num_draws=20, seed=0)
+    neural = gradient_variance(vae, digits, estimator="score", score_baseline="neural", num_draws=20,
+                               warmup_draws=50, seed=0)
+    assert plain.ratio(neural) > 3
+
+
+def test_bad_input_names_the_fix():
+    x = torch.randn(10)
+    with pytest.raises(ConfigurationError, match="unknown estimator"):
+        gradient_variance(normal_normal_model, x, guide=guide, estimator="enum")
+    with pytest.raises(ConfigurationError, match="score_baseline"):
+        gradient_variance(normal_normal_model, x, guide=guide, estimator="score", score_baseline="avg")
+    for bad in (1, 0, 2.0):
+        with pytest.raises(ConfigurationError, match="num_draws"):
+            gradient_variance(normal_normal_model, x, guide=guide, num_draws=bad)
+
+    def no_latent_guide(data):
+        pyro.param("unused", data.new_tensor(0.0))
+
+    def observed_only(data):
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(pyro.param("m", data.new_tensor(0.0)), 1.0), obs=data)
+
+    with pytest.raises(ModelContractError, match="no latent"):
+        gradient_variance(observed_only, x, guide=no_latent_guide)
