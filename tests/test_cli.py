@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -40,6 +47,12 @@ class TinyFactor(LatentVariableModel):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()))
 
 
+    @torch.no_grad()
+    def sample(self, n):
+        z = self.w.new_empty(n).normal_()
+        return self.w * z[:, None] + self.b + self.scale * torch.randn(n, self.w.shape[0])
+
+
 register_model(
     "tinyfactor",
     lambda data, scale=1.0: TinyFactor(data.event_shape[0], scale),
@@ -48,23 +61,37 @@ register_model(
 )
 
 
-def test_fit_writes_a_run_directory(tmp_path, capsys):
+def _images_in(report: Path) -> list[np.ndarray]:
+    found = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", report.read_text())
+    return [plt.imread(io.BytesIO(base64.b64decode(b)), format="png") for b in found]
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path, capsys):
     code = cli.main(["fit", "tinyfactor", "--data", "digits", "--out", str(tmp_path), "--name", "r",
-                     "--quiet", "--option", "scale=0.5"])
+                     "--quiet", "--option", "scale=0.5", "--num-samples", "20"])
     assert code == 0
     run = tmp_path / "r"
     metrics = json.loads((run / "metrics.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert metrics["epochs"] == 2 and metrics["steps"] == 2 * (1197 // 128)
-    assert metrics["test_elbo"] < 0 and metrics["val_elbo"] is not None
-    assert config["options"] == {"scale": 0.5} and config["fit"]["batch_size"] == 128
-    assert (run / "checkpoint.pt").exists()
-    assert "test ELBO" in capsys.readouterr().out
-    # the same name again is refused, --resume continues it
-    assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 2
-    assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r", "--quiet",
-                     "--resume", "--epochs", "3"]) == 0
+    assert metrics["test_elbo"] <= metrics["test_log_likelihood"] + 3 * metrics["test_log_likelihood_se"]
+    assert config["options"] == {"scale": 0.5} and config["model"] == "tinyfactor"
+    for name in ("checkpoint.pt", "model.pt", "inference_data.nc", "report.html"):
+        assert (run / name).is_file(), name
+    assert az.from_netcdf(str(run / "inference_data.nc")).log_likelihood["x"].shape[-1] == 300
+    images = _images_in(run / "report.html")
+    assert len(images) == len(list((run / "figures").glob("*.png"))) == 2  # loss, samples
+    assert all(img.std() > 0.01 for img in images)
+    assert "test log-likelihood" in capsys.readouterr().out
+    # evaluate and sample read the run back; resume continues it
+    assert cli.main(["evaluate", str(run), "--num-samples", "20"]) == 0
+    assert "test_log_likelihood" in capsys.readouterr().out
+    assert cli.main(["sample", str(run), "--n", "5", "--output", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (5, 64)
+    assert cli.main(["resume", str(run), "--epochs", "3", "--quiet", "--num-samples", "20"]) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    # the same name again is refused
+    assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -73,10 +100,16 @@ def test_fit_writes_a_run_directory(tmp_path, capsys):
         (["fit", "nosuchmodel"], "unknown model 'nosuchmodel'; available models:"),
         (["fit", "tinyfactor", "--data", "/no/such/file.npy"], "/no/such/file.npy"),
         (["fit", "tinyfactor", "--option", "novalue"], "--option takes key=value"),
+        (["fit", "tinyfactor", "--option", "colour=3"], "bad --option for model 'tinyfactor'"),
+        (["evaluate", "/no/such/run"], "is not a run directory"),
+        (["sample", "/no/such/run"], "is not a run directory"),
+        (["resume", "/no/such/run"], "is not a run directory"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys):
-    assert cli.main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
+    if argv[0] == "fit":
+        argv = [*argv, "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
