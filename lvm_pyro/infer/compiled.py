@@ -33,7 +33,7 @@ class CompiledLoss:
     Example:
         >>> w = torch.nn.Parameter(torch.ones(3))
         >>> loss = CompiledLoss(lambda x, beta: (w * x).sum() * beta, [w])
-        >>> float(loss(torch.ones(2, 3), beta=torch.tensor(2.0)))
+        >>> float(loss((torch.ones(2, 3),), beta=torch.tensor(2.0)))
         12.0
     """
 
