@@ -1,4 +1,5 @@
-"""Shared fixtures: every test starts with an empty Pyro param store and fixed seeds."""
+"""Shared fixtures for the tests and the docstring examples: every one starts with an empty Pyro
+param store and fixed seeds."""
 
 import os
 
