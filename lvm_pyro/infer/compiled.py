@@ -8,11 +8,14 @@ replayed as a single graph. Each recording is *verified* before it is used: from
 RNG state, the traced and the eager loss and every parameter gradient must agree on a
 batch other than the one it was recorded on. Any failure (tracing error, mismatch) falls
 back to the eager loss for good, with a warning that says why; the RNG state is left as it
-was, so the training trajectory is the same on either path.
+was, so the training trajectory is the same on either path. Whether the graph is faster is
+measured, not assumed: the first steps alternate between graph and eager, and the faster
+path is kept (see :meth:`CompiledLoss.record`).
 """
 
 from __future__ import annotations
 
+import statistics
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -37,21 +40,43 @@ class CompiledLoss:
         12.0
     """
 
-    def __init__(self, loss_fn: Callable, params: Sequence[torch.Tensor], rtol: float = 1e-4):
+    def __init__(self, loss_fn: Callable, params: Sequence[torch.Tensor], rtol: float = 1e-4,
+                 trial_steps: int = 8):
         self.loss_fn = loss_fn
         self.params = list(params)
         self.rtol = rtol
+        self.trial_steps = trial_steps
         self.graphs: dict[tuple, Callable] = {}
         self.fallback_reason: str | None = None
+        self.speedup: float | None = None
         self._pending: dict[tuple, tuple] = {}
+        self._trial: dict[str, list[float]] = {"graph": [], "eager": []}
+        self._path = "eager"
 
     @property
     def active(self) -> bool:
-        """True while compiled graphs are in use (False after a fallback)."""
+        """True while compiled graphs are in use (False after a fallback or a slower trial)."""
         return self.fallback_reason is None
 
     def eager(self, batch: tuple, beta: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(*batch, beta)
+
+    def record(self, seconds: float) -> None:
+        """The wall time of the whole step just taken (loss, backward, optimizer).
+
+        Once a graph exists, steps alternate between it and the eager loss (the same
+        numbers either way) for ``trial_steps`` each; the faster path by median is kept.
+        A graph does not pay off for every model: for large layers the eager kernels win.
+        """
+        if self.speedup is not None or not self.graphs or not self.active:
+            return
+        self._trial[self._path].append(seconds)
+        graph, eager = self._trial["graph"], self._trial["eager"]
+        if min(len(graph), len(eager)) >= self.trial_steps:
+            self.speedup = statistics.median(eager) / statistics.median(graph)
+            if self.speedup < 1.0:
+                self.fallback_reason = f"the eager loss was faster ({1 / self.speedup:.2f}x) in a timed trial"
+                self.graphs.clear()
 
     def __call__(self, batch: tuple, beta: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -59,6 +84,10 @@ class CompiledLoss:
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
         graph = self.graphs.get(key)
         if graph is not None:
+            if self.speedup is None:  # in the timed trial: alternate
+                self._path = "eager" if self._path == "graph" else "graph"
+                if self._path == "eager":
+                    return self.eager(batch, beta)
             return graph(*batch, beta, *self.params)
         if key not in self._pending:
             # Record on this batch, verify on the next one of the same signature.

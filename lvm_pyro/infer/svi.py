@@ -508,6 +508,7 @@ def fit(
                     for cb in callbacks:
                         cb.on_step_start(state)
                     opt.zero_grad(set_to_none=True)
+                    step_started = time.perf_counter()
                     if compiled is not None:
                         beta_input.fill_(state.beta)
                         loss = compiled(batch, beta_input)
@@ -530,6 +531,8 @@ def fit(
                     if clip_norm is not None:
                         torch.nn.utils.clip_grad_norm_(param_list, clip_norm)
                     opt.step()
+                    if compiled is not None:
+                        compiled.record(time.perf_counter() - step_started)
                     per_point = loss / batches.num_data
                     state.losses.append(per_point)
                     partial["sum"] += per_point
@@ -562,8 +565,10 @@ def fit(
     if not state.stop_reason:
         state.stop_reason = "completed"
     config["compiled"] = compiled is not None and compiled.active and bool(compiled.graphs)
-    if compiled is not None and not compiled.active:
-        config["compile_fallback"] = compiled.fallback_reason
+    if compiled is not None:
+        config["compiled_speedup"] = compiled.speedup
+        if not compiled.active:
+            config["compile_fallback"] = compiled.fallback_reason
     return _result(model, program, state, config, started, params)
 
 
