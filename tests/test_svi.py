@@ -361,3 +361,25 @@ def test_library_models_also_train_with_pyro_svi():
     x = torch.randn(64, 2)
     losses = [svi.step(x) for _ in range(100)]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_meanfield_refuses_a_discrete_guide_site():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(len(x))))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", 0.5 * torch.ones(len(x)), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Bernoulli(p))
+
+    with pytest.raises(errors.ConfigurationError, match=r"\['z'\] cannot be reparameterized"):
+        lvm_pyro.fit((model, guide), torch.randn(8), estimator="meanfield", steps=1, progress=False)
+
+
+def test_kl_warmup_asked_for_with_iwae_is_refused_loudly():
+    with pytest.warns(UserWarning, match="kl_warmup is not applied"):
+        result = lvm_pyro.fit(LocalGaussian(2), torch.randn(16, 2), estimator="iwae", kl_warmup=3,
+                              steps=2, progress=False)
+    assert result.config["kl_warmup"] == 0.0

@@ -220,6 +220,7 @@ class ImportanceWeightedELBO(ELBO):
             if not isinstance(score_term, (int, float)):
                 log_q_score = log_q_score + log_q
         k = self.num_particles
+        log_w = log_w.expand(k, log_w.shape[-1])  # a model whose weights ignore the particles
         bound = torch.logsumexp(log_w, dim=0) - math.log(k)
         surrogate = bound
         if torch.is_tensor(log_q_score):

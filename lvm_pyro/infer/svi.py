@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,18 @@ def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator
         n for n, s in model_trace.nodes.items()
         if s["type"] == "sample" and s["infer"].get("enumerate") and not s["is_observed"]
     ]
+    if estimator == "meanfield":
+        discrete = [
+            n for n, s in guide_trace.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+            and not s["fn"].has_rsample
+        ]
+        if discrete:
+            raise ConfigurationError(
+                f"estimator 'meanfield' needs reparameterizable guide sites, but {discrete} cannot be "
+                "reparameterized (discrete?): use estimator='score' or 'iwae' (or 'reparam', which "
+                "adds score-function terms for them)"
+            )
     if enumerated and estimator != "enum":
         raise ConfigurationError(
             f"the model marks {enumerated} for enumeration: use estimator='enum' (or em) to "
@@ -365,10 +378,13 @@ def fit(
     for extra in objective.extra_modules:
         extra.to(device=dev, dtype=x0.dtype)
     warmup = program.kl_warmup if kl_warmup == "auto" else float(kl_warmup or 0.0)
+    if warmup > 0 and estimator in ("iwae", "enum"):
+        if kl_warmup != "auto":
+            warnings.warn(f"kl_warmup is not applied with estimator {estimator!r} (its bound has no "
+                          "separate KL term)", stacklevel=2)
+        warmup = 0.0
     callbacks = list(callbacks)
-    if warmup > 0 and estimator not in ("iwae", "enum") and not any(
-        isinstance(cb, KLWarmup) for cb in callbacks
-    ):
+    if warmup > 0 and not any(isinstance(cb, KLWarmup) for cb in callbacks):
         callbacks.insert(0, KLWarmup(warmup))
 
     scale = TrainingScale(batches.num_data, plate=data_plate)

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
+from lvm_pyro.models.registry import register_model
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 ENCODERS = ("diag", "full")
@@ -174,10 +175,12 @@ class VAE(LatentVariableModel):
     0..n_levels-1, e.g. the 17 grey levels of the digits). Examples have shape
     ``input_shape``, e.g. (64,) or (8, 8).
 
-    ``default_kl_warmup = 100`` epochs of linear KL annealing (``fit(kl_warmup="auto")``): on the
-    binarized digits a VAE trained without it lets its posterior collapse onto the prior
-    (KL near 0, about 25 nats of test NLL against 17 with it). Pass ``kl_warmup=0`` to ``fit``
-    to switch it off, or a number of epochs (train for at least that many).
+    ``default_kl_warmup = 100`` epochs of linear KL annealing (``fit(kl_warmup="auto")``): it keeps
+    the posterior from settling near the prior early on. On the binarized digits
+    (``benchmarks/quality.py``) the default VAE reaches 16.56 nats of test NLL with it and 16.90
+    without (KL 8.4 vs 6.2 nats), and a hand-written VAE without it collapsed (KL near 0,
+    25 nats). Pass ``kl_warmup=0`` to ``fit`` to switch it off, or another number of epochs
+    (train for longer than the warm-up: the best validation NLL came 100-250 epochs after it).
 
     Example:
         >>> vae = VAE((64,), latent_dim=2, hidden=(16,))
@@ -312,3 +315,12 @@ class VAE(LatentVariableModel):
                 f"shape (N, {self.latent_dim})"
             )
         return z
+
+
+register_model(
+    "vae",
+    lambda data, **options: VAE(data.event_shape, **options),
+    description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
+    data_options={"binarize": 8},
+    fit_options={"epochs": 300, "batch_size": 64},
+)
