@@ -36,6 +36,7 @@ from lvm_pyro.infer.callbacks import Callback
 from lvm_pyro.infer.objectives import TrainingScale
 from lvm_pyro.models.vae import VAE
 
+DEFAULT_PEER = "fit (default: graph if faster)"
 CONFIGS = {
     "small": dict(batch=128, hidden=256, latent=8),
     "large": dict(batch=1024, hidden=1024, latent=32),
@@ -140,7 +141,7 @@ def trajectory_gap(x, cfg, estimator, device) -> float:
     """Largest relative difference of the per-step losses, compiled vs eager, same seed."""
     _, compiled = time_fit(x, cfg, estimator, 60, 5, True, device)
     _, eager = time_fit(x, cfg, estimator, 60, 5, False, device)
-    assert compiled.config["compiled"], compiled.config.get("compile_fallback")
+    assert compiled.config["compiled_speedup"] is not None, compiled.config.get("compile_fallback")
     a, b = torch.tensor(compiled.losses), torch.tensor(eager.losses)
     return float(((a - b).abs() / b.abs()).max())
 
@@ -148,7 +149,7 @@ def trajectory_gap(x, cfg, estimator, device) -> float:
 def peers(x, cfg, estimator, steps, warmup, device, threads) -> dict:
     """Peer name -> a callable timing one block (seconds per step, or None if unavailable)."""
     table = {
-        "fit (compiled)": lambda: time_fit(x, cfg, estimator, steps, warmup, True, device)[0],
+        DEFAULT_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, True, device)[0],
         "fit (eager)": lambda: time_fit(x, cfg, estimator, steps, warmup, False, device)[0],
         "hand-written + fused Adam": lambda: time_handwritten(x, cfg, estimator, steps, warmup, device, True),
     }
@@ -166,8 +167,8 @@ def run(args) -> str:
     x = load_digits(binarize=8).train.x.to(device)
     rows = []
     for size, cfg in CONFIGS.items():
-        steps = args.steps if size == "small" else max(args.steps // 4, 20)
-        warmup = min(10, steps // 4)
+        steps = args.steps if size == "small" else max(args.steps // 2, 20)
+        warmup = min(40, steps // 2)  # past set-up, compilation and fit's graph-or-eager trial
         for estimator in ("reparam", "meanfield"):
             timers = peers(x, cfg, estimator, steps, warmup, device, args.threads)
             ratios: dict[str, list[float]] = {name: [] for name in timers}
@@ -183,7 +184,7 @@ def run(args) -> str:
             for peer, values in ratios.items():
                 if values:
                     rows.append((size, estimator, peer, statistics.median(values),
-                                 statistics.median(hand_ms), gap if peer == "fit (compiled)" else None))
+                                 statistics.median(hand_ms), gap if peer == DEFAULT_PEER else None))
     lines = [
         f"SVI step cost relative to a hand-written PyTorch step ({args.threads} thread(s), {device}, "
         f"median of {args.rounds} rounds; torch {torch.__version__}, pyro {pyro.__version__})",
@@ -204,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=200, help="steps per timing block (small VAE)")
+    parser.add_argument("--steps", type=int, default=240, help="steps per timing block (small VAE)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and rounds")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "svi_overhead.md"))
