@@ -38,7 +38,7 @@ from lvm_pyro.infer.evaluate import elbo, log_likelihood
 from lvm_pyro.infer.objectives import ESTIMATORS
 from lvm_pyro.infer.svi import fit
 from lvm_pyro.models.registry import ModelEntry, available_models, get_model
-from lvm_pyro.report import Section, model_figures, save_figures, write_report
+from lvm_pyro.report import Section, draw, model_figures, save_figures, write_report
 
 FIT_OVERRIDES = ("estimator", "epochs", "steps", "batch_size", "lr")
 
@@ -218,7 +218,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not hasattr(run.model, "sample") or isinstance(run.split("test"), tuple):
         raise ConfigurationError(f"model {run.config['model']!r} has no unconditional sample(n)")
     torch.manual_seed(args.seed)
-    draws = run.model.sample(args.n).detach().cpu()
+    draws = draw(run.model, args.n).detach().cpu()
     out = Path(args.output or run.directory / "samples.npy")
     np.save(out, draws.numpy())
     if run.data.image_size is not None:

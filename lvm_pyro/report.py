@@ -50,6 +50,12 @@ def _cpu(t: torch.Tensor):
     return t.detach().cpu().numpy()
 
 
+def draw(model, n: int) -> torch.Tensor:
+    """n examples x ~ p(x) from ``model.sample(n)`` (a mixture also returns z: dropped here)."""
+    out = model.sample(n)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def model_figures(model, result, x_test: torch.Tensor, y_test: torch.Tensor | None,
                   image_shape: Sequence[int] | None, *, khat_samples: int = 200,
                   seed: int = 0) -> tuple[dict[str, Figure], list[str]]:
@@ -83,7 +89,7 @@ def model_figures(model, result, x_test: torch.Tensor, y_test: torch.Tensor | No
         return figs, notes
     if images and hasattr(model, "sample"):
         torch.manual_seed(seed)
-        figs["samples"] = plots.plot_samples(_cpu(model.sample(40)), image_shape, title="samples x ~ p(x)")
+        figs["samples"] = plots.plot_samples(_cpu(draw(model, 40)), image_shape, title="samples x ~ p(x)")
     if images and hasattr(model, "reconstruct"):
         originals = x_test[:10]
         figs["reconstructions"] = plots.plot_reconstructions(
