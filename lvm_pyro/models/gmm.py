@@ -1,6 +1,7 @@
 """Gaussian mixture: p(x) = sum_k w_k N(x; mu_k, Sigma_k), as a Pyro model/guide pair.
 
-The Pyro program draws the global parameters (weights, means, precisions) from their priors,
+The Pyro program draws the global parameters (sites "mixture_weights", "locs", "precisions")
+from their priors,
 then per data point ``z ~ Categorical(weights)`` (marked for enumeration) and
 ``x ~ N(loc[z], precision[z]^-1)``. The guide is a point estimate (Delta) at the module's
 parameters, so with z summed out ``TraceEnum_ELBO`` is exactly -log p(x) - log p(theta):
@@ -19,6 +20,14 @@ Covariance types follow scikit-learn: ``full`` (one D x D matrix per component),
 (one shared matrix), ``diag`` (one variance per component and feature), ``spherical`` (one
 variance per component).
 
+Numerics: the closed-form E-step expands (x - mu)^T Lambda (x - mu) into products with the
+features [x, x x^T] of x shifted by the data mean, so it costs one matrix product per chunk
+and never forms an N x K x D block. The rounding of that expansion is about eps (|x - mean| /
+sigma)^2 relative: negligible in float64 (scikit-learn's precision, the default of the
+estimator); in float32 (eps ~ 1e-7, faster) it matters only for clusters hundreds of standard
+deviations from the data mean. Responsibilities below exp(log(tiny) / 2) are rounded up to
+that value so no subnormal numbers slow the CPU.
+
 Canonical order (label switching): :meth:`~GaussianMixtureModel.canonicalize_` sorts the
 components by decreasing weight, ties broken by increasing first mean coordinate; ``em``
 and the estimator apply it at the end of fitting.
@@ -27,6 +36,7 @@ and the estimator apply it at the end of fitting.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,18 +45,19 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal
-from pyro.nn import PyroParam
+from pyro.nn import PyroParam, pyro_method
 from torch.distributions import constraints
 
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
+from lvm_pyro.models.registry import register_model
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 #: The global (per-dataset) sample sites of the Pyro program; "z" is the local discrete site.
-GLOBAL_SITES = ("weights", "loc", "precision")
+GLOBAL_SITES = ("mixture_weights", "locs", "precisions")
 INIT_METHODS = ("kmeans", "kmeans++", "k-means++", "random", "random_from_data")
 _LOG_2PI = math.log(2 * math.pi)
-_CHUNK_BYTES = 2**21
+_CHUNK_BYTES = 2**22
 _ILL_DEFINED = (
     "{name} are not all positive-definite; for fitted covariances this means some components "
     "have ill-defined empirical covariance (a singleton or collapsed sample): increase "
@@ -63,11 +74,12 @@ def _check_covariance_type(covariance_type: str) -> str:
 
 
 def chunk_rows(n_columns: int, itemsize: int, chunk_size: int | None = None) -> int:
-    """Rows per chunk so that a (rows x n_columns) block stays about 2 MiB (cache sized).
+    """Rows per chunk so that a (rows x n_columns) block stays about 4 MiB: large enough that
+    per-operation overheads (threads, Python) stay small, small enough to stay in cache.
 
     Example:
         >>> chunk_rows(32, 8)
-        8192
+        16384
     """
     if chunk_size is not None:
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -142,7 +154,8 @@ class GMMStatistics:
 
 @dataclass(frozen=True)
 class _Coefficients:
-    """log p(x, z = k) = phi(x') @ A + const_k (+ row_quad(x') for tied), x' = x - shift."""
+    """log p(x, z = k) = A_k . phi(x') + const_k (+ a per-row term for tied), x' = x - shift;
+    A is (K, F)."""
 
     shift: torch.Tensor
     A: torch.Tensor
@@ -194,6 +207,12 @@ class GaussianMixtureModel(LatentVariableModel):
             raise ConfigurationError(f"reg_covar must be non-negative, got {reg_covar!r}")
         self.reg_covar = float(reg_covar)
         self.prior = prior if prior is not None else GMMPrior()
+        df = self.prior.precision_df
+        if df is not None and covariance_type in ("full", "tied") and not df > n_features - 1:
+            raise ConfigurationError(
+                f"a Wishart prior in {n_features} dimensions needs precision_df > "
+                f"{n_features - 1}, got {df}: raise GMMPrior.precision_df"
+            )
         self.min_count = float(min_count)
         self.input_shape = (n_features,)
         K, D = n_components, n_features
@@ -206,6 +225,22 @@ class GaussianMixtureModel(LatentVariableModel):
         else:
             shape = (K, D) if covariance_type == "diag" else (K,)
             self.scale = PyroParam(torch.ones(shape), constraints.positive)
+
+    def validate(self, x, name: str = "data") -> torch.Tensor:
+        """Validate data for this mixture; a constant feature (zero variance) is accepted with
+        a warning: its variance is reg_covar."""
+        x = super().validate(x, name)
+        low, high = torch.aminmax(x, dim=0)
+        constant = torch.nonzero(low == high).flatten().tolist()
+        if constant and len(x) > 1:
+            warnings.warn(
+                f"{name}: feature(s) {constant[:10]} are constant (zero variance); their variance "
+                f"is regularized to reg_covar={self.reg_covar:g}: drop those features, or raise "
+                "reg_covar",
+                UserWarning,
+                stacklevel=4,
+            )
+        return x
 
     # ----------------------------------------------------------------- parameters
 
@@ -278,7 +313,7 @@ class GaussianMixtureModel(LatentVariableModel):
             raise ConfigurationError("pass covariances or precisions, not both")
         if covariances is None and precisions is None:
             return
-        shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
+        shape = self._covariance_shape()
         name = "covariances" if covariances is not None else "precisions"
         value = tensor(covariances if covariances is not None else precisions, shape, name)
         if self._full_cov:
@@ -289,6 +324,11 @@ class GaussianMixtureModel(LatentVariableModel):
             if bool((value <= 0).any()):
                 raise ConfigurationError(f"{name} must be positive")
             self.scale = value.sqrt() if covariances is not None else value.rsqrt()
+
+    def _covariance_shape(self) -> tuple[int, ...]:
+        """sklearn's shape of the covariances (and precisions) for this covariance type."""
+        K, D = self.n_components, self.n_features
+        return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
 
     @staticmethod
     def _cholesky(matrix: torch.Tensor, name: str) -> torch.Tensor:
@@ -317,9 +357,7 @@ class GaussianMixtureModel(LatentVariableModel):
 
     def _priors(self, like: torch.Tensor) -> dict[str, dist.Distribution]:
         K, D, p = self.n_components, self.n_features, self.prior
-        prec_shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[
-            self.covariance_type
-        ]
+        prec_shape = self._covariance_shape()
         if p.weight_concentration is None:
             weights = dist.ImproperUniform(constraints.simplex, (), (K,))
         else:
@@ -348,7 +386,7 @@ class GaussianMixtureModel(LatentVariableModel):
             a = like.new_full(prec_shape, p.precision_df / 2)
             b = like.new_full(prec_shape, p.precision_df * p.covariance_scale**2 / 2)
             precision = dist.Gamma(a, b).to_event(len(prec_shape))
-        return {"weights": weights, "loc": loc, "precision": precision}
+        return dict(zip(GLOBAL_SITES, (weights, loc, precision)))
 
     def _component(self, loc: torch.Tensor, precision: torch.Tensor, z: torch.Tensor):
         if self.covariance_type == "full":
@@ -360,25 +398,23 @@ class GaussianMixtureModel(LatentVariableModel):
             scale = scale.unsqueeze(-1)
         return dist.Normal(loc[z], scale).to_event(1)
 
+    @pyro_method
     def model(self, x: torch.Tensor) -> None:
-        """weights, loc, precision ~ prior; per point z ~ Cat(weights) (enumerated),
-        x ~ N(loc[z], precision[z]^-1)."""
+        """Sites "mixture_weights", "locs", "precisions" ~ prior; per point
+        "z" ~ Cat(weights) (enumerated) and "x" ~ N(locs[z], precisions[z]^-1)."""
         priors = self._priors(x)
-        weights = pyro.sample("weights", priors["weights"])
-        loc = pyro.sample("loc", priors["loc"])
-        precision = pyro.sample("precision", priors["precision"])
+        weights, loc, precision = (pyro.sample(name, priors[name]) for name in GLOBAL_SITES)
         with self.data_plate(x):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
             pyro.sample("x", self._component(loc, precision, z), obs=x)
 
+    @pyro_method
     def guide(self, x: torch.Tensor) -> None:
         """Point estimate of the global parameters; z is summed out by enumeration."""
-        pyro.sample("weights", dist.Delta(self.weights, event_dim=1))
-        pyro.sample("loc", dist.Delta(self.loc, event_dim=2))
-        precision = self.precisions()
-        pyro.sample("precision", dist.Delta(precision, event_dim=precision.dim()))
+        for name, value in self._global_values().items():
+            pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
 
-    def global_guide(self, family: str = "normal"):
+    def global_guide(self, family: str = "normal") -> AutoNormal | AutoDelta:
         """An autoguide over the global sites only (z stays enumerated), for Bayesian SVI:
         ``fit(gmm.model, x, guide=gmm.global_guide(), estimator="enum")``.
 
@@ -401,18 +437,46 @@ class GaussianMixtureModel(LatentVariableModel):
         return auto(exposed, init_loc_fn=self._init_globals)
 
     def _init_globals(self, site) -> torch.Tensor:
-        values = {"weights": self.weights, "loc": self.loc, "precision": self.precisions()}
-        return values[site["name"]].detach()
+        return self._global_values()[site["name"]].detach()
+
+    def _global_values(self) -> dict[str, torch.Tensor]:
+        """The global sites' values at the current parameters."""
+        return dict(zip(GLOBAL_SITES, (self.weights, self.loc, self.precisions())))
+
+    @torch.no_grad()
+    def pointwise_log_likelihood(self, samples: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """log p(x_n | theta_s) for posterior draws theta_s of the global sites, shape (S, N):
+        the ``log_likelihood`` group of an ArviZ export (z summed out, which ArviZ's own
+        vectorized trace cannot do for an enumerated model).
+
+        ``samples`` maps "mixture_weights" (S, K), "locs" (S, K, D) and "precisions"
+        (S, *sklearn precision shape) to draws, e.g. ``MCMC.get_samples()``.
+
+        Example:
+            >>> gmm = GaussianMixtureModel(2, 1, "spherical")
+            >>> draws = {"mixture_weights": torch.full((3, 2), 0.5), "locs": torch.zeros(3, 2, 1),
+            ...          "precisions": torch.ones(3, 2)}
+            >>> gmm.pointwise_log_likelihood(draws, torch.zeros(4, 1)).shape
+            torch.Size([3, 4])
+        """
+        weights, locs, precisions = (samples[name] for name in GLOBAL_SITES)
+        rows = []
+        for w, loc, prec in zip(weights, locs, precisions):
+            component = self._component(loc.to(x), prec.to(x), torch.arange(len(loc), device=x.device))
+            rows.append(torch.logsumexp(torch.log(w.to(x)) + component.log_prob(x.unsqueeze(-2)), -1))
+        return torch.stack(rows)
 
     def log_prior(self) -> torch.Tensor:
         """log p(theta) at the current parameters (0 for flat priors)."""
-        like = self.loc
-        priors = self._priors(like)
-        values = {"weights": self.weights, "loc": like, "precision": self.precisions()}
-        total = like.new_zeros(())
-        for name, prior in priors.items():
-            if not isinstance(_base(prior), dist.ImproperUniform):
-                total = total + prior.log_prob(values[name])
+        p = self.prior
+        flat = (p.weight_concentration is None, p.mean_scale is None, p.precision_df is None)
+        total = self.loc.new_zeros(())
+        if all(flat):
+            return total
+        priors, values = self._priors(self.loc), self._global_values()
+        for name, is_flat in zip(GLOBAL_SITES, flat):
+            if not is_flat:
+                total = total + priors[name].log_prob(values[name])
         return total
 
     # ----------------------------------------------------------------- closed forms
@@ -430,48 +494,65 @@ class GaussianMixtureModel(LatentVariableModel):
             half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
             if self.covariance_type == "full":
                 lin = (prec @ mu.unsqueeze(-1)).squeeze(-1)
-                A = torch.cat([lin, -0.5 * prec.reshape(len(prec), D * D)], 1).T
+                # x^T Lambda x over the upper triangle: Lambda_ii x_i^2 + 2 Lambda_ij x_i x_j
+                rows, cols = torch.triu_indices(D, D, device=prec.device)
+                quad = torch.where(rows == cols, -0.5, -1.0).to(prec) * prec[:, rows, cols]
+                A = torch.cat([lin, quad], 1)
             else:
                 lin = mu @ prec
-                A = lin.T
+                A = lin
                 eye = torch.eye(D, dtype=L.dtype, device=L.device)
                 tied_factor = torch.linalg.solve_triangular(L, eye, upper=False).T
             const = base - half_logdet - 0.5 * (mu * lin).sum(1)
         elif self.covariance_type == "diag":
             prec = self.scale**-2
             lin = mu * prec
-            A = torch.cat([lin, -0.5 * prec], 1).T
+            A = torch.cat([lin, -0.5 * prec], 1)
             const = base - torch.log(self.scale).sum(1) - 0.5 * (mu * lin).sum(1)
         else:
             prec = self.scale**-2
             lin = mu * prec[:, None]
-            A = torch.cat([lin, -0.5 * prec[:, None]], 1).T
+            A = torch.cat([lin, -0.5 * prec[:, None]], 1)
             const = base - D * torch.log(self.scale) - 0.5 * (mu * lin).sum(1)
         return _Coefficients(shift, A.contiguous(), const, tied_factor)
 
-    def _features(self, xs: torch.Tensor) -> torch.Tensor:
-        if self.covariance_type == "full":
-            n, D = xs.shape
-            return torch.cat([xs, (xs.unsqueeze(2) * xs.unsqueeze(1)).reshape(n, D * D)], 1)
-        if self.covariance_type == "diag":
-            return torch.cat([xs, xs * xs], 1)
-        if self.covariance_type == "spherical":
-            return torch.cat([xs, (xs * xs).sum(1, keepdim=True)], 1)
-        return xs
+    def _n_features_phi(self) -> int:
+        D = self.n_features
+        return {"full": D + D * (D + 1) // 2, "tied": D, "diag": 2 * D, "spherical": D + 1}[
+            self.covariance_type
+        ]
 
-    def _log_joint_chunk(self, x: torch.Tensor, coef: _Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = x - coef.shift
-        phi = self._features(xs)
-        lj = torch.addmm(coef.const, phi, coef.A)
-        if coef.tied_factor is not None:
-            y = xs @ coef.tied_factor
-            lj -= 0.5 * (y * y).sum(1, keepdim=True)
-        return phi, lj
+    def _features(self, x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None):
+        """phi = [x', and x'_i x'_j (i <= j, triu_indices order) | x'^2 | |x'|^2], x' = x - shift;
+        the first D columns are x' for every covariance type. Written into ``out`` if given."""
+        n, D = x.shape
+        phi = x.new_empty(n, self._n_features_phi()) if out is None else out
+        xs = torch.sub(x, shift, out=phi[:, :D])
+        if self.covariance_type == "full":
+            start = D
+            for i in range(D):
+                torch.mul(xs[:, i:], xs[:, i : i + 1], out=phi[:, start : start + D - i])
+                start += D - i
+        elif self.covariance_type == "diag":
+            torch.mul(xs, xs, out=phi[:, D:])
+        elif self.covariance_type == "spherical":
+            phi[:, D] = (xs * xs) @ xs.new_ones(D)
+        return phi
+
+    def _log_joint_chunk(self, x: torch.Tensor, coef: _Coefficients, buffers=None):
+        """(features phi (n, F), log p(x, z = k) transposed to (K, n) up to a per-row term,
+        that per-row term (n,) or None). The (K, n) layout makes the reductions over k
+        vectorized along the rows, and it is the faster GEMM."""
+        full = buffers is not None and len(x) == len(buffers[0])
+        phi = self._features(x, coef.shift, buffers[0][: len(x)] if buffers is not None else None)
+        lj = torch.addmm(coef.const[:, None], coef.A, phi.T, out=buffers[1] if full else None)
+        if coef.tied_factor is None:
+            return phi, lj, None
+        y = phi[:, : self.n_features] @ coef.tied_factor
+        return phi, lj, -0.5 * (y * y).sum(1)
 
     def _n_columns(self) -> int:
-        D = self.n_features
-        F = {"full": D + D * D, "tied": 2 * D, "diag": 2 * D, "spherical": D + 1}
-        return max(F[self.covariance_type], self.n_components)
+        return max(self._n_features_phi(), self.n_components)
 
     def _chunks(self, x: torch.Tensor, chunk_size: int | None):
         return x.split(chunk_rows(self._n_columns(), x.element_size(), chunk_size))
@@ -480,7 +561,11 @@ class GaussianMixtureModel(LatentVariableModel):
     def _per_chunk(self, x: torch.Tensor, chunk_size: int | None, reduce) -> torch.Tensor:
         shift = x.mean(0).to(self.loc.dtype)
         coef = self._coefficients(shift)
-        return torch.cat([reduce(self._log_joint_chunk(c, coef)[1]) for c in self._chunks(x, chunk_size)])
+        parts = []
+        for chunk in self._chunks(x, chunk_size):
+            _, lj, row = self._log_joint_chunk(chunk, coef)
+            parts.append(reduce(lj if row is None else lj + row))  # lj is (K, n)
+        return torch.cat(parts)
 
     def log_joint(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n, z_n = k) = log w_k + log N(x_n; mu_k, Sigma_k), shape (N, K).
@@ -493,7 +578,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.log_joint(torch.zeros(3, 1)).shape
             torch.Size([3, 2])
         """
-        return self._per_chunk(x, chunk_size, lambda lj: lj)
+        return self._per_chunk(x, chunk_size, lambda lj: lj.T)
 
     def log_prob(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n) = logsumexp_k log p(x_n, z_n = k), shape (N,).
@@ -503,7 +588,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(float(gmm.log_prob(torch.zeros(1, 1))), 4)
             -0.9189
         """
-        return self._per_chunk(x, chunk_size, lambda lj: torch.logsumexp(lj, 1))
+        return self._per_chunk(x, chunk_size, _logsumexp_rows_)
 
     def posterior(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Responsibilities r_nk = p(z_n = k | x_n) = w_k N(x_n; k) / sum_j w_j N(x_n; j), (N, K).
@@ -513,7 +598,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.posterior(torch.zeros(1, 1)).tolist()
             [[0.5, 0.5]]
         """
-        return self._per_chunk(x, chunk_size, lambda lj: torch.softmax(lj, 1))
+        return self._per_chunk(x, chunk_size, lambda lj: torch.softmax(lj, 0).T)
 
     def map_z(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Hard clustering: argmax_k p(z_n = k | x_n), shape (N,).
@@ -524,7 +609,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.map_z(torch.tensor([[4.0]])).tolist()
             [1]
         """
-        return self._per_chunk(x, chunk_size, lambda lj: lj.argmax(1))
+        return self._per_chunk(x, chunk_size, lambda lj: lj.argmax(0))
 
     @torch.no_grad()
     def expected_statistics(
@@ -545,26 +630,36 @@ class GaussianMixtureModel(LatentVariableModel):
         """
         shift = self._shift(x, shift)
         coef = self._coefficients(shift)
+        # exp(d) for d below this is set to exp(floor): no subnormal numbers (slow on CPUs)
+        floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
+        K, F = coef.A.shape
         total = x.new_zeros((), dtype=torch.float64)
-        nk, S, sxx = None, None, None
-        for chunk in self._chunks(x, chunk_size):
-            phi, lj = self._log_joint_chunk(chunk, coef)
-            lse = torch.logsumexp(lj, 1, keepdim=True)
-            total += lse.sum(dtype=torch.float64)
-            resp = lj.sub_(lse).exp_()
-            part_nk, part_S = resp.sum(0), phi.T @ resp
-            nk = part_nk if nk is None else nk.add_(part_nk)
-            S = part_S if S is None else S.add_(part_S)
-            if self.covariance_type == "tied":
-                part = phi.T @ phi
-                sxx = part if sxx is None else sxx.add_(part)
-        return total, self._statistics_from_products(shift, nk, S, sxx)
+        nk, S_t = x.new_zeros(K), x.new_zeros(K, F)
+        sxx = x.new_zeros(F, F) if self.covariance_type == "tied" else None
+        chunks = self._chunks(x, chunk_size)
+        buffers = (x.new_empty(len(chunks[0]), F), x.new_empty(K, len(chunks[0])))
+        for chunk in chunks:
+            phi, lj, row = self._log_joint_chunk(chunk, coef, buffers)  # lj: (K, n)
+            top = lj.amax(0)
+            resp = lj.sub_(top).clamp_min_(floor).exp_()
+            norm = resp.sum(0)
+            total += (top + norm.log()).sum(dtype=torch.float64)
+            resp.div_(norm)
+            nk += resp.sum(1)
+            S_t.addmm_(resp, phi)
+            if row is not None:
+                total += row.sum(dtype=torch.float64)
+                sxx.addmm_(phi.T, phi)
+        return total, self._statistics_from_products(shift, nk, S_t.T, sxx)
 
     def _statistics_from_products(self, shift, nk, S, sxx) -> GMMStatistics:
         D, K = self.n_features, self.n_components
         sx = S[:D].T
         if self.covariance_type == "full":
-            sxx = S[D:].T.reshape(K, D, D)
+            rows, cols = torch.triu_indices(D, D, device=S.device)
+            upper = S.new_zeros(K, D, D)
+            upper[:, rows, cols] = S[D:].T
+            sxx = upper + upper.mT - torch.diag_embed(torch.diagonal(upper, dim1=-2, dim2=-1))
         elif self.covariance_type == "diag":
             sxx = S[D:].T
         elif self.covariance_type == "spherical":
@@ -586,13 +681,13 @@ class GaussianMixtureModel(LatentVariableModel):
             [3.0, 0.0]
         """
         shift = self._shift(x, shift)
-        xs = x - shift
-        phi = self._features(xs)
+        phi = self._features(x, shift)
         resp = resp.to(x)
+        xs = phi[:, : self.n_features]
         sxx = xs.T @ xs if self.covariance_type == "tied" else None
         return self._statistics_from_products(shift, resp.sum(0), phi.T @ resp, sxx)
 
-    def m_step(self, x: torch.Tensor, posterior) -> None:
+    def m_step(self, x: torch.Tensor, posterior: torch.Tensor | Mapping[str, torch.Tensor]) -> None:
         """Closed-form M-step from responsibilities: a (N, K) tensor, or a mapping with the
         posterior of site "z" (what ``em`` passes after Pyro's enumeration E-step)."""
         resp = posterior["z"] if isinstance(posterior, Mapping) else posterior
@@ -639,10 +734,10 @@ class GaussianMixtureModel(LatentVariableModel):
         elif cov_type == "tied":
             outer = sx.T @ mu
             scatter = sxx - outer - outer.T + (nk_raw[:, None] * mu).T @ mu
-        else:
+        elif cov_type == "diag":
             scatter = sxx - 2 * sx * mu + nk_raw[:, None] * mu * mu
-            if cov_type == "spherical":
-                scatter = (sxx - 2 * (sx * mu).sum(1) + nk_raw * (mu * mu).sum(1)) / D
+        else:  # spherical: the scatter per feature, averaged over the D features
+            scatter = (sxx - 2 * (sx * mu).sum(1) + nk_raw * (mu * mu).sum(1)) / D
         if p.precision_df is None:
             if cov_type == "full":
                 cov = scatter / nk[:, None, None]
@@ -662,11 +757,10 @@ class GaussianMixtureModel(LatentVariableModel):
             else:
                 cov = (D * scatter + df * s2) / (D * nk + df - 2)
         if self._full_cov:
-            cov = cov + self.reg_covar * torch.eye(D, dtype=dtype, device=nk.device)
-            cov = 0.5 * (cov + cov.mT)
-            scale_tril = self._cholesky(cov, "covariances")
+            scale_tril = self._regularized_cholesky(0.5 * (cov + cov.mT))
         else:
-            cov = cov + self.reg_covar
+            # rounding can leave a zero scatter (a single point) slightly negative
+            cov = cov.clamp_min(0) + self.reg_covar
             if bool((cov <= 0).any()):
                 raise ConfigurationError(_ILL_DEFINED.format(name="covariances"))
             scale_tril = cov.sqrt()
@@ -676,6 +770,18 @@ class GaussianMixtureModel(LatentVariableModel):
             self.scale_tril = scale_tril
         else:
             self.scale = scale_tril
+
+    def _regularized_cholesky(self, cov: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor of cov + reg_covar I. Where rounding left cov slightly indefinite
+        (a zero scatter computed as a difference of second moments), its negative
+        eigenvalues are first set to zero."""
+        eye = torch.eye(self.n_features, dtype=cov.dtype, device=cov.device)
+        L, info = torch.linalg.cholesky_ex(cov + self.reg_covar * eye)
+        if bool((info != 0).any()):
+            evals, evecs = torch.linalg.eigh(cov)
+            cov = (evecs * evals.clamp_min(0).unsqueeze(-2)) @ evecs.mT
+            L = self._cholesky(cov + self.reg_covar * eye, "covariances")
+        return L
 
     def _map_means(self, nk: torch.Tensor, sx: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """mu' = sx / n_k, or with a Normal(m0, s0^2) prior the maximizer given the current
@@ -880,10 +986,10 @@ class GaussianMixtureModel(LatentVariableModel):
         return float(-2 * self.log_prob(x).sum(dtype=torch.float64) + 2 * self.num_parameters())
 
 
-def _base(d):
-    while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
-        d = d.base_dist
-    return d
+def _logsumexp_rows_(lj: torch.Tensor) -> torch.Tensor:
+    """logsumexp over dim 0 of a (K, n) block, overwriting it (faster than torch.logsumexp)."""
+    top = lj.amax(0)
+    return lj.sub_(top).exp_().sum(0).log_().add_(top)
 
 
 def _generator(generator: torch.Generator | None) -> torch.Generator:
@@ -976,3 +1082,19 @@ def kmeans(
             break
     labels = torch.cat([_sq_distances(c, centers).argmin(1) for c in xc.split(rows)])
     return centers + mean, labels
+
+
+def _digits_mixture(data, n_components: int = 10, covariance_type: str = "diag", reg_covar: float = 1e-2,
+                    **options) -> GaussianMixtureModel:
+    return GaussianMixtureModel(n_components, math.prod(data.event_shape), covariance_type,
+                                reg_covar=reg_covar, **options)
+
+
+register_model(
+    "gmm",
+    _digits_mixture,
+    description="Gaussian mixture, 10 diagonal components (reg_covar 0.01 on pixels in [0, 1]), by EM",
+    data_options={"scale": True},
+    fit_options={"max_iter": 200, "tol": 1e-4, "n_init": 3},
+    trainer="em",
+)
