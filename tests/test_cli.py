@@ -126,3 +126,17 @@ def test_console_script_help_and_info():
 def test_models_lists_registered_models(capsys):
     assert cli.main(["models"]) == 0
     assert "tinyfactor" in capsys.readouterr().out
+
+
+def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, capsys):
+    assert cli.main(["run", "--data", "digits", "--quick", "--out", str(tmp_path), "--name", "story",
+                     "--quiet", "--num-samples", "20"]) == 0
+    story = tmp_path / "story"
+    gmm = json.loads((story / "gmm" / "metrics.json").read_text())
+    vae = json.loads((story / "vae" / "metrics.json").read_text())
+    assert gmm["log_likelihood_samples"] == "exact" and gmm["converged"] is True
+    assert vae["epochs"] == 20 and vae["test_elbo"] < vae["test_log_likelihood"] + 1.0
+    images = _images_in(story / "report.html")
+    assert len(images) >= 7 and all(img.std() > 0.01 for img in images)
+    out = capsys.readouterr().out
+    assert "gmm: test log-likelihood" in out and "vae: test log-likelihood" in out

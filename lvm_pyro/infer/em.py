@@ -1,6 +1,7 @@
 """``em``: expectation-maximization for Pyro models with discrete latent sites.
 
-Each iteration raises log p(x | theta) + log p(theta) (exactly, never lowering it):
+Each iteration raises log p(x | theta) + log p(theta), never lowering it (up to the
+``reg_covar`` a Gaussian mixture adds to its covariances, and re-seeding, which is reported):
 
 - E-step: the exact posterior q(z) = p(z | x, theta_old) over the discrete sites, so the
   bound log p(x) >= E_q[log p(x, z)] + H[q] is tight.
@@ -18,7 +19,9 @@ Two routes run the E-step, and ``EMResult.e_step`` says which one ran:
 - ``"closed_form"``: a model that provides ``expected_statistics(x, shift, chunk_size)``
   and ``m_step_from_statistics(stats)`` (the Gaussian mixture) does the E-step and the
   sufficient statistics as matrix products over chunks of rows; this is tested equal to the
-  enumeration route and is the default for such models (``e_step="auto"``).
+  enumeration route and is the default for such models (``e_step="auto"``). For a mixture
+  with N=100,000, D=8, K=16 (full) it is about 8x faster than the enumeration route
+  (``benchmarks/gmm_em.py`` prints both).
 
 The M-step is the model's own where it has one: ``m_step_from_statistics`` (closed_form
 route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated sites'
@@ -32,7 +35,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
+from lvm_pyro.infer.svi import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
 INITS = ("auto", "current", "kmeans++", "k-means++", "kmeans", "random_from_data", "random")
@@ -154,7 +157,11 @@ def _max_plate_nesting(program: Program, x: torch.Tensor) -> int:
 
 
 def _trace_enum(program: Program, x: torch.Tensor, nesting: int) -> _EnumTrace:
+    """Trace the guide, then the model under enumeration with the guide replayed; pack the
+    log-factors."""
     guide_tr = poutine.trace(program.guide).get_trace(x)
+    enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
+    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(x)
     globals_ = {n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
     for name in globals_:
         fn = _base(guide_tr.nodes[name]["fn"])
@@ -164,8 +171,6 @@ def _trace_enum(program: Program, x: torch.Tensor, nesting: int) -> _EnumTrace:
                 f"{type(fn).__name__}: use a Delta guide (e.g. pyro.infer.autoguide.AutoDelta) "
                 "for the global parameters, or train this model with fit()"
             )
-    enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
-    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(x)
     model_tr.compute_log_prob()
     model_tr.pack_tensors()
     factors, named, sum_dims, enum_sites = OrderedDict(), [], set(), {}
@@ -308,6 +313,10 @@ class _ClosedFormRoute:
     def e_step(self, x: torch.Tensor):
         return self.model.expected_statistics(x, self.shift, self.chunk_size)
 
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_n log p(x_n), without the statistics (the final evaluation)."""
+        return self.model.log_prob(x, self.chunk_size).sum(dtype=torch.float64)
+
     def m_step(self, x: torch.Tensor, stats) -> None:
         self.model.m_step_from_statistics(stats)
 
@@ -372,6 +381,9 @@ class _EnumRoute:
     def log_prior(self) -> float:
         return self._log_prior
 
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        return self.e_step(x)[0]
+
     def reseed(self, x, posts, gen) -> list:
         return []
 
@@ -401,8 +413,10 @@ class _EnumRoute:
             _expected_log_joint(_trace_enum(self.program, chunk, self.nesting), posts[0])
         module = self.program.module
         candidates = list(module.parameters()) if module is not None else []
-        candidates += [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        params = list({id(p): p for p in candidates if p.requires_grad}.values())
+        for site in capture.trace.nodes.values():
+            value = site["value"]
+            candidates.append(value.unconstrained() if hasattr(value, "unconstrained") else value)
+        params = list({id(p): p for p in candidates if p.requires_grad and p.is_leaf}.values())
         if not params:
             raise ModelContractError(
                 "em found no parameters to fit: declare the global parameters with pyro.param, "
@@ -461,20 +475,6 @@ def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr) 
         raise ConfigurationError(f"e_step must be one of {E_STEPS}, got {e_step!r}")
     if not isinstance(m_step_steps, int) or m_step_steps < 1 or not m_step_lr > 0:
         raise ConfigurationError("m_step_steps must be a positive integer and m_step_lr positive")
-
-
-def _warn_constant_features(model, x: torch.Tensor) -> None:
-    reg = getattr(model, "reg_covar", None)
-    if reg is None:
-        return
-    constant = torch.nonzero(x.amax(0) == x.amin(0)).flatten().tolist()
-    if constant:
-        warnings.warn(
-            f"feature(s) {constant[:10]} are constant (zero variance); their variance is "
-            f"regularized to reg_covar={reg:g}: drop those features, or raise reg_covar",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def _make_route(program: Program, x, e_step, chunk_size, m_step_steps, m_step_lr):
@@ -536,7 +536,7 @@ def em(
             or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
             "random" (random responsibilities then an M-step), "current", or a callable
             ``init(model, x, generator)``.
-        chunk_size: rows per E-step chunk (default: sized to ~2 MiB blocks for the closed
+        chunk_size: rows per E-step chunk (default: sized to ~4 MiB blocks for the closed
             form, all rows for the enum route); memory stays bounded by it.
         device: "auto" (CUDA when available), "cpu", "cuda", ...; model and data move there
             and the model takes the data's floating dtype.
@@ -572,7 +572,7 @@ def em(
         )
     if program.module is not None:
         program.module.to(device=dev, dtype=x.dtype)
-    _warn_constant_features(source, x)
+        claim_module_params(program.module)
     route = _make_route(program, x, e_step, chunk_size, m_step_steps, m_step_lr)
     init = _resolve_init(init, source, n_init)
     gen = torch.Generator()
@@ -682,5 +682,5 @@ def _run(route, source, x, start, max_iter, tol, gen, progress, callbacks) -> di
     finally:
         bar.close()
     with torch.no_grad():
-        evaluate(route.e_step(x)[0])
+        evaluate(route.log_likelihood(x))
     return dict(log_likelihood=lls, objective=objs, converged=converged, n_iter=n_iter, reseeded=reseeded)

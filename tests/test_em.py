@@ -1,0 +1,404 @@
+"""em(): monotone log-likelihood, Pyro-enumeration E-step on user models against exact
+posteriors by hand, the closed-form and enumeration routes against each other, EM against
+gradient training, re-seeding, starts, callbacks and bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroParam
+from torch.distributions import constraints
+
+from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.infer.em import EMResult, em
+from lvm_pyro.infer.svi import fit
+from lvm_pyro.models.base import LatentVariableModel
+from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel
+
+
+def _blobs(n, d, k, sep, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    centers = sep * torch.randn(k, d, generator=g, dtype=dtype)
+    z = torch.randint(k, (n,), generator=g)
+    return centers[z] + torch.randn(n, d, generator=g, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- monotonicity
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cov_type=st.sampled_from(COVARIANCE_TYPES),
+    k=st.integers(1, 4),
+    d=st.integers(1, 3),
+    n=st.integers(12, 50),
+    sep=st.floats(0.0, 6.0),
+    seed=st.integers(0, 2**16),
+    init=st.sampled_from(["kmeans++", "random", "random_from_data", "kmeans"]),
+)
+def test_log_likelihood_never_decreases(cov_type, k, d, n, sep, seed, init):
+    x = _blobs(n, d, k, sep, seed)
+    gmm = GaussianMixtureModel(k, d, cov_type, reg_covar=1e-6, min_count=0.0)
+    result = em(gmm, x, max_iter=20, tol=0.0, init=init, seed=seed, device="cpu")
+    ll = np.array(result.log_likelihood)
+    assert len(ll) == 21 and not result.reseeded
+    steps = np.diff(ll)
+    assert np.all(steps >= -1e-9 * np.maximum(1.0, np.abs(ll[:-1]))), steps.min()
+
+
+# --------------------------------------------------------------------------- user models
+
+
+class BernoulliMixture(LatentVariableModel):
+    """A user's mixture of Bernoullis; z is left unmarked (em enumerates it), no m_step."""
+
+    data_support = "binary"
+
+    def __init__(self, k: int, d: int, seed: int = 0) -> None:
+        super().__init__()
+        self.input_shape = (d,)
+        g = torch.Generator().manual_seed(seed)
+        self.weights = PyroParam(torch.full((k,), 1.0 / k), constraints.simplex)
+        self.probs = PyroParam(0.25 + 0.5 * torch.rand(k, d, generator=g), constraints.unit_interval)
+
+    def model(self, x):
+        with self.data_plate(x):
+            z = pyro.sample("z", dist.Categorical(self.weights))
+            pyro.sample("x", dist.Bernoulli(self.probs[z]).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+    def exact_log_joint(self, x):
+        p, w = self.probs.detach(), self.weights.detach()
+        return torch.log(w) + x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
+
+
+class PoissonMixture(LatentVariableModel):
+    """A user's mixture of Poissons with its own closed-form m_step(x, posterior)."""
+
+    data_support = "count"
+    input_shape = (1,)
+
+    def __init__(self, rates) -> None:
+        super().__init__()
+        k = len(rates)
+        self.weights = PyroParam(torch.full((k,), 1.0 / k), constraints.simplex)
+        self.rates = PyroParam(torch.as_tensor(rates, dtype=torch.float32), constraints.positive)
+
+    def model(self, x):
+        with self.data_plate(x):
+            z = pyro.sample("z", dist.Categorical(self.weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Poisson(self.rates[z]), obs=x[:, 0])
+
+    def guide(self, x):
+        pass
+
+    def m_step(self, x, posterior):
+        r = posterior["z"]
+        nk = r.sum(0)
+        self.weights = nk / nk.sum()
+        self.rates = (r * x).sum(0) / nk
+
+
+class TwoLevel(LatentVariableModel):
+    """Two chained discrete latents per point: z1 ~ Cat(a), z2 | z1 ~ Cat(B[z1]),
+    x | z2 ~ N(mu[z2], 1): the z2 factor needs the pairwise posterior of (z1, z2)."""
+
+    input_shape = (1,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = PyroParam(torch.tensor([0.5, 0.5]), constraints.simplex)
+        self.B = PyroParam(torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]]), constraints.simplex)
+        self.mu = PyroParam(torch.tensor([-2.0, 0.5, 2.5]))
+
+    def model(self, x):
+        with self.data_plate(x):
+            z1 = pyro.sample("z1", dist.Categorical(self.a), infer={"enumerate": "parallel"})
+            z2 = pyro.sample("z2", dist.Categorical(self.B[z1]), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(self.mu[z2], 1.0), obs=x[:, 0])
+
+    def guide(self, x):
+        pass
+
+    def exact_log_px(self, x):
+        a, B, mu = self.a.detach(), self.B.detach(), self.mu.detach()
+        terms = [torch.log(a[i]) + torch.log(B[i, j]) + dist.Normal(mu[j], 1.0).log_prob(x[:, 0])
+                 for i, j in itertools.product(range(2), range(3))]
+        return torch.logsumexp(torch.stack(terms, 1), 1)
+
+
+def _bernoulli_data(seed=0, n=300):
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.tensor([[0.9, 0.9, 0.8, 0.1, 0.2, 0.1], [0.1, 0.2, 0.1, 0.8, 0.9, 0.9]])
+    z = torch.randint(2, (n,), generator=g)
+    return torch.bernoulli(truth[z], generator=g)
+
+
+def test_enumeration_e_step_on_a_user_bernoulli_mixture_is_the_exact_posterior():
+    from lvm_pyro.infer.em import _EnumRoute
+    from lvm_pyro.models.base import as_program
+
+    x = _bernoulli_data()
+    model = BernoulliMixture(2, 6)
+    route = _EnumRoute(as_program(model), x, chunk_size=64, steps=1, lr=0.1)
+    total, posts = route.e_step(x)
+    exact = model.exact_log_joint(x)
+    posterior = torch.cat([p.marginals["z"] for p in posts])
+    torch.testing.assert_close(posterior, torch.softmax(exact, 1), rtol=1e-5, atol=1e-6)
+    assert float(total) == pytest.approx(float(torch.logsumexp(exact, 1).sum()), rel=1e-6)
+
+
+def test_generalized_em_on_a_user_bernoulli_mixture_is_monotone_and_recovers_it():
+    x = _bernoulli_data(n=200)
+    model = BernoulliMixture(2, 6)
+    result = em(model, x, max_iter=12, tol=1e-6, seed=0, device="cpu", chunk_size=100,
+                m_step_steps=10, m_step_lr=0.1)
+    assert (result.e_step, result.m_step) == ("enum", "gradient")
+    ll = np.array(result.log_likelihood)
+    assert np.all(np.diff(ll) >= -1e-6), np.diff(ll).min()
+    exact = float(torch.logsumexp(model.exact_log_joint(x), 1).mean())
+    assert ll[-1] == pytest.approx(exact, rel=1e-5)
+    assert ll[-1] > ll[0] + 0.3
+    # a fixed point of EM: the gradient M-step found the closed-form maximizer of Q
+    resp = torch.softmax(model.exact_log_joint(x), 1)
+    torch.testing.assert_close(model.probs.detach(), resp.T @ x / resp.sum(0)[:, None],
+                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(model.weights.detach(), resp.mean(0), atol=2e-3, rtol=0)
+    probs = model.probs.detach()
+    first = probs[probs[:, 0].argmax()]
+    np.testing.assert_allclose(first.numpy(), [0.9, 0.9, 0.8, 0.1, 0.2, 0.1], atol=0.12)
+
+
+def test_user_m_step_is_used_for_a_poisson_mixture():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(2, (400,), generator=g)
+    x = torch.poisson(torch.tensor([2.0, 12.0])[z], generator=g)[:, None]
+    model = PoissonMixture([1.0, 5.0])
+    result = em(model, x, max_iter=200, tol=1e-8, device="cpu")
+    assert (result.e_step, result.m_step) == ("enum", "model")
+    assert result.converged
+    assert np.all(np.diff(result.log_likelihood) >= -1e-6)
+    assert sorted(model.rates.tolist()) == pytest.approx([2.0, 12.0], abs=0.5)
+    # the fixed point of EM is a stationary point of log p(x): compare with a tiny grid
+    rates = model.rates.detach().clone()
+    best = result.log_likelihood[-1]
+    for dr in (-0.05, 0.05):
+        model.rates = rates + dr
+        worse = dist.Poisson(model.rates.detach()).log_prob(x).add(torch.log(model.weights.detach()))
+        assert float(torch.logsumexp(worse, 1).mean()) <= best + 1e-6
+
+
+def test_two_chained_discrete_sites_use_the_pairwise_posterior():
+    x = torch.cat([torch.randn(150, 1) - 2.0, torch.randn(150, 1) + 2.5])
+    model = TwoLevel()
+    result = em(model, x, max_iter=15, tol=0.0, device="cpu", m_step_steps=10)
+    ll = np.array(result.log_likelihood)
+    assert np.all(np.diff(ll) >= -1e-6)
+    assert ll[-1] == pytest.approx(float(model.exact_log_px(x).mean()), rel=1e-5)
+    assert ll[-1] > ll[0]
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_closed_form_route_equals_pyro_enumeration_route(cov_type):
+    x = _blobs(120, 2, 3, 4.0, 1)
+    runs = []
+    for e_step in ("closed_form", "enum"):
+        gmm = GaussianMixtureModel(3, 2, cov_type).double()
+        runs.append(em(gmm, x, max_iter=8, tol=0.0, seed=3, e_step=e_step, device="cpu"))
+    assert runs[0].m_step == "closed_form" and runs[1].m_step == "model"
+    np.testing.assert_allclose(runs[0].log_likelihood, runs[1].log_likelihood, rtol=1e-10)
+    torch.testing.assert_close(runs[0].model.loc, runs[1].model.loc, rtol=1e-8, atol=1e-10)
+
+
+def test_em_and_enum_svi_reach_the_same_optimum():
+    x = _blobs(300, 2, 2, 6.0, 5, dtype=torch.float32)
+    em_model = GaussianMixtureModel(2, 2, "diag")
+    em_model.initialize_(x, "kmeans", torch.Generator().manual_seed(0))
+    sgd_model = GaussianMixtureModel(2, 2, "diag")
+    sgd_model.load_state_dict(em_model.state_dict())
+    result = em(em_model, x, init="current", tol=1e-9, max_iter=500, device="cpu")
+    em_model.canonicalize_()
+    trained = fit(sgd_model, x, estimator="enum", steps=400, lr=0.05, batch_size=len(x),
+                  progress=False, seed=0, device="cpu")
+    sgd_model.canonicalize_()
+    sgd_ll = float(sgd_model.log_prob(x).mean())
+    assert -trained.losses[-1] == pytest.approx(sgd_ll, abs=1e-3)
+    assert sgd_ll == pytest.approx(result.log_likelihood[-1], abs=2e-4)
+    torch.testing.assert_close(sgd_model.loc, em_model.loc, atol=0.02, rtol=0)
+    torch.testing.assert_close(sgd_model.scale, em_model.scale, atol=0.02, rtol=0)
+
+
+# --------------------------------------------------------------------------- em's machinery
+
+
+def test_result_history_starts_and_reproducibility():
+    x = _blobs(200, 2, 3, 3.0, 2)
+    runs = [em(GaussianMixtureModel(3, 2, "full").double(), x, n_init=3, seed=11, tol=1e-6,
+               device="cpu") for _ in range(2)]
+    a, b = runs
+    assert isinstance(a, EMResult)
+    assert a.log_likelihood == b.log_likelihood and a.best_init == b.best_init
+    assert len(a.init_objectives) == 3
+    assert a.objective[-1] == pytest.approx(max(a.init_objectives))
+    assert len(a.log_likelihood) == a.n_iter + 1
+    assert a.lower_bound == a.objective[a.n_iter - 1]
+    # the kept model is the winning start's, in canonical order
+    assert float(a.model.log_prob(x).mean()) == pytest.approx(a.log_likelihood[-1], rel=1e-12)
+    w = a.model.weights.tolist()
+    assert w == sorted(w, reverse=True)
+
+
+def test_empty_component_is_reseeded_and_reported():
+    x = _blobs(200, 2, 2, 5.0, 3)
+    gmm = GaussianMixtureModel(3, 2, "diag").double()
+
+    def far_away(model, data, gen):
+        model.set_parameters(weights=[0.45, 0.45, 0.1],
+                             means=[[float(data[0, 0]), float(data[0, 1])],
+                                    [float(data[1, 0]), float(data[1, 1])], [1e3, 1e3]],
+                             covariances=torch.ones(3, 2, dtype=torch.float64))
+
+    result = em(gmm, x, init=far_away, max_iter=50, seed=0, device="cpu")
+    assert result.reseeded and result.reseeded[0].iteration == 1
+    assert result.reseeded[0].count < 1e-6
+    assert math.isfinite(result.log_likelihood[-1])
+    assert float(gmm.weights.detach().min()) > 0.01
+
+
+def test_chunking_bounds_nothing_but_memory():
+    x = _blobs(1000, 3, 4, 3.0, 4)
+    a = em(GaussianMixtureModel(4, 3, "full").double(), x, chunk_size=37, seed=1, tol=0,
+           max_iter=5, device="cpu")
+    b = em(GaussianMixtureModel(4, 3, "full").double(), x, seed=1, tol=0, max_iter=5, device="cpu")
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-11)
+
+
+def test_callbacks_see_the_state_and_can_stop():
+    seen = []
+
+    def stop_at_three(state):
+        seen.append((state.iteration, len(state.log_likelihood)))
+        state.stop = state.iteration == 3
+
+    x = _blobs(100, 2, 2, 4.0, 0)
+    result = em(GaussianMixtureModel(2, 2), x, tol=0, max_iter=50, callbacks=[stop_at_three],
+                device="cpu")
+    assert seen == [(1, 1), (2, 2), (3, 3)] and result.n_iter == 3 and not result.converged
+
+
+def test_constant_feature_is_regularized_with_a_warning():
+    x = _blobs(100, 2, 2, 4.0, 0)
+    x[:, 1] = 7.0
+    with pytest.warns(UserWarning, match=r"feature\(s\) \[1\] are constant"):
+        result = em(GaussianMixtureModel(2, 2, "full").double(), x, seed=0, device="cpu")
+    assert math.isfinite(result.log_likelihood[-1])
+    cov = result.model.covariances()
+    assert cov[:, 1, 1].tolist() == pytest.approx([1e-6, 1e-6], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_more_components_than_points_names_the_fix():
+    with pytest.raises(DataError, match="n_components=5 is larger than the number of points"):
+        em(GaussianMixtureModel(5, 2), torch.randn(4, 2), device="cpu")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_data_names_the_fix(bad):
+    x = torch.randn(20, 2)
+    x[3, 1] = bad
+    with pytest.raises(DataError, match="non-finite.*first at index \\[3, 1\\]"):
+        em(GaussianMixtureModel(2, 2), x, device="cpu")
+
+
+def test_wrong_feature_count_names_the_fix():
+    with pytest.raises(DataError, match="expects \\(3,\\)"):
+        em(GaussianMixtureModel(2, 3), torch.randn(20, 2), device="cpu")
+
+
+def test_model_without_an_enumerable_site_is_refused():
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        pass
+
+    with pytest.raises(ModelContractError, match="needs a discrete latent site to enumerate"):
+        em((model, guide), torch.randn(10, 1), device="cpu")
+
+
+def test_continuous_latent_outside_the_guide_is_refused():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(u + z, 1.0), obs=x[:, 0])
+
+    with pytest.raises(ModelContractError, match="'u' .* neither enumerable nor sampled by the guide"):
+        em((model, lambda x: None), torch.randn(10, 1), device="cpu")
+
+
+def test_non_point_estimate_guide_is_refused():
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(loc + z, 1.0), obs=x[:, 0])
+
+    with pytest.raises(ModelContractError, match="point estimates.*from a Normal.*AutoDelta"):
+        em(model, torch.randn(10, 1), guide=AutoNormal(pyro.poutine.block(model, expose=["loc"])),
+           device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_iter=-1), "max_iter"),
+        (dict(n_init=0), "n_init"),
+        (dict(tol=-1.0), "tol"),
+        (dict(init="zeros"), "init must be one of"),
+        (dict(e_step="exact"), "e_step must be one of"),
+        (dict(n_init=2, init="current"), "n_init > 1 with init='current'"),
+    ],
+)
+def test_bad_arguments_name_the_fix(kwargs, match):
+    with pytest.raises(ConfigurationError, match=match):
+        em(GaussianMixtureModel(2, 1), torch.randn(10, 1), device="cpu", **kwargs)
+
+
+def test_data_based_init_on_a_model_without_initialize_is_refused():
+    with pytest.raises(ConfigurationError, match="init='kmeans' needs a model with an initialize_"):
+        em(BernoulliMixture(2, 6), _bernoulli_data(), init="kmeans", device="cpu")
+
+
+def test_benchmark_runs_in_quick_mode():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gmm_em.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--no-scale", "--dtypes", "float64",
+         "--svi-budget", "1", "--iters", "3"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| P")]
+    assert len(table) == 5  # four covariance types on P1, diag on P2
+    for line in table:
+        rel_diff = float(line.rstrip(" |").rsplit("|", 1)[1])
+        assert rel_diff < 1e-9  # the same final log-likelihood as scikit-learn
+    assert "Pyro enumeration E-step" in done.stdout
