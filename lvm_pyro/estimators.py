@@ -10,9 +10,7 @@ the type it is given.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -309,16 +307,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def bic(self, X) -> float:
         """Bayesian information criterion: -2 log p(X) + n_parameters log N (lower is better)."""
         self._check_fitted()
-        x = self._to_tensor(X, reset=False)
-        log_lik = float(self.model_.log_prob(x, self.chunk_size).sum(dtype=torch.float64))
-        return -2 * log_lik + self._n_parameters() * math.log(len(x))
+        return self.model_.bic(self._to_tensor(X, reset=False), self.chunk_size)
 
     def aic(self, X) -> float:
         """Akaike information criterion: -2 log p(X) + 2 n_parameters (lower is better)."""
         self._check_fitted()
-        x = self._to_tensor(X, reset=False)
-        log_lik = float(self.model_.log_prob(x, self.chunk_size).sum(dtype=torch.float64))
-        return -2 * log_lik + 2 * self._n_parameters()
+        return self.model_.aic(self._to_tensor(X, reset=False), self.chunk_size)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -368,40 +362,4 @@ def _as_numpy(value):
     return np.asarray(value, dtype=float)
 
 
-def select_n_components(
-    X,
-    n_components: Iterable[int],
-    *,
-    criterion: str = "bic",
-    **params,
-) -> tuple[GaussianMixture, dict[int, float]]:
-    """Choose K by an information criterion: fit a GaussianMixture for every K and keep the
-    one with the lowest BIC (-2 log p(X) + p log N) or AIC (-2 log p(X) + 2 p).
-
-    Returns the fitted best estimator and {K: criterion value}.
-
-    Example:
-        >>> import numpy as np
-        >>> rng = np.random.default_rng(0)
-        >>> X = np.vstack([rng.normal(m, 0.5, (150, 2)) for m in (-4, 0, 4)])
-        >>> best, scores = select_n_components(X, range(1, 6), random_state=0)
-        >>> best.n_components
-        3
-    """
-    if criterion not in ("bic", "aic"):
-        raise ConfigurationError(f"criterion must be 'bic' or 'aic', got {criterion!r}")
-    candidates = list(n_components)
-    if not candidates:
-        raise ConfigurationError("n_components is empty: pass the candidate K values, e.g. range(1, 9)")
-    scores, best, best_score = {}, None, math.inf
-    for k in candidates:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            est = GaussianMixture(int(k), **params).fit(X)
-        scores[int(k)] = getattr(est, criterion)(X)
-        if scores[int(k)] < best_score:
-            best, best_score = est, scores[int(k)]
-    return best, scores
-
-
-__all__ = ["GaussianMixture", "select_n_components"]
+__all__ = ["EstimatorNotFittedError", "GaussianMixture"]

@@ -13,8 +13,9 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from lvm_pyro.diagnostics.selection import select_components
 from lvm_pyro.errors import ConfigurationError, DataError, NotFittedError
-from lvm_pyro.estimators import GaussianMixture, select_n_components
+from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.models.gmm import COVARIANCE_TYPES
 
 
@@ -120,11 +121,14 @@ def test_sampling_and_sampling_one_component():
 
 def test_bic_chooses_the_true_number_of_components():
     X = _data(n=600, d=2, k=3, seed=8)
-    best, scores = select_n_components(X, range(1, 6), random_state=0)
-    assert best.n_components == 3
-    assert min(scores, key=scores.get) == 3
-    best_aic, _ = select_n_components(X, range(1, 5), criterion="aic", random_state=0)
-    assert best_aic.n_components >= 3
+    selection = select_components(X, range(1, 6), criterion="bic", covariance_type="full")
+    assert selection.best_k == 3
+    fits = {k: GaussianMixture(k, random_state=0).fit(X) for k in range(1, 6)}
+    bic = {k: gm.bic(X) for k, gm in fits.items()}
+    assert min(bic, key=bic.get) == 3
+    assert bic[3] == pytest.approx(selection.scores[3], rel=1e-6)
+    aic = {k: gm.aic(X) for k, gm in fits.items()}
+    assert min(aic, key=aic.get) >= 3 and aic[3] < aic[2] < aic[1]
 
 
 def test_warm_start_continues_from_the_last_fit():

@@ -23,7 +23,9 @@ Two routes run the E-step, and ``EMResult.e_step`` says which one ran:
   with N=100,000, D=8, K=16 (full) it is about 8x faster than the enumeration route
   (``benchmarks/gmm_em.py`` prints both).
 
-The M-step is the model's own where it has one: ``m_step_from_statistics`` (closed_form
+A model may also define ``check_fit_data(x)`` (warnings about the data worth giving once,
+at fit time: the mixture flags constant features). The M-step is the model's own where it
+has one: ``m_step_from_statistics`` (closed_form
 route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated sites'
 marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
@@ -573,6 +575,8 @@ def em(
     if program.module is not None:
         program.module.to(device=dev, dtype=x.dtype)
         claim_module_params(program.module)
+    if hasattr(source, "check_fit_data"):
+        source.check_fit_data(x)
     route = _make_route(program, x, e_step, chunk_size, m_step_steps, m_step_lr)
     init = _resolve_init(init, source, n_init)
     gen = torch.Generator()

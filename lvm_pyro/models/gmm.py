@@ -226,10 +226,9 @@ class GaussianMixtureModel(LatentVariableModel):
             shape = (K, D) if covariance_type == "diag" else (K,)
             self.scale = PyroParam(torch.ones(shape), constraints.positive)
 
-    def validate(self, x, name: str = "data") -> torch.Tensor:
-        """Validate data for this mixture; a constant feature (zero variance) is accepted with
-        a warning: its variance is reg_covar."""
-        x = super().validate(x, name)
+    def check_fit_data(self, x: torch.Tensor, name: str = "data") -> None:
+        """Called by ``em`` on validated data: a constant feature (zero variance) is accepted
+        with a warning, its variance being reg_covar."""
         low, high = torch.aminmax(x, dim=0)
         constant = torch.nonzero(low == high).flatten().tolist()
         if constant and len(x) > 1:
@@ -238,9 +237,8 @@ class GaussianMixtureModel(LatentVariableModel):
                 f"is regularized to reg_covar={self.reg_covar:g}: drop those features, or raise "
                 "reg_covar",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
-        return x
 
     # ----------------------------------------------------------------- parameters
 
@@ -965,7 +963,7 @@ class GaussianMixtureModel(LatentVariableModel):
             noise = eps * self.scale[z].unsqueeze(-1)
         return loc[z] + noise, z
 
-    def bic(self, x: torch.Tensor) -> float:
+    def bic(self, x: torch.Tensor, chunk_size: int | None = None) -> float:
         """Bayesian information criterion: -2 log p(x) + p log N (lower is better).
 
         Example:
@@ -973,17 +971,19 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(gmm.bic(torch.zeros(10, 1)), 3)
             22.984
         """
-        log_lik = self.log_prob(x).sum(dtype=torch.float64)
-        return float(-2 * log_lik + self.num_parameters() * math.log(len(x)))
+        return -2 * self._total_log_prob(x, chunk_size) + self.num_parameters() * math.log(len(x))
 
-    def aic(self, x: torch.Tensor) -> float:
+    def aic(self, x: torch.Tensor, chunk_size: int | None = None) -> float:
         """Akaike information criterion: -2 log p(x) + 2 p (lower is better).
 
         Example:
             >>> round(GaussianMixtureModel(1, 1, "spherical").aic(torch.zeros(10, 1)), 3)
             22.379
         """
-        return float(-2 * self.log_prob(x).sum(dtype=torch.float64) + 2 * self.num_parameters())
+        return -2 * self._total_log_prob(x, chunk_size) + 2 * self.num_parameters()
+
+    def _total_log_prob(self, x: torch.Tensor, chunk_size: int | None) -> float:
+        return float(self.log_prob(x, chunk_size).sum(dtype=torch.float64))
 
 
 def _logsumexp_rows_(lj: torch.Tensor) -> torch.Tensor:
