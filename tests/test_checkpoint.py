@@ -30,7 +30,7 @@ def _data():
 
 def _fit(model, x, val, epochs, **kw):
     return lvm_pyro.fit(model, x, val_data=val, epochs=epochs, batch_size=32, lr=0.02,
-                        estimator="reparam", progress=False, seed=7, **kw)
+                        estimator="reparam", progress=False, seed=7, jit=False, **kw)
 
 
 def _params(model):
@@ -48,7 +48,7 @@ def test_two_plus_two_epochs_equal_four(tmp_path):
     pyro.clear_param_store()
     resumed = LocalGaussian(2, learn_w=True)
     again = lvm_pyro.fit(resumed, x, val_data=val, epochs=4, batch_size=32, lr=0.02, progress=False,
-                         seed=7, checkpoint_dir=tmp_path, resume=True,
+                         seed=7, checkpoint_dir=tmp_path, resume=True, jit=False,
                          callbacks=[EarlyStopping(patience=50)])
     for name, value in _params(straight).items():
         torch.testing.assert_close(_params(resumed)[name], value, rtol=0, atol=0)
@@ -135,5 +135,7 @@ def test_sigkill_during_training_resumes_from_last_checkpoint(tmp_path):
     subprocess.run([sys.executable, str(script), str(straight_dir), str(target), "0"], check=True)
     straight = load_checkpoint(straight_dir / "checkpoint.pt")
     assert resumed["counters"] == straight["counters"]
+    # the compiled loss picks graph or eager by a timed trial in each process: the paths agree
+    # to rounding, not bit for bit (bit-identical resumption: jit=False, tested above)
     for name, value in straight["params"].items():
-        torch.testing.assert_close(resumed["params"][name], value, rtol=0, atol=0)
+        torch.testing.assert_close(resumed["params"][name], value, rtol=1e-5, atol=1e-7)
