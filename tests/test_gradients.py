@@ -15,16 +15,6 @@ from lvm_pyro.diagnostics.gradients import gradient_variance
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 GUIDE_SCALE = 0.3
 
 

@@ -23,15 +23,6 @@ from lvm_pyro.models.gmm import GaussianMixtureModel
 from lvm_pyro.models.vae import VAE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_not_blank(fig: Figure, path) -> None:
     assert isinstance(fig, Figure)
     fig.savefig(path, dpi=60)
