@@ -29,7 +29,7 @@
 # the log-likelihood, and checks the library's EM against gradient ascent (`fit` with the
 # `"enum"` estimator) and against scikit-learn.
 #
-# Runtime: about 15 s in full mode, under 10 s with `LVM_PYRO_SMOKE=1`.
+# Runtime: about 25 s in full mode, about 15 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
 import os

@@ -41,7 +41,7 @@
 # whose posterior is Gaussian, p(z | x) = N(m(x), S) with precision S^-1 = I + A^T A / s^2
 # and mean m(x) = S A^T x / s^2, and whose marginal is p(x) = N(0, A A^T + s^2 I).
 #
-# Runtime: about 30 s in full mode, about 10 s with `LVM_PYRO_SMOKE=1`.
+# Runtime: about 20 s in full mode, about 15 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
 import os

@@ -37,7 +37,7 @@
 # Both are >= 0. This tutorial measures them for a VAE on the digits, on training and on
 # held-out images.
 #
-# Runtime: about 2 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1`.
+# Runtime: about 1 minute in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
 import os

@@ -39,7 +39,7 @@
 # falls to zero and q(z_2 | .) equals the prior. Measuring the KL per layer shows whether
 # that happened.
 #
-# Runtime: about 3 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1`.
+# Runtime: about 2 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
 import os

@@ -35,7 +35,7 @@
 # Data order: every model of the library scores its *first* data entry, so the
 # conditional models take `(y, x)`: the target first, the condition second.
 #
-# Runtime: about 3 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1`.
+# Runtime: about 2.5 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
 import os
