@@ -12,10 +12,12 @@ from torch.nn import functional as F
 
 import lvm_pyro
 from lvm_pyro import errors
+from lvm_pyro.data import make_mixture
 from lvm_pyro.infer import evaluate
 from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.conditional import ConditionalBaseline
 from lvm_pyro.models.discrete import SigmoidBeliefNet
+from lvm_pyro.models.gmm import GaussianMixtureModel, GMMPrior
 from lvm_pyro.models.mixture_prior import MixturePriorVAE
 from lvm_pyro.models.vae import VAE
 
@@ -157,6 +159,45 @@ def test_enumerated_component_is_summed_out_exactly():
     a = log_likelihood(enum, x, num_samples=50, seed=3)
     b = log_likelihood(analytic, x, num_samples=50, seed=3)
     torch.testing.assert_close(a.per_example, b.per_example, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gaussian_mixture_with_a_delta_guide_gives_the_closed_form(covariance_type):
+    """z is enumerated and the globals are point estimates: every weight is p(x_i | theta_hat)."""
+    x = make_mixture(120, 3, 2, seed=0, covariance_type=covariance_type, dtype=torch.float64).x
+    gmm = GaussianMixtureModel(3, 2, covariance_type).double()
+    lvm_pyro.em(gmm, x, max_iter=30, seed=0, device="cpu")
+    exact = gmm.log_prob(x)
+    for options in ({}, {"batch_size": 17, "chunk_size": 3}):
+        ll = log_likelihood(gmm, x, num_samples=7, seed=0, **options)
+        torch.testing.assert_close(ll.per_example, exact, atol=1e-10, rtol=0)
+        torch.testing.assert_close(ll.ess, torch.full((len(x),), 7.0, dtype=torch.float64))
+    assert ll.mean == pytest.approx(float(exact.mean()), abs=1e-10)
+    # an AutoDelta over the globals of the Bayesian mixture: log p(x_i | theta_hat), no prior term
+    bayes = GaussianMixtureModel(3, 2, covariance_type, prior=GMMPrior(2.0, 0.0, 10.0, 4.0)).double()
+    bayes.load_state_dict(gmm.state_dict())
+    ll = log_likelihood(bayes.model, x, guide=bayes.global_guide("delta"), num_samples=3, seed=0)
+    torch.testing.assert_close(ll.per_example, exact, atol=1e-10, rtol=0)
+
+
+def test_a_point_estimated_global_is_conditioned_on_and_locals_are_sampled():
+    """mu is a global with a Delta guide, z_i local with the exact posterior given mu:
+    log p(x_i | mu) = log N(x_i; mu, 2) exactly, whatever k."""
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), 10.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        mu = pyro.sample("mu", dist.Delta(x.new_tensor(0.7)))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal((x + mu) / 2, 0.5**0.5))
+
+    x = torch.linspace(-2, 3, 25, dtype=torch.float64)
+    ll = log_likelihood(model, x, guide=guide, num_samples=11, seed=0)
+    exact = dist.Normal(x.new_tensor(0.7), 2**0.5).log_prob(x)
+    torch.testing.assert_close(ll.per_example, exact, atol=1e-10, rtol=0)
 
 
 def test_plain_callables_and_a_model_without_latents():

@@ -15,8 +15,10 @@ import math
 from dataclasses import dataclass, field
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch.utils.data import DataLoader
 
@@ -155,8 +157,12 @@ def log_likelihood(
     (``num_samples``): the IWAE bound L_k, with ELBO = L_1 <= L_k <= L_{k+1} <= log p(x) in
     expectation and L_k -> log p(x) as k grows. ``data`` is x, or a tuple (x, cond, ...) as
     for ``fit``; for a conditional model this is log p(y | x). Discrete sites the model marks
-    for enumeration (``infer={"enumerate": "parallel"}``) are summed out exactly. Every sample
-    site must be inside the plate ``data_plate`` (one estimate per data point).
+    for enumeration (``infer={"enumerate": "parallel"}``) are summed out exactly. Global sites
+    (outside the plate ``data_plate``) that the guide point-estimates (a ``Delta``, as the
+    Gaussian mixture's guide and ``AutoDelta`` do) are conditioned on: the estimate is then
+    log p(x_i | theta_hat), without the prior log p(theta_hat) (for the mixture it equals
+    ``model.log_prob(x)``). Every other sample site must be inside ``data_plate`` (one
+    estimate per data point).
 
     Memory stays bounded: examples go in batches of ``batch_size`` (default: as many as fit
     in one pass with all k samples, at least one) and samples in chunks of ``chunk_size``
@@ -239,11 +245,14 @@ def _plate_nesting(program: Program, batch: tuple) -> int:
 
 
 def _log_weights(program: Program, batch: tuple, num: int, nesting: int, plate: str) -> torch.Tensor:
-    """log p(x, z_j) - log q(z_j | x) of shape (num, batch size), enumerated sites summed out."""
+    """log p(x, z_j) - log q(z_j | x) of shape (num, batch size), enumerated sites summed out and
+    point-estimated global sites held at their values (outside the particle plate)."""
     rank = nesting + 1
     particles = pyro.plate(PARTICLE_PLATE, num, dim=-rank)
-    guide_trace = poutine.trace(particles(program.guide)).get_trace(*batch)
-    model = poutine.enum(poutine.replay(particles(program.model), trace=guide_trace),
+    held = _PointGlobals(plate)
+    guide_trace = poutine.trace(particles(held(program.guide))).get_trace(*batch)
+    fixed = _PointGlobals(plate, values=held.values)
+    model = poutine.enum(poutine.replay(particles(fixed(program.model)), trace=guide_trace),
                          first_available_dim=-rank - 1)
     model_trace = poutine.trace(model).get_trace(*batch)
     guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
@@ -270,6 +279,53 @@ def _log_weights(program: Program, batch: tuple, num: int, nesting: int, plate: 
     return log_w.expand(num, log_w.shape[-1])
 
 
+class _PointGlobals(Messenger):
+    """Keeps point-estimated global sites out of the particle plate.
+
+    Recording (``values`` None, around the guide): every latent sample site outside ``plate``
+    whose distribution is a point mass (Delta) is sampled once, unbatched, and its value kept
+    in ``values``. Fixing (around the model): the sites named in ``values`` take those values.
+    Either way the site stops here, so the particle plate, enumeration and the trace outside
+    never see it: the log-weights are those of p(x_i, z_i | theta_hat) / q(z_i | x_i).
+    Broadcasting a point mass over particles would add nothing but a particle dim on global
+    tensors, which a model indexing them by an enumerated site (``loc[z]``) cannot take.
+    """
+
+    def __init__(self, plate: str, values: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.plate = plate
+        self.recording = values is None
+        self.values: dict[str, torch.Tensor] = {} if values is None else values
+        self._held: set[str] = set()
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if self.recording:
+            if msg["is_observed"] or not _is_point_mass(msg["fn"]):
+                return
+            if any(f.name == self.plate for f in msg["cond_indep_stack"]):
+                return
+            self._held.add(msg["name"])
+        elif msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["is_observed"] = True
+        else:
+            return
+        msg["stop"] = True
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if msg["name"] in self._held:
+            self.values[msg["name"]] = msg["value"]
+
+
+def _is_point_mass(fn) -> bool:
+    """A Delta, possibly wrapped (Independent, masked, expanded, transformed)."""
+    while not isinstance(fn, dist.Delta):
+        fn = getattr(fn, "base_dist", None)
+        if fn is None:
+            return False
+    return True
+
+
 def _per_point(site: dict, rank: int, plate: str) -> torch.Tensor:
     """A site's log-density summed over every dim but enumeration, particle and data plate dims."""
     frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE]
@@ -278,7 +334,9 @@ def _per_point(site: dict, rank: int, plate: str) -> torch.Tensor:
         raise ModelContractError(
             f"log_likelihood estimates log p(x_i) for each data point, but sample site "
             f"{site['name']!r} is outside the {plate!r} plate: put every sample site inside "
-            f"pyro.plate({plate!r}, len(x)) (global latent variables have no per-point estimate)"
+            f"pyro.plate({plate!r}, len(x)); a global latent variable has no per-point estimate "
+            "unless the guide point-estimates it (a Delta guide such as AutoDelta, which "
+            "log_likelihood conditions on)"
         )
     if site["infer"].get("enumerate") and len(frames) > 1:
         raise ModelContractError(
