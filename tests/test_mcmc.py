@@ -17,6 +17,7 @@ from models_for_tests import (
     normal_normal_posterior,
 )
 from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import init_to_median, init_to_value
 
 import lvm_pyro
 from lvm_pyro.diagnostics.arviz import psis_khat, to_inference_data
@@ -82,6 +83,56 @@ def test_a_raw_pyro_mcmc_run_is_accepted(x):
     assert idata.posterior["mu"].shape == (1, 40)
     assert idata.log_likelihood["x"].shape == (1, 40, 40)
     assert idata.sample_stats["diverging"].dtype == bool
+
+
+def _two_modes(data):
+    """x_i ~ N(mu^2, 0.5^2): with x near 4 the posterior has modes at mu = +2 and -2, split by a
+    barrier NUTS never crosses, so the chain stays in the mode it starts in."""
+    mu = pyro.sample("mu", dist.Normal(data.new_tensor(1.0), 1.0))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(mu**2, 0.5), obs=data)
+
+
+def test_init_strategy_decides_the_mode_a_chain_starts_in():
+    torch.manual_seed(0)
+    data = 4.0 + 0.5 * torch.randn(30)
+    options = dict(num_samples=20, warmup_steps=20, num_chains=2, seed=0)
+    starts = {
+        "median": ("median", 1),  # the prior's median, about 1: the positive mode
+        "dict": ({"mu": -1.5}, -1),
+        "function": (init_to_value(values={"mu": torch.tensor(1.5)}), 1),
+        "configured": (init_to_median(num_samples=40), 1),
+    }
+    for label, (init, sign) in starts.items():
+        run = mcmc(_two_modes, data, init_strategy=init, **options)
+        draws = run.samples["mu"]
+        assert bool((sign * draws > 1.5).all()), (label, draws)
+        assert abs(float(draws.mean()) - sign * 2) < 0.1, label
+    assert run.config["init_strategy"] == "init_to_median"
+    assert mcmc(_two_modes, data, init_strategy={"mu": -1.5}, **options).config["init_strategy"] == (
+        "values for ['mu']"
+    )
+
+
+def test_init_strategy_is_validated(x):
+    def positive(data):
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(0.0, sigma), obs=data)
+
+    with pytest.raises(ConfigurationError, match="unknown init_strategy 'middle'; valid: uniform, median"):
+        mcmc(normal_normal_model, x, num_samples=5, init_strategy="middle")
+    with pytest.raises(ConfigurationError, match=r"'sigma', which is not a latent site.*\['mu'\]"):
+        mcmc(normal_normal_model, x, num_samples=5, init_strategy={"sigma": 1.0})
+    with pytest.raises(ConfigurationError, match=r"shape \(3,\), but site 'mu' has shape \(\)"):
+        mcmc(normal_normal_model, x, num_samples=5, init_strategy={"mu": torch.zeros(3)})
+    with pytest.raises(ConfigurationError, match="outside the support of site 'sigma'"):
+        mcmc(positive, x, num_samples=5, init_strategy={"sigma": -1.0})
+    with pytest.raises(ConfigurationError, match="must be a name"):
+        mcmc(normal_normal_model, x, num_samples=5, init_strategy=3)
+    gmm = GaussianMixtureModel(2, 1, "diag", prior=GMMPrior(2.0, 0.0, 10.0, 3.0))
+    with pytest.raises(ConfigurationError, match="'z', which is not a latent site"):  # enumerated
+        mcmc(gmm, torch.randn(6, 1), num_samples=5, init_strategy={"z": torch.zeros(6)})
 
 
 def test_bad_input_names_the_fix(x):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,11 +19,28 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import (
+    init_to_feasible,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+    init_to_uniform,
+    init_to_value,
+)
 from pyro.poutine.util import site_is_subsample
 
 from lvm_pyro.data import validate_condition, validate_data
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel
+
+#: ``init_strategy`` names and the Pyro initialization function each one stands for.
+INIT_STRATEGIES: dict[str, Callable] = {
+    "uniform": init_to_uniform,
+    "median": init_to_median,
+    "mean": init_to_mean,
+    "sample": init_to_sample,
+    "feasible": init_to_feasible,
+}
 
 
 @dataclass
@@ -117,6 +134,7 @@ def mcmc(
     jit_compile: bool = False,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
+    init_strategy: str | Callable | Mapping[str, object] = "uniform",
 ) -> MCMCResult:
     """Sample p(theta | x) proportional to p(theta) p(x | theta) with NUTS (Hoffman & Gelman, 2014).
 
@@ -134,6 +152,14 @@ def mcmc(
             the model's attribute, else inferred by Pyro).
         jit_compile: compile the potential energy with the PyTorch JIT.
         target_accept_prob, max_tree_depth: NUTS settings.
+        init_strategy: where each chain starts, passed to NUTS: a name, "uniform" (Pyro's
+            default: uniform in (-2, 2) in unconstrained space, a different start per chain),
+            "median" or "mean" (of 15 prior draws; the same start for every chain up to that
+            draw), "sample" (one prior draw), "feasible" (zero in unconstrained space); a Pyro
+            initialization function such as ``init_to_median(num_samples=50)`` or
+            ``init_to_value(values={...})``; or a dict {site: value} (e.g. an SVI or EM
+            estimate), checked against the model's sites, shapes and supports, the other sites
+            starting "uniform".
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -167,7 +193,8 @@ def mcmc(
             args = tuple(a.to(first.device) for a in args)
             if first.is_floating_point():
                 args = (args[0].to(first.dtype), *args[1:])
-    _check_latents(fn, args)
+    latent = _check_latents(fn, args)
+    init_fn = _init_strategy(init_strategy, latent)
 
     started = time.perf_counter()
     chains, stats = [], []
@@ -177,7 +204,7 @@ def mcmc(
         hook = _StatsHook(warmup_steps)
         kernel = NUTS(fn, max_plate_nesting=max_plate_nesting, jit_compile=jit_compile,
                       ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
-                      max_tree_depth=max_tree_depth)
+                      max_tree_depth=max_tree_depth, init_strategy=init_fn)
         run = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
                    hook_fn=hook, disable_progbar=not progress)
         with warnings.catch_warnings():
@@ -203,12 +230,14 @@ def mcmc(
         max_plate_nesting=max_plate_nesting,
         wall_time=time.perf_counter() - started,
         config={"seed": seed, "jit_compile": jit_compile, "target_accept_prob": target_accept_prob,
-                "max_tree_depth": max_tree_depth},
+                "max_tree_depth": max_tree_depth,
+                "init_strategy": _describe(init_strategy)},
     )
 
 
-def _check_latents(fn: Callable, args: tuple) -> None:
-    """Refuse a model NUTS cannot sample: no continuous latent site, or a discrete one not enumerated."""
+def _check_latents(fn: Callable, args: tuple) -> dict[str, dict]:
+    """The latent sites NUTS samples, by name; refuse a model with none, or with a discrete one
+    not enumerated."""
     with pyro.validation_enabled(False):
         tr = poutine.trace(fn).get_trace(*args)
     latent = [
@@ -227,3 +256,57 @@ def _check_latents(fn: Callable, args: tuple) -> None:
             "the model has no continuous latent sample sites for NUTS to sample: add a latent "
             "variable (pyro.sample without obs=) with a prior"
         )
+    return {s["name"]: s for s in latent}
+
+
+def _describe(init_strategy) -> str:
+    """A short JSON-friendly name of an init_strategy for ``MCMCResult.config``."""
+    if isinstance(init_strategy, str):
+        return init_strategy
+    if isinstance(init_strategy, Mapping):
+        return f"values for {sorted(init_strategy)}"
+    fn = getattr(init_strategy, "func", init_strategy)  # functools.partial, as init_to_* return
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _init_strategy(init_strategy, latent: dict[str, dict]) -> Callable:
+    """The Pyro initialization function for ``mcmc``'s ``init_strategy`` (see there)."""
+    if isinstance(init_strategy, str):
+        if init_strategy not in INIT_STRATEGIES:
+            raise ConfigurationError(
+                f"unknown init_strategy {init_strategy!r}; valid: {', '.join(INIT_STRATEGIES)}, a Pyro "
+                "initialization function (pyro.infer.autoguide.init_to_*), or a dict {site: value}"
+            )
+        return INIT_STRATEGIES[init_strategy]
+    if isinstance(init_strategy, Mapping):
+        values = {}
+        for name, value in init_strategy.items():
+            if name not in latent:
+                raise ConfigurationError(
+                    f"init_strategy sets {name!r}, which is not a latent site NUTS samples; "
+                    f"the sites are {sorted(latent)}"
+                )
+            site = latent[name]
+            like = site["value"]
+            try:
+                value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ConfigurationError(f"init_strategy[{name!r}] is not a number or tensor: {exc}") from exc
+            if value.shape != like.shape:
+                raise ConfigurationError(
+                    f"init_strategy[{name!r}] has shape {tuple(value.shape)}, but site {name!r} has shape "
+                    f"{tuple(like.shape)}"
+                )
+            if not bool(torch.all(site["fn"].support.check(value))):
+                raise ConfigurationError(
+                    f"init_strategy[{name!r}] is outside the support of site {name!r} "
+                    f"({site['fn'].support}): start from a value the prior allows"
+                )
+            values[name] = value
+        return init_to_value(values=values)
+    if callable(init_strategy):
+        return init_strategy
+    raise ConfigurationError(
+        f"init_strategy must be a name ({', '.join(INIT_STRATEGIES)}), a Pyro initialization function or a "
+        f"dict {{site: value}}, got {type(init_strategy).__name__}"
+    )
