@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models_for_tests import BernoulliMixture
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroParam
 from torch.distributions import constraints
@@ -59,31 +60,6 @@ def test_log_likelihood_never_decreases(cov_type, k, d, n, sep, seed, init):
 
 
 # --------------------------------------------------------------------------- user models
-
-
-class BernoulliMixture(LatentVariableModel):
-    """A user's mixture of Bernoullis; z is left unmarked (em enumerates it), no m_step."""
-
-    data_support = "binary"
-
-    def __init__(self, k: int, d: int, seed: int = 0) -> None:
-        super().__init__()
-        self.input_shape = (d,)
-        g = torch.Generator().manual_seed(seed)
-        self.weights = PyroParam(torch.full((k,), 1.0 / k), constraints.simplex)
-        self.probs = PyroParam(0.25 + 0.5 * torch.rand(k, d, generator=g), constraints.unit_interval)
-
-    def model(self, x):
-        with self.data_plate(x):
-            z = pyro.sample("z", dist.Categorical(self.weights))
-            pyro.sample("x", dist.Bernoulli(self.probs[z]).to_event(1), obs=x)
-
-    def guide(self, x):
-        pass
-
-    def exact_log_joint(self, x):
-        p, w = self.probs.detach(), self.weights.detach()
-        return torch.log(w) + x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
 
 
 class PoissonMixture(LatentVariableModel):
@@ -154,8 +130,8 @@ def test_enumeration_e_step_on_a_user_bernoulli_mixture_is_the_exact_posterior()
 
     x = _bernoulli_data()
     model = BernoulliMixture(2, 6)
-    route = _EnumRoute(as_program(model), x, chunk_size=64, steps=1, lr=0.1)
-    total, posts = route.e_step(x)
+    route = _EnumRoute(as_program(model), (x,), chunk_size=64, steps=1, lr=0.1)
+    total, posts = route.e_step((x,))
     exact = model.exact_log_joint(x)
     posterior = torch.cat([p.marginals["z"] for p in posts])
     torch.testing.assert_close(posterior, torch.softmax(exact, 1), rtol=1e-5, atol=1e-6)
@@ -402,3 +378,43 @@ def test_benchmark_runs_in_quick_mode():
         rel_diff = float(line.rstrip(" |").rsplit("|", 1)[1])
         assert rel_diff < 1e-9  # the same final log-likelihood as scikit-learn
     assert "Pyro enumeration E-step" in done.stdout
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def test_em_passes_conditions_to_the_model_and_its_m_step():
+    from models_for_tests import RegressionMixture, RegressionMixtureWithMStep, regression_mixture_data
+
+    y, u = regression_mixture_data()
+    runs = {}
+    for cls in (RegressionMixture, RegressionMixtureWithMStep):
+        model = cls(2, seed=3)
+        result = em(model, (y, u), max_iter=60, tol=1e-9, device="cpu", m_step_steps=20, m_step_lr=0.05)
+        ll = np.array(result.log_likelihood)
+        assert np.diff(ll).min() >= -1e-8, np.diff(ll).min()
+        exact = float(torch.logsumexp(model.exact_log_joint(y, u), 1).mean())
+        assert ll[-1] == pytest.approx(exact, rel=1e-9)
+        assert model.weights.dtype == torch.float64
+        runs[cls.__name__] = (result, model)
+    result, model = runs["RegressionMixtureWithMStep"]
+    assert result.m_step == "model" and runs["RegressionMixture"][0].m_step == "gradient"
+    order = model.b.detach().argsort()
+    np.testing.assert_allclose(model.b.detach()[order].numpy(), [-1.5, 0.8], atol=0.1)
+    np.testing.assert_allclose(model.a.detach()[order].numpy(), [1.0, -1.0], atol=0.15)
+    # the exact M-step reaches a higher likelihood than 20 Adam steps per iteration
+    assert result.log_likelihood[-1] >= runs["RegressionMixture"][0].log_likelihood[-1] - 1e-6
+
+
+def test_a_closed_form_mixture_refuses_a_tuple_of_data():
+    x = torch.randn(50, 2)
+    with pytest.raises(ConfigurationError, match="takes the data x alone"):
+        em(GaussianMixtureModel(2, 2, "diag"), (x, torch.zeros(50)), device="cpu")
+
+
+def test_a_condition_with_the_wrong_length_names_the_fix():
+    from models_for_tests import RegressionMixture, regression_mixture_data
+
+    y, u = regression_mixture_data(n=40)
+    with pytest.raises(DataError, match="one condition per example"):
+        em(RegressionMixture(2), (y, u[:30]), device="cpu")

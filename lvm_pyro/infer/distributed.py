@@ -9,8 +9,12 @@ every rank takes the same optimizer step. A Pyro program's loss is not a module
 ``forward``, so the gradients are reduced directly rather than through a
 ``DistributedDataParallel`` wrapper; the arithmetic is the same.
 
-Launch with ``torchrun --nproc_per_node=P script.py``; ``fit(..., distributed=True)``
-joins the process group that torchrun describes (gloo on CPU, nccl on CUDA).
+``em(..., distributed=True)`` shards the rows of every E-step the same way and sums the
+sufficient statistics (or the posteriors, or the M-step's gradients) over ranks.
+
+Launch with ``torchrun --nproc_per_node=P script.py``; ``fit(..., distributed=True)`` and
+``em(..., distributed=True)`` join the process group that torchrun describes (gloo on CPU,
+nccl on CUDA).
 """
 
 from __future__ import annotations
@@ -67,6 +71,32 @@ class DistributedContext:
             p.grad = flat[offset:offset + n].view_as(p)
             offset += n
         return flat[0]
+
+    def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum tensors over ranks in place: one coalesced all-reduce per dtype."""
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def all_gather_rows(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Concatenate every rank's ``tensor`` along ``dim`` in rank order (the inverse of
+        ``shard``; the shards may differ in size by one)."""
+        sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device))
+        sizes = [int(s) for s in sizes]
+        pad_shape = list(tensor.shape)
+        pad_shape[dim] = max(sizes) - tensor.shape[dim]
+        padded = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim) if pad_shape[dim] else tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p.narrow(dim, 0, size) for p, size in zip(parts, sizes)], dim)
 
     def all_reduce_sum(self, value: float, device: torch.device) -> float:
         holder = torch.tensor([value], dtype=torch.float64, device=device)

@@ -52,8 +52,9 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from lvm_pyro.data import resolve_device
+from lvm_pyro.data import resolve_device, validate_condition
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
+from lvm_pyro.infer.distributed import DistributedContext, distributed_context
 from lvm_pyro.infer.svi import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
@@ -143,11 +144,11 @@ class _EnumTrace:
     data_symbol: str | None
 
 
-def _max_plate_nesting(program: Program, x: torch.Tensor) -> int:
+def _max_plate_nesting(program: Program, data: tuple[torch.Tensor, ...]) -> int:
     if program.max_plate_nesting is not None:
         return program.max_plate_nesting
     with poutine.block():
-        tr = poutine.trace(program.model).get_trace(x)
+        tr = poutine.trace(program.model).get_trace(*data)
     dims = [
         -f.dim
         for s in tr.nodes.values()
@@ -158,12 +159,13 @@ def _max_plate_nesting(program: Program, x: torch.Tensor) -> int:
     return max(dims, default=0)
 
 
-def _trace_enum(program: Program, x: torch.Tensor, nesting: int) -> _EnumTrace:
+def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor, nesting: int) -> _EnumTrace:
     """Trace the guide, then the model under enumeration with the guide replayed; pack the
-    log-factors."""
-    guide_tr = poutine.trace(program.guide).get_trace(x)
+    log-factors. ``data`` is x or (x, condition, ...), passed to both as positional arguments."""
+    data = data if isinstance(data, tuple) else (data,)
+    guide_tr = poutine.trace(program.guide).get_trace(*data)
     enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
-    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(*data)
     globals_ = {n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
     for name in globals_:
         fn = _base(guide_tr.nodes[name]["fn"])
@@ -176,7 +178,7 @@ def _trace_enum(program: Program, x: torch.Tensor, nesting: int) -> _EnumTrace:
     model_tr.compute_log_prob()
     model_tr.pack_tensors()
     factors, named, sum_dims, enum_sites = OrderedDict(), [], set(), {}
-    log_prior = x.new_zeros(())
+    log_prior = data[0].new_zeros(())
     for name, site in model_tr.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
@@ -300,6 +302,10 @@ def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the two routes
+#
+# Both routes take the data as a tuple (x, condition, ...). Under distributed=True every
+# process holds all of it, runs the E-step on its own shard of rows and sums the partial
+# results over processes, so every process takes the same M-step.
 
 
 class _ClosedFormRoute:
@@ -308,34 +314,45 @@ class _ClosedFormRoute:
     e_step_name = "closed_form"
     m_step_name = "closed_form"
 
-    def __init__(self, model, x: torch.Tensor, chunk_size: int | None) -> None:
-        self.model, self.chunk_size = model, chunk_size
-        self.shift = x.mean(0)
+    def __init__(self, model, data: tuple, chunk_size: int | None,
+                 group: DistributedContext | None = None) -> None:
+        self.model, self.chunk_size, self.group = model, chunk_size, group
+        self.shift = data[0].mean(0)
 
-    def e_step(self, x: torch.Tensor):
-        return self.model.expected_statistics(x, self.shift, self.chunk_size)
+    def _rows(self, data: tuple) -> torch.Tensor:
+        return data[0] if self.group is None else self.group.shard(data[:1])[0]
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+    def e_step(self, data: tuple):
+        total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size)
+        if self.group is not None:
+            self.group.all_reduce_([total, stats.nk, stats.sx, stats.sxx])
+        return total, stats
+
+    def log_likelihood(self, data: tuple) -> torch.Tensor:
         """sum_n log p(x_n), without the statistics (the final evaluation)."""
-        return self.model.log_prob(x, self.chunk_size).sum(dtype=torch.float64)
+        total = self.model.log_prob(self._rows(data), self.chunk_size).sum(dtype=torch.float64)
+        if self.group is not None:
+            self.group.all_reduce_([total])
+        return total
 
-    def m_step(self, x: torch.Tensor, stats) -> None:
+    def m_step(self, data: tuple, stats) -> None:
         self.model.m_step_from_statistics(stats)
 
     def log_prior(self) -> float:
         return float(self.model.log_prior()) if hasattr(self.model, "log_prior") else 0.0
 
-    def reseed(self, x, stats, gen) -> list[tuple[int, float]]:
+    def reseed(self, data: tuple, stats, gen) -> list[tuple[int, float]]:
         if not hasattr(self.model, "reseed_"):
             return []
         counts = stats.nk.tolist()
-        return [(k, counts[k]) for k in self.model.reseed_(x, stats, gen)]
+        # every process holds all rows and the same generator: the same points are drawn
+        return [(k, counts[k]) for k in self.model.reseed_(data[0], stats, gen)]
 
-    def initialize(self, x, method: str, gen) -> None:
-        self.model.initialize_(x, method, gen, self.chunk_size)
+    def initialize(self, data: tuple, method: str, gen) -> None:
+        self.model.initialize_(data[0], method, gen, self.chunk_size)
 
-    def random_start(self, x, gen) -> None:
-        self.initialize(x, "random", gen)
+    def random_start(self, data: tuple, gen) -> None:
+        self.initialize(data, "random", gen)
 
 
 class _EnumRoute:
@@ -343,10 +360,12 @@ class _EnumRoute:
 
     e_step_name = "enum"
 
-    def __init__(self, program: Program, x: torch.Tensor, chunk_size, steps: int, lr: float):
-        self.program = program
-        self.nesting = _max_plate_nesting(program, x)
-        self.rows = len(x) if chunk_size is None else chunk_size
+    def __init__(self, program: Program, data: tuple, chunk_size, steps: int, lr: float,
+                 group: DistributedContext | None = None):
+        self.program, self.group = program, group
+        self.nesting = _max_plate_nesting(program, data)
+        self.n = data[0].shape[0]
+        self.rows = self.n if chunk_size is None else chunk_size
         self.steps, self.lr = steps, lr
         self.closed_m_step = getattr(program.source, "m_step", None)
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
@@ -354,64 +373,83 @@ class _EnumRoute:
         self.optimizer: torch.optim.Optimizer | None = None
         self._log_prior = 0.0
 
-    def _chunks(self, x: torch.Tensor):
-        return x.split(self.rows)
+    def _local(self, data: tuple) -> tuple:
+        return data if self.group is None else self.group.shard(data)
 
-    def _trace(self, chunk: torch.Tensor, n_rows: int) -> _EnumTrace:
+    def _chunks(self, data: tuple) -> list[tuple]:
+        return list(zip(*(t.split(self.rows) for t in data)))
+
+    def _trace(self, chunk: tuple) -> _EnumTrace:
         tr = _trace_enum(self.program, chunk, self.nesting)
-        if len(chunk) < n_rows:
+        if len(chunk[0]) < self.n:
             global_sites = [n for n, (_, o, _) in tr.enum_sites.items() if tr.data_symbol not in o]
             if global_sites:
                 raise ConfigurationError(
                     f"site(s) {global_sites} are enumerated outside the plate {DATA_PLATE!r}, so "
-                    "their posterior needs all the data at once: leave chunk_size=None"
+                    "their posterior needs all the data at once: leave chunk_size=None and "
+                    "distributed=False"
                 )
         return tr
 
     @torch.no_grad()
-    def e_step(self, x: torch.Tensor):
-        total, posts = x.new_zeros((), dtype=torch.float64), []
-        for i, chunk in enumerate(self._chunks(x)):
-            tr = self._trace(chunk, len(x))
+    def e_step(self, data: tuple):
+        local = self._local(data)
+        total, posts = local[0].new_zeros((), dtype=torch.float64), []
+        for i, chunk in enumerate(self._chunks(local)):
+            tr = self._trace(chunk)
             if i == 0:
                 self._log_prior = float(tr.log_prior)
             ll, post = _enum_e_step(tr)
             total += ll.double()
             posts.append(post)
+        if self.group is not None:
+            self.group.all_reduce_([total])
         return total, posts
 
     def log_prior(self) -> float:
         return self._log_prior
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        return self.e_step(x)[0]
+    def log_likelihood(self, data: tuple) -> torch.Tensor:
+        return self.e_step(data)[0]
 
-    def reseed(self, x, posts, gen) -> list:
+    def reseed(self, data: tuple, posts, gen) -> list:
         return []
 
-    def m_step(self, x: torch.Tensor, posts: list[_ChunkPosterior]) -> None:
+    def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> None:
         if self.closed_m_step is not None:
             marginals = {
                 name: torch.cat([p.marginals[name] for p in posts], dim=-2) for name in posts[0].marginals
             }
-            self.closed_m_step(x, marginals)
+            if self.group is not None:  # the model's M-step sees every row's posterior
+                marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
+            self.closed_m_step(*data, marginals)
         else:
-            self._gradient_m_step(x, posts)
+            self._gradient_m_step(self._local(data), posts)
 
-    def _q(self, x: torch.Tensor, posts, backward: bool) -> float:
+    def _q(self, local: tuple, posts, backward: bool) -> float:
+        """This process's share of Q; its gradient (of -Q / N) accumulates in the parameters."""
         total = 0.0
-        for i, (chunk, post) in enumerate(zip(self._chunks(x), posts)):
-            tr = self._trace(chunk, len(x))
-            q = _expected_log_joint(tr, post) + (tr.log_prior if i == 0 else 0.0)
+        with_prior = self.group is None or self.group.is_main  # log p(theta) counted once
+        for i, (chunk, post) in enumerate(zip(self._chunks(local), posts)):
+            tr = self._trace(chunk)
+            q = _expected_log_joint(tr, post) + (tr.log_prior if i == 0 and with_prior else 0.0)
             if backward:
-                (-q / len(x)).backward()
+                (-q / self.n).backward()
             total += float(q.detach())
         return total
 
-    def _collect_params(self, x: torch.Tensor, posts) -> list[torch.Tensor]:
+    def _sum_q(self, q: float, backward: bool) -> float:
+        """Q and its gradients summed over processes."""
+        if self.group is None:
+            return q
+        if backward:
+            return float(self.group.all_reduce_step(torch.tensor(q, dtype=torch.float64), self.params))
+        return self.group.all_reduce_sum(q, self.params[0].device)
+
+    def _collect_params(self, local: tuple, posts) -> list[torch.Tensor]:
         """The module's parameters and every pyro.param the model and guide touch, once each."""
         with poutine.trace(param_only=True) as capture, torch.no_grad():
-            chunk = next(iter(self._chunks(x)))
+            chunk = self._chunks(local)[0]
             _expected_log_joint(_trace_enum(self.program, chunk, self.nesting), posts[0])
         module = self.program.module
         candidates = list(module.parameters()) if module is not None else []
@@ -426,39 +464,49 @@ class _EnumRoute:
             )
         return params
 
-    def _gradient_m_step(self, x: torch.Tensor, posts) -> None:
+    def _gradient_m_step(self, local: tuple, posts) -> None:
         if self.params is None:
-            self.params = self._collect_params(x, posts)
+            self.params = self._collect_params(local, posts)
             self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
         best_q, best = -math.inf, None
         for _ in range(self.steps):
             self.optimizer.zero_grad()
-            q = self._q(x, posts, backward=True)
+            q = self._sum_q(self._q(local, posts, backward=True), backward=True)
             if q > best_q:
                 best_q, best = q, [p.detach().clone() for p in self.params]
             self.optimizer.step()
         with torch.no_grad():
-            if self._q(x, posts, backward=False) < best_q:
+            if self._sum_q(self._q(local, posts, backward=False), backward=False) < best_q:
                 for p, b in zip(self.params, best):
                     p.copy_(b)
 
     @torch.no_grad()
-    def random_start(self, x: torch.Tensor, gen) -> None:
-        posts = [_random_posterior(self._trace(chunk, len(x)), gen) for chunk in self._chunks(x)]
-        with torch.enable_grad():
-            self.m_step(x, posts)
+    def random_start(self, data: tuple, gen) -> None:
+        # on all rows in every process (the same generator: the same start everywhere)
+        group, self.group = self.group, None
+        try:
+            posts = [_random_posterior(self._trace(chunk), gen) for chunk in self._chunks(data)]
+            with torch.enable_grad():
+                self.m_step(data, posts)
+        finally:
+            self.group = group
 
-    def initialize(self, x, method: str, gen) -> None:
+    def initialize(self, data: tuple, method: str, gen) -> None:
         init = getattr(self.program.source, "initialize_", None)
         if init is None:
             raise ConfigurationError(
                 f"init={method!r} needs a model with an initialize_(x, method, generator) "
                 "method; use init='current' (the model's parameters as they are) or 'random'"
             )
-        init(x, method, gen)
+        init(_user_data(data), method, gen)
 
     def reset(self) -> None:
         self.params, self.optimizer = None, None
+
+
+def _user_data(data: tuple):
+    """The data as the user passed it: x, or the tuple (x, condition, ...)."""
+    return data[0] if len(data) == 1 else data
 
 
 # --------------------------------------------------------------------------- em
@@ -479,7 +527,7 @@ def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr) 
         raise ConfigurationError("m_step_steps must be a positive integer and m_step_lr positive")
 
 
-def _make_route(program: Program, x, e_step, chunk_size, m_step_steps, m_step_lr):
+def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group):
     source = program.source
     closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
     if e_step == "closed_form" and not closed:
@@ -488,8 +536,13 @@ def _make_route(program: Program, x, e_step, chunk_size, m_step_steps, m_step_lr
             "m_step_from_statistics(); use e_step='enum' (Pyro's enumeration)"
         )
     if closed and e_step != "enum":
-        return _ClosedFormRoute(source, x, chunk_size)
-    return _EnumRoute(program, x, chunk_size, m_step_steps, m_step_lr)
+        if len(data) > 1:
+            raise ConfigurationError(
+                f"{type(source).__name__} takes the data x alone, but data is a tuple of "
+                f"{len(data)} tensors: pass x, not (x, condition, ...)"
+            )
+        return _ClosedFormRoute(source, data, chunk_size, group)
+    return _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group)
 
 
 def _resolve_init(init, source, n_init: int):
@@ -503,6 +556,20 @@ def _resolve_init(init, source, n_init: int):
             "or another data-based init"
         )
     return "kmeans++" if init == "k-means++" else init
+
+
+def _validate(program: Program, data, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """x (validated against the model) and its per-row conditions, on ``dev``; floating
+    conditions take x's dtype."""
+    parts = data if isinstance(data, tuple) else (data,)
+    if not parts:
+        raise DataError("data is an empty tuple: pass x, or a tuple (x, condition, ...)")
+    x = program.validate(parts[0]).to(dev)
+    conds = []
+    for i, c in enumerate(parts[1:]):
+        c = validate_condition(c, x.shape[0], name=f"data condition {i + 1}").to(dev)
+        conds.append(c.to(x.dtype) if c.is_floating_point() else c)
+    return (x, *conds)
 
 
 def em(
@@ -523,6 +590,7 @@ def em(
     m_step_steps: int = 20,
     m_step_lr: float = 0.05,
     canonical_order: bool = True,
+    distributed: bool = False,
 ) -> EMResult:
     """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
 
@@ -530,14 +598,16 @@ def em(
         model: a model with enumerable discrete latent sites (see the module docstring): a
             ``LatentVariableModel``, an object with ``model``/``guide``, or a (model, guide)
             pair whose guide point-estimates the global parameters.
-        data: x, an (N, ...) tensor, array or nested list.
+        data: x, an (N, ...) tensor, array or nested list; or a tuple (x, condition, ...)
+            of per-row tensors, passed to the model and guide as ``model(x, condition, ...)``
+            (a model's own ``m_step`` then receives ``m_step(x, condition, ..., posterior)``).
         max_iter, tol: at most max_iter iterations; stop when the per-point objective
             changes by less than tol (scikit-learn's rule; tol=0 runs all iterations).
         n_init: number of starts; the one with the highest final objective is kept.
         init: "auto" (k-means++ for models with ``initialize_``, else the current parameters,
             or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
             "random" (random responsibilities then an M-step), "current", or a callable
-            ``init(model, x, generator)``.
+            ``init(model, data, generator)``.
         chunk_size: rows per E-step chunk (default: sized to ~4 MiB blocks for the closed
             form, all rows for the enum route); memory stays bounded by it.
         device: "auto" (CUDA when available), "cpu", "cuda", ...; model and data move there
@@ -548,6 +618,13 @@ def em(
         e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration).
         m_step_steps, m_step_lr: Adam steps and learning rate of the generalized M-step.
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
+        distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
+            on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
+            runs the E-step on its own shard of rows, and the sufficient statistics (closed
+            form), the log-likelihood, the posteriors a model's own ``m_step`` needs, or the
+            gradients of the generalized M-step are summed over processes, so every process
+            holds the same parameters, equal to single-process EM up to floating-point
+            rounding. Starts are drawn on all rows from a seed shared by the processes.
 
     Raises DataError (bad data, fewer points than components), ConfigurationError,
     ModelContractError (no enumerable site, a continuous latent outside the guide) and
@@ -565,22 +642,34 @@ def em(
     program = as_program(model, guide)
     source = program.source
     dev = resolve_device(device)
-    x = program.validate(data).to(dev)
+    group = distributed_context(dev) if distributed else None
+    if group is not None and dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    batch = _validate(program, data, dev)
+    x = batch[0]
     n_components = getattr(source, "n_components", None)
     if n_components is not None and n_components > len(x):
         raise DataError(
             f"n_components={n_components} is larger than the number of points ({len(x)}): "
             "use n_components <= n_samples, or more data"
         )
+    if group is not None and group.world_size > len(x):
+        raise DataError(
+            f"{group.world_size} processes need at least as many data points, got {len(x)}: "
+            "launch fewer processes"
+        )
     if program.module is not None:
         program.module.to(device=dev, dtype=x.dtype)
         claim_module_params(program.module)
-    if hasattr(source, "check_fit_data"):
+    if hasattr(source, "check_fit_data") and (group is None or group.is_main):
         source.check_fit_data(x)
-    route = _make_route(program, x, e_step, chunk_size, m_step_steps, m_step_lr)
+    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group)
     init = _resolve_init(init, source, n_init)
+    seed_value = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    if group is not None:  # one seed, so every process draws the same starts
+        seed_value = group.broadcast_int(seed_value, dev)
     gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    gen.manual_seed(seed_value)
     config = dict(
         max_iter=max_iter,
         tol=tol,
@@ -592,6 +681,7 @@ def em(
         dtype=str(x.dtype),
         e_step=route.e_step_name,
         m_step=route.m_step_name,
+        world_size=1 if group is None else group.world_size,
     )
 
     best = None
@@ -600,12 +690,15 @@ def em(
         if hasattr(route, "reset"):
             route.reset()
         if callable(init):
-            init(source, x, gen)
+            init(source, _user_data(batch), gen)
         elif init == "random":
-            route.random_start(x, gen)
+            route.random_start(batch, gen)
         elif init != "current":
-            route.initialize(x, init, gen)
-        run = _run(route, source, x, start, max_iter, tol, gen, progress, callbacks)
+            route.initialize(batch, init, gen)
+        if group is not None:  # the starts agree already; make it exact
+            _broadcast_parameters(program, group)
+        show = progress and (group is None or group.is_main)
+        run = _run(route, source, batch, start, max_iter, tol, gen, show, callbacks)
         all_reseeds.extend(run["reseeded"])
         scores.append(run["objective"][-1])
         if best is None or scores[-1] > best["objective"][-1]:
@@ -633,6 +726,16 @@ def em(
     )
 
 
+def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
+    """Every process takes process 0's parameters (module state and Pyro's param store)."""
+    tensors = []
+    if program.module is not None:
+        tensors += [t for t in program.module.state_dict().values() if t.is_floating_point()]
+    store = pyro.get_param_store()
+    tensors += [store._params[name] for name in sorted(store._params)]
+    group.broadcast_(tensors)
+
+
 def _snapshot(program: Program):
     if program.module is not None:
         return copy.deepcopy(program.module.state_dict())
@@ -646,8 +749,8 @@ def _restore(program: Program, state) -> None:
         pyro.get_param_store().set_state(state)
 
 
-def _run(route, source, x, start, max_iter, tol, gen, progress, callbacks) -> dict:
-    n = len(x)
+def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) -> dict:
+    n = len(data[0])
     lls, objs, reseeded = [], [], []
 
     def evaluate(state_ll) -> None:
@@ -665,10 +768,10 @@ def _run(route, source, x, start, max_iter, tol, gen, progress, callbacks) -> di
     state = EMState(model=source, init=start, iteration=0, log_likelihood=lls, objective=objs)
     try:
         for it in range(1, max_iter + 1):
-            total, posterior = route.e_step(x)
+            total, posterior = route.e_step(data)
             evaluate(total)
-            route.m_step(x, posterior)
-            events = route.reseed(x, posterior, gen)
+            route.m_step(data, posterior)
+            events = route.reseed(data, posterior, gen)
             reseeded += [ReseedEvent(start, it, k, c) for k, c in events]
             n_iter = it
             state.iteration = it
@@ -686,5 +789,5 @@ def _run(route, source, x, start, max_iter, tol, gen, progress, callbacks) -> di
     finally:
         bar.close()
     with torch.no_grad():
-        evaluate(route.log_likelihood(x))
+        evaluate(route.log_likelihood(data))
     return dict(log_likelihood=lls, objective=objs, converged=converged, n_iter=n_iter, reseeded=reseeded)
