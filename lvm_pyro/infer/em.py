@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from lvm_pyro.data import resolve_device, validate_condition
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
 from lvm_pyro.infer.distributed import DistributedContext, distributed_context
-from lvm_pyro.infer.svi import claim_module_params
+from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
 INITS = ("auto", "current", "kmeans++", "k-means++", "kmeans", "random_from_data", "random")

@@ -36,6 +36,7 @@ from lvm_pyro.infer.compiled import COMPILABLE, CompiledLoss
 from lvm_pyro.infer.distributed import distributed_context
 from lvm_pyro.infer.evaluate import dataset_loss
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
+from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
 OPTIMIZERS = {
@@ -182,24 +183,6 @@ def _module_param_names(module: torch.nn.Module) -> set[str]:
         names.add(name)
         names.add(name.removesuffix("_unconstrained"))  # a PyroParam's Pyro name
     return names
-
-
-def claim_module_params(module: torch.nn.Module | None) -> None:
-    """Drop param-store entries that a fresh PyroModule would otherwise inherit.
-
-    With Pyro's default global param store, a PyroModule reads back any parameter of the
-    same name left there by an earlier instance (Pyro's "ParamStore -> PyroModule" sync), so
-    a new model would silently start from an old one's values. The module's own
-    parameters win: colliding store entries are removed before training.
-    """
-    if module is None:
-        return
-    store = pyro.get_param_store()
-    own = _module_param_names(module)
-    ids = {id(p) for p in module.parameters()}
-    for name in list(store.keys()):
-        if _pyro_name_to_torch(name) in own and id(store._params[name]) not in ids:
-            del store[name]
 
 
 def _collect_params(program: Program, objective: Objective, traced: dict[str, torch.Tensor]):
