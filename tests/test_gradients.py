@@ -1,6 +1,6 @@
 """gradient_variance(): the closed form on a Normal-Normal guide, reparameterization against
-the score function (with and without baselines) on a VAE at initialization, side effects,
-and bad input."""
+the score function (with and without baselines) on a VAE at initialization, the decaying
+baseline measured as in shuffled training, side effects, and bad input."""
 
 from __future__ import annotations
 
@@ -63,6 +63,45 @@ def test_score_function_variance_is_orders_of_magnitude_above_reparam_on_a_vae(d
     for k, v in vae.state_dict().items():
         assert torch.equal(v, before[k])
     assert not [k for k in pyro.get_param_store().keys() if "baseline" in k]  # averages cleaned up
+
+
+SHIFT = 0.5
+
+
+def _local_model(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _shifted_posterior_guide(baseline: torch.Tensor | None = None):
+    """q(z_i) = N(x_i / 2 + shift, 1/2): the exact posterior moved by shift, optionally with a
+    fixed baseline per data point."""
+    def guide(x):
+        shift = pyro.param("shift", x.new_tensor(SHIFT))
+        infer = {} if baseline is None else {"baseline": {"baseline_value": baseline}}
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x / 2 + shift, 0.5**0.5), infer=infer)
+    return guide
+
+
+def test_decaying_baseline_is_measured_as_in_shuffled_training():
+    """Each point's ELBO term has mean log p(x_i) - shift^2, spread over the points far more
+    than it varies with z. Training shuffles the data, so the per-position average tracks the
+    mean over points: the variance is that of a constant baseline at that mean, not the far
+    smaller one of an oracle baseline that knows each point's own mean (what an average kept
+    on one fixed batch learns)."""
+    x = torch.linspace(-6, 6, 40, dtype=torch.float64)
+    per_point = dist.Normal(x.new_tensor(0.0), 2**0.5).log_prob(x) - SHIFT**2
+    options = dict(estimator="score", score_baseline="none", num_draws=400, seed=0)
+    constant = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(per_point.mean().expand(40)),
+                                 **options)
+    oracle = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(per_point), **options)
+    decaying = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(), estimator="score",
+                                 score_baseline="decaying", num_draws=400, seed=0)
+    assert oracle.total < 0.2 * constant.total  # the two readings are far apart here
+    # an average of ~10 random points' costs: a little noisier than the exact constant, at most
+    assert 0.8 < decaying.ratio(constant) < 1.3, (decaying.total, constant.total, oracle.total)
 
 
 def test_neural_baseline_is_trained_during_warm_up(digits):

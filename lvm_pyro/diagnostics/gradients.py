@@ -7,6 +7,12 @@ baseline b: E_q[(f(z) - b) grad log q(z)]). Both are unbiased; their variances d
 orders of magnitude, which is why VAEs are trained with the first. :func:`gradient_variance`
 draws the estimate many times without an optimizer step and reports its variance per
 parameter tensor.
+
+A decaying-average baseline is measured as it works in training: Pyro keeps one average per
+position in the batch, and ``fit`` shuffles the data, so each position's average tracks the
+cost of a typical data point. Measured on the same batch in the same order it would learn
+each point's own cost, and report a variance training never sees; so each draw here sees the
+data in a fresh random order (the estimate itself, a sum over the data, does not depend on it).
 """
 
 from __future__ import annotations
@@ -140,6 +146,18 @@ def _backward(objective: Objective, program: Program, args: tuple) -> None:
         objective.differentiable_loss(program.model, program.guide, *args).backward()
 
 
+def _shuffled(args: tuple, seed: int | None) -> Callable[[], tuple]:
+    """A function returning the rows of ``args`` in a fresh random order at each call, from a
+    private generator (the draws of z stay those of Pyro's RNG)."""
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+
+    def batch() -> tuple:
+        order = torch.randperm(args[0].shape[0], generator=generator).to(args[0].device)
+        return tuple(a[order] for a in args)
+
+    return batch
+
+
 def gradient_variance(
     model,
     data,
@@ -170,7 +188,13 @@ def gradient_variance(
             the decaying average starts at 0 (no baseline) and needs about 1 / (1 - 0.9) =
             10 draws to track the cost; the neural baseline is trained for these draws
             (Adam, lr 1e-2) with the model's parameters held fixed. Ignored without a baseline.
-        seed: seeds Pyro's RNG first.
+        seed: seeds Pyro's RNG first, and the data orders of the decaying baseline.
+
+    With ``score_baseline="decaying"`` every draw (warm-up and measured) permutes the data's
+    rows (x and its conditions together), so the per-position averages see the mix of points
+    a shuffled training run shows them, not one point each: the variance measured is the one
+    training has (see the module docstring). The neural baseline b(x) is a function of each
+    point, so the order does not matter to it.
 
     Baseline state created here (Pyro's ``__baseline_avg_*`` params) is removed afterwards.
 
@@ -216,6 +240,7 @@ def gradient_variance(
     for extra in objective.extra_modules:
         extra.to(device=args[0].device, dtype=args[0].dtype)
     baseline = score_baseline if estimator == "score" else None
+    batch = _shuffled(args, seed) if baseline == "decaying" else lambda: args
     store = pyro.get_param_store()
     before = set(store.keys())
     leaves = list(params.values())
@@ -227,14 +252,14 @@ def gradient_variance(
             for _ in range(warmup_draws):
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                _backward(objective, program, args)
+                _backward(objective, program, batch())
                 if opt is not None:
                     opt.step()
         draws = {name: [] for name in params}
         for _ in range(num_draws):
             for p in leaves:
                 p.grad = None
-            _backward(objective, program, args)
+            _backward(objective, program, batch())
             for name, p in params.items():
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 draws[name].append(g.detach().reshape(-1).double().cpu())
