@@ -32,14 +32,11 @@
 # Runtime: about 25 s in full mode, about 15 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
@@ -50,22 +47,6 @@ from lvm_pyro.diagnostics import plots
 from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.infer.em import em
 from lvm_pyro.models.gmm import GaussianMixtureModel
-
-torch.set_num_threads(1)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
-
 
 # %% [markdown]
 # ## The data
@@ -282,4 +263,4 @@ print(f"  EM vs Adam (enum) from one k-means start: {em_final:.5f} vs {grad_fina
       f"EM within 1e-3 after {em_close} iterations ({em_run.wall_time:.2f} s), "
       f"Adam's {grad_steps} steps {grad_run.wall_time:.1f} s, {grad_down} downhill")
 print(f"  lvm_pyro vs scikit-learn score: {ours.score(X):.6f} vs {theirs.score(X):.6f}")
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

@@ -44,15 +44,11 @@
 # Runtime: about 20 s in full mode, about 15 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
-from pathlib import Path
-
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 from torch.distributions import constraints, kl_divergence
 
@@ -60,21 +56,7 @@ from lvm_pyro import elbo, fit
 from lvm_pyro.diagnostics import plots
 from lvm_pyro.infer.evaluate import log_likelihood
 
-torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
 
 
 # %% [markdown]
@@ -298,4 +280,4 @@ print(f"  best mean-field KL gap {meanfield_gap:.4f} nats; "
 print("  L_k for k = " + ", ".join(str(k) for k in ks) + ":")
 for name in proposals:
     print(f"    {name:>16}: " + ", ".join(f"{v:.3f}" for v in curves[name]))
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

@@ -38,13 +38,8 @@
 # Runtime: about 1.5 minutes in full mode, about 25 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
-from pathlib import Path
-
 import torch
-from matplotlib.figure import Figure
+from _common import SMOKE, runtime, save
 
 from lvm_pyro import elbo, fit
 from lvm_pyro.data import load_digits
@@ -52,22 +47,6 @@ from lvm_pyro.diagnostics import plots
 from lvm_pyro.diagnostics.gradients import gradient_variance
 from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.vae import VAE
-
-torch.set_num_threads(1)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
-
 
 # %% [markdown]
 # ## The data
@@ -233,4 +212,4 @@ print(f"  validation ELBO after {compare_epochs} epochs: reparam {curves['repara
       f"score {curves['score'][-1]:.2f}")
 print(f"  test ELBO {test_elbo:.2f}, test log p(x) {test_ll.mean:.2f} +- {test_ll.stderr:.2f} (k={k}); "
       f"{active}/16 active dimensions")
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

@@ -40,13 +40,11 @@
 # Runtime: about 1 minute in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 
 from lvm_pyro import elbo, fit
@@ -55,21 +53,6 @@ from lvm_pyro.diagnostics import plots
 from lvm_pyro.infer.evaluate import amortization_gap, log_likelihood
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.vae import VAE
-
-torch.set_num_threads(1)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
 
 
 def timed(fn, *args) -> float:
@@ -191,4 +174,4 @@ for split, r in rows.items():
           f"amortization gap {r['amortization']:.3f} nats")
 print(f"  black-box VI from the prior: {bbvi_steps} steps ({bbvi_seconds:.1f} s) vs the encoder's "
       f"{1e3 * encoder_seconds:.1f} ms")
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

@@ -42,13 +42,9 @@
 # Runtime: about 2 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
-from pathlib import Path
-
 import numpy as np
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 from pyro import poutine
 
@@ -58,22 +54,6 @@ from lvm_pyro.diagnostics import plots
 from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.hierarchical import HierarchicalVAE
 from lvm_pyro.models.vae import VAE
-
-torch.set_num_threads(1)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
-
 
 # %% [markdown]
 # ## Three models, one budget
@@ -208,4 +188,4 @@ print("\nKey numbers")
 for name, r in table.items():
     print(f"  {name}: test ELBO {r['elbo']:.2f}, log p(x) {r['ll'].mean:.2f} (k={k}), rates "
           + ", ".join(f"{s} {v:.1f}" for s, v in r["rates"].items()))
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

@@ -38,35 +38,14 @@
 # Runtime: about 2.5 minutes in full mode, about 20 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
-from pathlib import Path
-
 import torch
-from matplotlib.figure import Figure
+from _common import SMOKE, runtime, save
 
 from lvm_pyro import EarlyStopping, fit
 from lvm_pyro.data import load_digits
 from lvm_pyro.diagnostics import plots
 from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.conditional import ConditionalBaseline, ConditionalVAE, halves
-
-torch.set_num_threads(1)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
-
 
 # %% [markdown]
 # ## Task 1: complete the bottom half of a digit from its top half
@@ -170,4 +149,4 @@ print(f"  completion, test log p(y | x): CVAE {ll_cvae.mean:.2f} (k={k}) vs base
       f"CVAE better on {100 * wins:.0f}% of digits")
 print(f"  by label, test log p(x | label): CVAE {ll_label.mean:.2f} "
       f"vs per-class baseline {ll_label_base.mean:.2f}")
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

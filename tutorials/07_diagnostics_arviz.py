@@ -34,16 +34,13 @@
 
 # %%
 import dataclasses
-import os
-import tempfile
-import time
 import warnings
-from pathlib import Path
 
 import arviz as az
 import numpy as np
 import pyro
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 
 from lvm_pyro import fit
@@ -55,21 +52,7 @@ from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.infer.mcmc import mcmc
 from lvm_pyro.models.gmm import GaussianMixtureModel
 
-torch.set_num_threads(1)
 warnings.filterwarnings("ignore", category=FutureWarning)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str, dpi: int = 90) -> None:
-    fig.savefig(FIGURES / name, dpi=dpi)
-    print(f"figure: {FIGURES / name}")
 
 
 # %% [markdown]
@@ -331,4 +314,4 @@ print("  elpd_loo by K: " + ", ".join(f"{k}: {v:.1f}" for k, v in by_loo.scores.
       + f" -> K = {by_loo.best_k}; BIC -> K = {by_bic.best_k}")
 print("  PPC p-values (nearest-neighbour distance): "
       + ", ".join(f"{name} {pvalue:.2f}" for name, (_, pvalue) in checks.items()))
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")

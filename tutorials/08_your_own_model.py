@@ -30,15 +30,11 @@
 # Runtime: 1 to 2.5 minutes in full mode, about 25 s with `LVM_PYRO_SMOKE=1` (2 CPU cores).
 
 # %%
-import os
-import tempfile
-import time
-from pathlib import Path
-
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from _common import SMOKE, runtime, save
 from matplotlib.figure import Figure
 from pyro.nn import pyro_method
 from sklearn.decomposition import FactorAnalysis as SklearnFactorAnalysis
@@ -51,21 +47,7 @@ from lvm_pyro.diagnostics.arviz import psis_khat, to_inference_data
 from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import log_likelihood
 
-torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
-SMOKE = os.environ.get("LVM_PYRO_SMOKE", "0") not in ("", "0")
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(
-    os.environ.get("LVM_PYRO_FIGURES")
-    or (tempfile.mkdtemp(prefix="lvm_pyro_figures_") if SMOKE else HERE / "figures")
-)
-FIGURES.mkdir(parents=True, exist_ok=True)
-STARTED = time.perf_counter()
-
-
-def save(fig: Figure, name: str) -> None:
-    fig.savefig(FIGURES / name, dpi=90)
-    print(f"figure: {FIGURES / name}")
 
 
 # %% [markdown]
@@ -382,4 +364,4 @@ for estimator, r in results.items():
 print(f"  FA scikit-learn: {sk_score:.3f}; KL(q || posterior): full guide {kl_full:.3f}, "
       f"diagonal {kl_diag:.3f} (floor {floor:.3f})")
 print(f"  mixture of regressions: EM {exact_em:.4f} vs enum-gradient {exact_grad:.4f} per point")
-print(f"  runtime {time.perf_counter() - STARTED:.1f} s")
+print(f"  runtime {runtime()}")
