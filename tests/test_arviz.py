@@ -279,3 +279,26 @@ def test_bad_num_samples_wrong_result_and_missing_data(x):
         to_inference_data(result)
     with pytest.raises(ConfigurationError, match="local_latents"):
         to_inference_data(result, x, local_latents="yes")
+
+
+def _points_model(x):
+    """The Normal-Normal model with its data plate named "points" instead of "data"."""
+    mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 2.0))
+    with pyro.plate("points", len(x)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def test_a_data_plate_of_another_name_is_followed(x):
+    guide = exact_guide(x)
+    with pytest.raises(ModelContractError, match="data_plate="):
+        to_inference_data((_points_model, guide), x, num_samples=10)
+    named = to_inference_data((_points_model, guide), x, num_samples=400, seed=0, data_plate="points")
+    usual = to_inference_data((normal_normal_model, guide), x, num_samples=400, seed=0)
+    assert named.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    np.testing.assert_allclose(named.log_likelihood["x"].values, usual.log_likelihood["x"].values,
+                               rtol=1e-6)
+    # a fit result remembers the plate it was trained with
+    result = lvm_pyro.fit((_points_model, normal_normal_guide), x, steps=50, batch_size=20,
+                          data_plate="points", progress=False, seed=0)
+    assert to_inference_data(result, x, num_samples=5).log_likelihood["x"].shape == (1, 5, 40)
+    assert psis_khat(result, x, num_samples=50).khat_per_point is None

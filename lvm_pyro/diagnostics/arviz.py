@@ -80,6 +80,7 @@ class _Source:
     site_dims: Mapping[str, Sequence[str]] = field(default_factory=dict)
     sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
     trace_stats: Mapping[str, tuple[str, Sequence[float]]] = field(default_factory=dict)
+    data_plate: str = DATA_PLATE
 
     def latent_trace(self, chain: int, draw: int) -> poutine.Trace:
         """A trace holding one draw of the latent values, to replay the model against."""
@@ -114,6 +115,7 @@ class _Structure:
     enumerated: list[str]
     max_plate_nesting: int
     n_components: int | None
+    plate: str = DATA_PLATE
 
 
 def _is_latent(site: dict) -> bool:
@@ -126,11 +128,11 @@ def _is_latent(site: dict) -> bool:
     )
 
 
-def _data_frame(site: dict, plate: str = DATA_PLATE):
+def _data_frame(site: dict, plate: str):
     return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
 
 
-def _structure(trace: poutine.Trace, max_plate_nesting: int | None) -> _Structure:
+def _structure(trace: poutine.Trace, max_plate_nesting: int | None, plate: str) -> _Structure:
     sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
     latent = [s["name"] for s in sites if _is_latent(s)]
     observed = [s["name"] for s in sites if s["is_observed"]]
@@ -143,11 +145,12 @@ def _structure(trace: poutine.Trace, max_plate_nesting: int | None) -> _Structur
     if not observed:
         raise ModelContractError("the model observes nothing: pass the data to a sample site with obs=x")
     for name in observed + enumerated:
-        if _data_frame(trace.nodes[name]) is None:
+        if _data_frame(trace.nodes[name], plate) is None:
             what = "observed" if name in observed else "enumerated"
             raise ModelContractError(
-                f"{what} site {name!r} is outside the {DATA_PLATE!r} plate, so it has no value per "
-                f"data point: put it inside pyro.plate({DATA_PLATE!r}, len(x))"
+                f"{what} site {name!r} is outside the {plate!r} plate, so it has no value per "
+                f"data point: put it inside pyro.plate({plate!r}, len(x)), or name the model's "
+                "data plate with data_plate=..."
             )
     nesting = max(
         (-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized), default=0
@@ -158,11 +161,12 @@ def _structure(trace: poutine.Trace, max_plate_nesting: int | None) -> _Structur
     }
     return _Structure(
         latent=latent,
-        local={n for n in latent if _data_frame(trace.nodes[n]) is not None},
+        local={n for n in latent if _data_frame(trace.nodes[n], plate) is not None},
         observed=observed,
         enumerated=enumerated,
         max_plate_nesting=mpn,
         n_components=sizes.pop() if len(sizes) == 1 else None,
+        plate=plate,
     )
 
 
@@ -198,12 +202,12 @@ def _pointwise_log_lik(trace: poutine.Trace, st: _Structure, n: int) -> dict[str
     for name in st.observed:
         site = trace.nodes[name]
         total = _marginal([_log_prob(site), *enum_terms], st.max_plate_nesting)
-        out[name] = _to_data_dim(total, _data_frame(site), st.max_plate_nesting, n)
+        out[name] = _to_data_dim(total, _data_frame(site, st.plate), st.max_plate_nesting, n)
     return out
 
 
 def _log_density(
-    trace: poutine.Trace, mpn: int, n: int, like: torch.Tensor
+    trace: poutine.Trace, mpn: int, n: int, like: torch.Tensor, plate: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the sites outside the data plate, per-point sum of the sites inside it (n,)).
 
@@ -216,7 +220,7 @@ def _log_density(
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         lp = _log_prob(site)
-        f = _data_frame(site)
+        f = _data_frame(site, plate)
         if f is None:
             global_part = global_part + lp.sum()
         else:
@@ -237,8 +241,9 @@ def _sample_enumerated(trace: poutine.Trace, st: _Structure, n: int) -> dict[str
     mpn = st.max_plate_nesting
     terms, frame = [], None
     for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site) and _data_frame(site) is not None:
-            frame = _data_frame(site)
+        f = _data_frame(site, st.plate) if site["type"] == "sample" and not site_is_subsample(site) else None
+        if f is not None:
+            frame = f
             terms.append(_log_prob(site))
     total = terms[0]
     for t in terms[1:]:
@@ -293,7 +298,7 @@ class _Replayer:
         src = self.source
         if self.st is None:
             first = self._run(poutine.replay(src.model, trace=latent), *src.args)
-            self.st = _structure(first, src.max_plate_nesting)
+            self.st = _structure(first, src.max_plate_nesting, src.data_plate)
         fn = src.model
         if self.st.enumerated:
             fn = poutine.enum(fn, first_available_dim=-1 - self.st.max_plate_nesting)
@@ -371,6 +376,17 @@ def _wrong_kind(result) -> ConfigurationError:
     )
 
 
+def _resolve_plate(data_plate: str | None, result) -> str:
+    """The data plate's name: given, else the one ``fit`` trained with, else "data"."""
+    if data_plate is not None:
+        if not isinstance(data_plate, str) or not data_plate:
+            raise ConfigurationError(f"data_plate must be a plate name, got {data_plate!r}")
+        return data_plate
+    if isinstance(result, FitResult):
+        return str(result.config.get("data_plate", DATA_PLATE))
+    return DATA_PLATE
+
+
 def _source(result, data, num_samples: int) -> _Source:
     if isinstance(result, FitResult):
         program = result.program
@@ -423,7 +439,7 @@ def _source(result, data, num_samples: int) -> _Source:
 
 
 def _value_dims(name: str, site: dict, value_shape: tuple[int, ...], sizes: dict[str, int | None],
-                declared: Mapping[str, Sequence[str]]) -> list[str]:
+                declared: Mapping[str, Sequence[str]], data_plate: str) -> list[str]:
     """Dim names of one site's value: declared by the model, else plates, else known sizes."""
     if name in declared:
         return list(declared[name])
@@ -433,7 +449,7 @@ def _value_dims(name: str, site: dict, value_shape: tuple[int, ...], sizes: dict
     for i, size in enumerate(value_shape):
         if i < n_batch:
             plate = frames.get(i - n_batch)
-            dims.append(f"{name}_dim_{i}" if plate is None else "obs" if plate == DATA_PLATE else plate)
+            dims.append(f"{name}_dim_{i}" if plate is None else "obs" if plate == data_plate else plate)
             continue
         matches = [k for k, s in sizes.items() if s == size]
         free = [k for k in matches + [f"{k}_2" for k in matches] if k not in dims]
@@ -470,6 +486,7 @@ def to_inference_data(
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence] | None = None,
     seed: int | None = None,
+    data_plate: str | None = None,
 ) -> az.InferenceData:
     """ArviZ InferenceData of a fitted model: posterior draws, pointwise log-likelihood, more.
 
@@ -484,7 +501,7 @@ def to_inference_data(
         data: the data the model was fitted on, x or a tuple (x, cond, ...) (optional for an
             ``mcmc`` result, which keeps it).
         num_samples: draws from the guide (SVI); ignored for EM and NUTS.
-        local_latents: include latent sites inside the "data" plate (one value per data point)
+        local_latents: include latent sites inside the data plate (one value per data point)
             in the posterior group; "auto" includes them when the model has no global latent;
             enumerated sites are then drawn from their posterior p(z_i | x_i, draw).
         posterior_predictive: add x_rep ~ p(x | draw) per draw (memory: draws x data size).
@@ -492,6 +509,8 @@ def to_inference_data(
             the automatic ones: "obs" for the data plate, plate names, "component" (the size of
             an enumerated site), "feature" (the data's last dim), or the model's ``site_dims``.
         seed: seeds Pyro's RNG first.
+        data_plate: the name of the model's plate over data points (default: the one
+            ``fit`` was given for a fit result, else "data").
 
     Groups: posterior, log_likelihood (chain, draw, obs), observed_data, posterior_predictive,
     sample_stats (SVI: the loss per step and the validation ELBO per epoch; EM: the
@@ -519,6 +538,7 @@ def to_inference_data(
     if local_latents not in (True, False, "auto"):
         raise ConfigurationError(f"local_latents must be True, False or 'auto', got {local_latents!r}")
     src = _source(result, data, num_samples)
+    src.data_plate = _resolve_plate(data_plate, result)
     if seed is not None:
         pyro.set_rng_seed(seed)
     replayer = _Replayer(src)
@@ -569,7 +589,7 @@ def to_inference_data(
     all_dims: dict[str, list[str]] = {}
     for name, arr in {**post, **observed}.items():
         shape = arr.shape[2:] if name in post else arr.shape
-        all_dims[name] = _value_dims(name, first_trace.nodes[name], shape, sizes, declared)
+        all_dims[name] = _value_dims(name, first_trace.nodes[name], shape, sizes, declared, st.plate)
     all_coords = {**_coords({k: v for k, v in all_dims.items() if k in post}, post, 2),
                   **_coords({k: v for k, v in all_dims.items() if k in observed}, observed, 0)}
     all_coords.update(coords or {})
@@ -680,6 +700,7 @@ def psis_khat(
     guide: Callable | None = None,
     num_samples: int = 1000,
     seed: int | None = None,
+    data_plate: str | None = None,
 ) -> PSISResult:
     """Pareto-smoothed importance-sampling k-hat of a guide ("Yes, but did it work?", Yao et al. 2018).
 
@@ -688,7 +709,8 @@ def psis_khat(
 
     ``model`` is a trained model with its guide (a LatentVariableModel, a (model, guide) pair,
     or a callable with ``guide=``) or a ``fit`` result. For guides with local latents (inside
-    the "data" plate, e.g. an amortized encoder) each data point also gets its own k-hat.
+    the data plate, e.g. an amortized encoder) each data point also gets its own k-hat.
+    ``data_plate`` names that plate (default: the one ``fit`` used, else "data").
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -721,8 +743,9 @@ def psis_khat(
     args = _prepare_args(program.validate, data, _fitted_like(program, fitted))
     if seed is not None:
         pyro.set_rng_seed(seed)
+    plate = _resolve_plate(data_plate, model)
     src = _Source("guide", program.model, args, 1, num_samples, guide=program.guide,
-                  max_plate_nesting=program.max_plate_nesting, module=program.module)
+                  max_plate_nesting=program.max_plate_nesting, module=program.module, data_plate=plate)
     replayer = _Replayer(src)
     n = replayer.n
     joint, per_point = [], []
@@ -732,10 +755,10 @@ def psis_khat(
             guide_tr = replayer.latent(0, 0)
             model_tr = replayer.model_trace(guide_tr)
             mpn = replayer.st.max_plate_nesting
-            p_global, p_local = _log_density(model_tr, mpn, n, args[0])
-            q_global, q_local = _log_density(guide_tr, mpn, n, args[0])
+            p_global, p_local = _log_density(model_tr, mpn, n, args[0], plate)
+            q_global, q_local = _log_density(guide_tr, mpn, n, args[0], plate)
             has_local = has_local or any(
-                _data_frame(s) is not None for s in guide_tr.nodes.values() if s["type"] == "sample"
+                _data_frame(s, plate) is not None for s in guide_tr.nodes.values() if s["type"] == "sample"
             )
             joint.append(float(p_global - q_global + (p_local - q_local).sum()))
             per_point.append(_numpy(p_local - q_local))
