@@ -2,9 +2,8 @@
 
 BIC = -2 log p(x | theta_hat) + p log N for the EM (maximum-likelihood) fit of each K: the
 smallest wins. LOO needs a posterior: for each K the EM fit starts a Bayesian Gaussian
-mixture (weakly informative priors scaled to the data and to K, :func:`default_prior`)
-whose global parameters get a mean-field Normal guide trained by SVI with z summed out; its
-draws give
+mixture (weakly informative priors scaled to the data, :func:`default_prior`) whose global
+parameters get a mean-field Normal guide trained by SVI with z summed out; its draws give
 elpd_loo = sum_i log p(x_i | x_-i) by Pareto-smoothed importance sampling: the largest wins.
 """
 
@@ -61,8 +60,8 @@ class ComponentSelection:
         return "\n".join(lines)
 
 
-def default_prior(x: torch.Tensor, n_components: int = 1) -> GMMPrior:
-    """Weakly informative priors for a K-component mixture, on the data's location and scale.
+def default_prior(x: torch.Tensor) -> GMMPrior:
+    """Weakly informative priors on the data's location and scale, the same for every K.
 
     With m_d and s_d the mean and standard deviation of feature d, s_max = max_d s_d and
     s_rms = sqrt(mean_d s_d^2) (the prior's scales are one number for every feature):
@@ -70,35 +69,31 @@ def default_prior(x: torch.Tensor, n_components: int = 1) -> GMMPrior:
     - weights ~ Dirichlet(1, ..., 1) (uniform on the simplex);
     - loc[k] ~ N(m, s_max^2 I): the component means lie where the data lie (about 95% of the
       prior mass within two standard deviations of the data's centre, in every feature);
-    - precisions ~ Gamma (diag, spherical) or Wishart (full, tied) with D + 2 degrees of freedom
-      and mean 1 / c^2, c = s_rms / K^(1/D): K components that share the data's volume have
-      a standard deviation of about s / K^(1/D) each (for K = 1, the data's own spread).
+    - precisions ~ Gamma (diag, spherical) or Wishart (full, tied) with mean 1 / s_rms^2 and
+      D degrees of freedom, the fewest a Wishart allows (scikit-learn's
+      ``BayesianGaussianMixture`` default): the spread of the whole data bounds a
+      component's variance from above, it is no estimate of it, so it gets the weight of
+      only D observations. With more, every component's variance is pulled towards the
+      data's, small components blur, and LOO predicts worse.
 
-    A precision prior at the spread of the whole data whatever K would act as D + 2
-    pseudo-observations of a variance far above each component's, blurring small components
-    and biasing LOO's choice of K. Features on very different scales make any single scale a
-    compromise: standardize them first.
+    Features on very different scales make any single scale a compromise: standardize them
+    first.
 
     Example:
-        >>> prior = default_prior(torch.tensor([[0.0, 10.0], [2.0, 12.0]]), n_components=4)
+        >>> prior = default_prior(torch.tensor([[0.0, 10.0], [2.0, 12.0]]))
         >>> prior.mean_loc, prior.mean_scale, prior.covariance_scale, prior.precision_df
-        ((1.0, 11.0), 1.0, 0.5, 4.0)
+        ((1.0, 11.0), 1.0, 1.0, 2.0)
     """
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ConfigurationError(f"n_components must be a positive integer, got {n_components!r}")
     x = torch.as_tensor(x, dtype=torch.float64)
     if x.dim() != 2 or len(x) == 0:
         raise DataError(f"default_prior needs an (N, D) array of points, got shape {tuple(x.shape)}")
-    d = x.shape[1]
     sd = x.std(0, unbiased=False)
-    spread = float(sd.max()) or 1.0
-    rms = float(sd.pow(2).mean().sqrt()) or 1.0
     return GMMPrior(
         weight_concentration=1.0,
         mean_loc=tuple(float(m) for m in x.mean(0)),
-        mean_scale=spread,
-        precision_df=float(d + 2),
-        covariance_scale=rms / int(n_components) ** (1.0 / d),
+        mean_scale=float(sd.max()) or 1.0,
+        precision_df=float(x.shape[1]),
+        covariance_scale=float(sd.pow(2).mean().sqrt()) or 1.0,
     )
 
 
@@ -124,8 +119,7 @@ def select_components(
         covariance_type: "diag" (default), "spherical", "full" or "tied". LOO needs a Normal
             guide over the covariances, which ``GaussianMixtureModel.global_guide`` gives for
             diag and spherical; full and tied are refused there with a clear error (BIC takes all four).
-        prior: priors of the Bayesian mixture for LOO, the same for every K (default:
-            :func:`default_prior` of the data for each K).
+        prior: priors of the Bayesian mixture for LOO (default :func:`default_prior`).
         n_init: EM starts per K.
         steps, lr, num_samples: SVI steps and learning rate of the guide, and its draws (LOO).
         seed: seeds EM and SVI.
@@ -160,11 +154,11 @@ def select_components(
     if criterion == "bic":
         scores = {k: float(est.bic(x)) for k, est in estimators.items()}
         return ComponentSelection("bic", min(scores, key=scores.get), scores, estimators=estimators)
+    prior = default_prior(x) if prior is None else prior
     scores, ses, khats, idatas = {}, {}, {}, {}
     for k, est in estimators.items():
         with store.scope():
-            prior_k = default_prior(x, k) if prior is None else prior
-            gmm = GaussianMixtureModel(k, x.shape[1], covariance_type, prior=prior_k).to(x)
+            gmm = GaussianMixtureModel(k, x.shape[1], covariance_type, prior=prior).to(x)
             gmm.set_parameters(weights=est.weights_, means=est.means_, covariances=est.covariances_)
             try:
                 result = fit(gmm.model, x, guide=gmm.global_guide("normal"), estimator="enum", steps=steps,
