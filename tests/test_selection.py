@@ -43,3 +43,18 @@ def test_default_prior_predicts_held_out_points_better_than_one_at_the_data_spre
 def test_default_prior_refuses_bad_input():
     with pytest.raises(DataError, match=r"\(N, D\) array"):
         default_prior(torch.zeros(4))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_loo_chooses_k_for_full_and_tied_covariances(covariance_type):
+    """A Normal guide over each precision matrix's Cholesky factor (log-diagonal) gives LOO
+    for the two covariance types whose precisions are matrices."""
+    x = make_mixture(240, 3, 2, seed=0, covariance_type="full", dtype=torch.float64).x
+    chosen = select_components(x, (1, 3), covariance_type=covariance_type, steps=200, num_samples=100, seed=0)
+    assert chosen.best_k == 3, chosen.summary()
+    assert chosen.scores[3] > chosen.scores[1] + 50
+    assert max(chosen.max_khat.values()) < 1.0
+    posterior = chosen.inference_data[3].posterior["precisions"]
+    # every draw of every precision matrix is symmetric positive definite
+    draws = torch.as_tensor(posterior.values).reshape(-1, 2, 2)
+    assert bool((torch.linalg.eigvalsh(draws) > 0).all())

@@ -116,9 +116,9 @@ def select_components(
         data: (N, D) points.
         ks: candidate numbers of components (each at most N).
         criterion: "loo" (PSIS-LOO of a Bayesian mixture, see the module docstring) or "bic".
-        covariance_type: "diag" (default), "spherical", "full" or "tied". LOO needs a Normal
-            guide over the covariances, which ``GaussianMixtureModel.global_guide`` gives for
-            diag and spherical; full and tied are refused there with a clear error (BIC takes all four).
+        covariance_type: "diag" (default), "spherical", "full" or "tied" (for full and tied the
+            guide is Normal over the Cholesky factor of each precision matrix, log-diagonal:
+            ``lvm_pyro.models.transforms``).
         prior: priors of the Bayesian mixture for LOO (default :func:`default_prior`).
         n_init: EM starts per K.
         steps, lr, num_samples: SVI steps and learning rate of the guide, and its draws (LOO).
@@ -160,15 +160,8 @@ def select_components(
         with store.scope():
             gmm = GaussianMixtureModel(k, x.shape[1], covariance_type, prior=prior).to(x)
             gmm.set_parameters(weights=est.weights_, means=est.means_, covariances=est.covariances_)
-            try:
-                result = fit(gmm.model, x, guide=gmm.global_guide("normal"), estimator="enum", steps=steps,
-                             lr=lr, batch_size=len(x), progress=False, seed=seed, kl_warmup=0)
-            except NotImplementedError as exc:
-                raise ConfigurationError(
-                    f"LOO needs a posterior over the {covariance_type} covariances, which the mixture's "
-                    f"Normal guide cannot parameterize here ({exc}): use covariance_type='diag' or "
-                    "'spherical' for LOO, or criterion='bic'"
-                ) from exc
+            result = fit(gmm.model, x, guide=gmm.global_guide("normal"), estimator="enum", steps=steps,
+                         lr=lr, batch_size=len(x), progress=False, seed=seed, kl_warmup=0)
             idatas[k] = to_inference_data(result, x, num_samples=num_samples, posterior_predictive=False,
                                           seed=seed)
         elpd = loo(idatas[k])
