@@ -8,7 +8,7 @@ import torch
 
 from lvm_pyro.data import make_mixture
 from lvm_pyro.diagnostics.selection import default_prior, select_components
-from lvm_pyro.errors import DataError
+from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.models.gmm import GMMPrior
 
 
@@ -58,3 +58,19 @@ def test_loo_chooses_k_for_full_and_tied_covariances(covariance_type):
     # every draw of every precision matrix is symmetric positive definite
     draws = torch.as_tensor(posterior.values).reshape(-1, 2, 2)
     assert bool((torch.linalg.eigvalsh(draws) > 0).all())
+
+
+def test_the_one_standard_error_rule_prefers_the_smallest_k_within_noise_of_the_best():
+    x = make_mixture(150, 3, 2, seed=4, covariance_type="diag", dtype=torch.float64).x
+    options = dict(steps=150, num_samples=100, seed=0)
+    chosen = select_components(x, (1, 2, 3, 4, 5), **options)
+    top = max(chosen.scores, key=chosen.scores.get)
+    dse = chosen.difference_standard_errors
+    assert dse[top] == 0.0 and all(v >= 0 for v in dse.values())
+    within = [k for k in chosen.scores if chosen.scores[top] - chosen.scores[k] <= dse[k]]
+    assert chosen.best_k == min(within) == 3, chosen.summary()
+    assert chosen.scores[2] < chosen.scores[top] - dse[2]  # K = 2 is clearly worse
+    # "max" takes the top score, whatever its margin
+    assert select_components(x, (1, 2, 3, 4, 5), rule="max", **options).best_k == top
+    with pytest.raises(ConfigurationError, match="unknown rule"):
+        select_components(x, (1, 2), rule="smallest")

@@ -25,7 +25,9 @@ from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMPrior
 
 CRITERIA = ("loo", "bic")
 
-__all__ = ["CRITERIA", "ComponentSelection", "default_prior", "select_components"]
+RULES = ("one_se", "max")
+
+__all__ = ["CRITERIA", "RULES", "ComponentSelection", "default_prior", "select_components"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ComponentSelection:
 
     ``scores[k]``: elpd_loo (criterion "loo", higher is better) or BIC ("bic", lower is
     better); ``standard_errors[k]``: the standard error of elpd_loo (LOO only);
+    ``difference_standard_errors[k]``: the standard error of elpd_loo(best) - elpd_loo(k),
+    from the pointwise differences (LOO only; what ``az.compare`` calls dse);
     ``estimators[k]``: the EM fit of each K; ``inference_data[k]``: the posterior draws behind
     each LOO score; ``max_khat[k]``: the largest per-point Pareto k of each LOO estimate
     (above 0.7 the estimate for that K is unreliable).
@@ -46,6 +50,7 @@ class ComponentSelection:
     max_khat: dict[int, float] = field(default_factory=dict)
     estimators: dict[int, GaussianMixture] = field(default_factory=dict, repr=False)
     inference_data: dict = field(default_factory=dict, repr=False)
+    difference_standard_errors: dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A table of the score per K, the chosen K marked."""
@@ -54,7 +59,9 @@ class ComponentSelection:
         for k, score in self.scores.items():
             extra = ""
             if k in self.standard_errors:
-                extra = f"  se {self.standard_errors[k]:8.2f}  max k-hat {self.max_khat[k]:.2f}"
+                extra = (f"  se {self.standard_errors[k]:8.2f}  diff to top se "
+                         f"{self.difference_standard_errors.get(k, float('nan')):6.2f}  "
+                         f"max k-hat {self.max_khat[k]:.2f}")
             mark = "  <- best" if k == self.best_k else ""
             lines.append(f"  K={k:<3d} {score:12.2f}{extra}{mark}")
         return "\n".join(lines)
@@ -109,6 +116,7 @@ def select_components(
     lr: float = 0.02,
     num_samples: int = 200,
     seed: int = 0,
+    rule: str = "one_se",
 ) -> ComponentSelection:
     """Pick the number of Gaussian-mixture components K: argmax_K elpd_loo(K) or argmin_K BIC(K).
 
@@ -123,6 +131,10 @@ def select_components(
         n_init: EM starts per K.
         steps, lr, num_samples: SVI steps and learning rate of the guide, and its draws (LOO).
         seed: seeds EM and SVI.
+        rule: how LOO picks K. "one_se" (default): the smallest K whose elpd_loo is within
+            one standard error of the difference from the best, since a gain smaller than
+            its own noise is no evidence for the larger model; "max": the K of the highest
+            elpd_loo. BIC always takes its minimum (its penalty already prefers small K).
 
     Example:
         >>> from lvm_pyro.data import make_mixture
@@ -130,6 +142,8 @@ def select_components(
         >>> select_components(x, (1, 2, 3, 4), criterion="bic", covariance_type="diag").best_k
         3
     """
+    if rule not in RULES:
+        raise ConfigurationError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
     if criterion not in CRITERIA:
         raise ConfigurationError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
     if covariance_type not in COVARIANCE_TYPES:
@@ -155,7 +169,7 @@ def select_components(
         scores = {k: float(est.bic(x)) for k, est in estimators.items()}
         return ComponentSelection("bic", min(scores, key=scores.get), scores, estimators=estimators)
     prior = default_prior(x) if prior is None else prior
-    scores, ses, khats, idatas = {}, {}, {}, {}
+    scores, ses, khats, idatas, pointwise = {}, {}, {}, {}, {}
     for k, est in estimators.items():
         with store.scope():
             gmm = GaussianMixtureModel(k, x.shape[1], covariance_type, prior=prior).to(x)
@@ -167,5 +181,11 @@ def select_components(
         elpd = loo(idatas[k])
         scores[k], ses[k] = float(elpd.elpd_loo), float(elpd.se)
         khats[k] = float(np.max(elpd.pareto_k))
-    best = max(scores, key=scores.get)
-    return ComponentSelection("loo", best, scores, ses, khats, estimators, idatas)
+        pointwise[k] = np.asarray(elpd.loo_i).reshape(-1)
+    top = max(scores, key=scores.get)
+    n = len(pointwise[top])
+    dse = {k: float(np.sqrt(n) * np.std(pointwise[top] - pointwise[k])) for k in scores}
+    best = top
+    if rule == "one_se":
+        best = min(k for k in scores if scores[top] - scores[k] <= dse[k])
+    return ComponentSelection("loo", best, scores, ses, khats, estimators, idatas, dse)
