@@ -8,6 +8,7 @@ resident memory (above the memory held before estimating) can be read.
 
     python benchmarks/evaluation.py            # k = 5000, three chunk sizes
     python benchmarks/evaluation.py --quick    # a smoke run
+    python benchmarks/evaluation.py --device cuda   # peak memory: CUDA allocations instead of RSS
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.vae import VAE
 
 
-def _peak_mib() -> float:
+def _peak_mib(device: torch.device) -> float:
+    """Peak memory so far: resident set on CPU, allocated device memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -54,25 +63,29 @@ def handwritten(vae: VAE, x: torch.Tensor, k: int, max_elements: int) -> torch.T
 
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    x = load_digits(binarize=8).test.x
-    vae = VAE((64,), latent_dim=16).eval()
+    x = load_digits(binarize=8).test.x.to(device)
+    vae = VAE((64,), latent_dim=16).eval().to(device)
     torch.manual_seed(1)
     max_elements = args.max_elements[0]
-    before = _peak_mib()
+    _sync(device)
+    before = _peak_mib(device)
     start = time.perf_counter()
     if args.worker == "lvm_pyro":
-        values = log_likelihood(vae, x, num_samples=args.k, max_elements=max_elements, seed=1).per_example
+        values = log_likelihood(vae, x, num_samples=args.k, max_elements=max_elements, seed=1,
+                                device=device).per_example
     else:
         values = handwritten(vae, x, args.k, max_elements)
+    _sync(device)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_extra_mib": max(_peak_mib() - before, 0.0),
+    print(json.dumps({"seconds": seconds, "peak_extra_mib": max(_peak_mib(device) - before, 0.0),
                       "mean": float(values.double().mean())}))
 
 
-def measure(which: str, k: int, max_elements: int, threads: int) -> dict:
+def measure(which: str, k: int, max_elements: int, threads: int, device: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", which, "--k", str(k), "--max-elements", str(max_elements),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--device", device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
     return json.loads(out[-1])
 
@@ -81,7 +94,7 @@ def run(args) -> str:
     n = 300
     lines = [
         f"log_likelihood on the digits test set ({n} examples, VAE latent 16, k={args.k}), "
-        f"{args.threads} thread(s), median of {args.rounds} rounds",
+        f"{args.threads} thread(s), {args.device}, median of {args.rounds} rounds",
         "",
         "| max (sample, example) pairs per pass | lvm_pyro us / sample / example | hand-written | "
         "ratio | lvm_pyro peak extra MiB | hand-written peak extra MiB | mean log p(x), both |",
@@ -90,8 +103,8 @@ def run(args) -> str:
     for max_elements in args.max_elements:
         lib, hand = [], []
         for _ in range(args.rounds):
-            lib.append(measure("lvm_pyro", args.k, max_elements, args.threads))
-            hand.append(measure("hand", args.k, max_elements, args.threads))
+            lib.append(measure("lvm_pyro", args.k, max_elements, args.threads, args.device))
+            hand.append(measure("hand", args.k, max_elements, args.threads, args.device))
         per = 1e6 / (args.k * n)
         t_lib = statistics.median(r["seconds"] for r in lib) * per
         t_hand = statistics.median(r["seconds"] for r in hand) * per
@@ -107,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--max-elements", type=int, nargs="+", default=[2**14, 2**16, 2**18])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import shutil
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -93,3 +97,77 @@ def test_the_slower_path_loses_the_timed_trial():
     assert compiled.speedup == pytest.approx(1 / 3) and not compiled.active
     assert "eager loss was faster" in compiled.fallback_reason
     assert float(compiled(x, torch.tensor(1.0))) == 6.0
+
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler"
+)
+
+
+@needs_compiler
+@pytest.mark.parametrize("estimator", ["reparam", "meanfield"])
+def test_inductor_backend_follows_the_eager_trajectory(estimator):
+    x = torch.randn(64, 3)
+    runs = {}
+    for jit in (False, "inductor"):
+        pyro.clear_param_store()
+        model = LocalGaussian(3, learn_w=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no fallback to the TorchScript graph
+            result = lvm_pyro.fit(model, x, estimator=estimator, epochs=18, batch_size=32, lr=0.02,
+                                  kl_warmup=2, progress=False, seed=5, jit=jit)
+        runs[jit] = (result, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    eager, fused = runs[False], runs["inductor"]
+    assert fused[0].config["compiled_speedup"] is not None
+    torch.testing.assert_close(torch.tensor(fused[0].losses), torch.tensor(eager[0].losses),
+                               rtol=1e-5, atol=1e-5)
+    for name, value in eager[1].items():
+        torch.testing.assert_close(fused[1][name], value, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_inductor_graph_draws_the_same_noise_as_eager():
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+
+    def loss_fn(x, beta):
+        z = x * w + torch.randn_like(x)  # a reparameterized draw inside the graph
+        return (torch.nn.functional.softplus(z) * beta).sum()
+
+    compiled = CompiledLoss(loss_fn, [w], backend="inductor")
+    x = (torch.ones(4, 2),)
+    for _ in range(2):
+        compiled(x, torch.tensor(1.0))
+    assert compiled.inductor_fallback is None and compiled.graphs
+    graph = next(iter(compiled.graphs.values()))
+    assert not isinstance(graph, torch.jit.ScriptFunction)
+    torch.manual_seed(11)
+    value = graph(*x, torch.tensor(2.0), w)
+    torch.manual_seed(11)
+    assert float(value) == pytest.approx(float(loss_fn(*x, torch.tensor(2.0))), rel=1e-6)
+
+
+def test_inductor_failure_keeps_the_torchscript_graph(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    w = torch.nn.Parameter(torch.ones(2))
+    compiled = CompiledLoss(lambda x, beta: (w * x).sum() * beta, [w], backend="inductor")
+    x = (torch.ones(3, 2),)
+    with pytest.warns(UserWarning, match="torch.compile is not used .*no compiler here"):
+        values = [float(compiled(x, torch.tensor(1.0))) for _ in range(3)]
+    assert values == [6.0, 6.0, 6.0] and compiled.active
+    assert isinstance(next(iter(compiled.graphs.values())), torch.jit.ScriptFunction)
+    with pytest.raises(ValueError, match="unknown backend"):
+        CompiledLoss(lambda x, beta: x.sum(), [w], backend="nnc")
+
+
+def test_freed_memory_setting_is_applied_once_and_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(compiled_module, "_malloc_tuned", None)
+    monkeypatch.setenv("LVM_PYRO_RETAIN_FREED_MEMORY", "0")
+    assert compiled_module.retain_freed_memory() is False
+    monkeypatch.setattr(compiled_module, "_malloc_tuned", None)
+    monkeypatch.delenv("LVM_PYRO_RETAIN_FREED_MEMORY")
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert compiled_module.retain_freed_memory() is glibc
+    assert compiled_module.retain_freed_memory() is glibc  # cached: mallopt is called once

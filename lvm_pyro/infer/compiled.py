@@ -11,10 +11,28 @@ back to the eager loss for good, with a warning that says why; the RNG state is 
 was, so the training trajectory is the same on either path. Whether the graph is faster is
 measured, not assumed: the first steps alternate between graph and eager, and the faster
 path is kept (see :meth:`CompiledLoss.record`).
+
+``backend="inductor"`` goes one step further: the verified TorchScript graph (pure torch,
+static shapes) is re-recorded as an aten-level FX graph and compiled by ``torch.compile``
+(TorchInductor: fused elementwise kernels, forward and backward, compiled once per batch
+shape). Its random draws call the same aten generator ops as eager (``fallback_random``), so
+it is verified against the eager loss exactly like the TorchScript graph; if compiling or
+the check fails, the TorchScript graph is used instead, with a warning. Compiling takes
+seconds to a minute the first time (a C++ compiler builds the kernels; later runs hit
+inductor's on-disk cache), so it pays off for long runs of large models only.
+
+On CPU with glibc, a step's large temporaries (activations and their gradients, megabytes
+each) are freed at the top of the heap, and glibc's default of returning freed memory at the
+top to the system beyond a few megabytes means each step faults the same memory back in
+page by page (thousands of page faults a step, ~30% of the step on the large digits VAE).
+:func:`retain_freed_memory` keeps it in the process instead; :class:`CompiledLoss` calls it
+once (set ``LVM_PYRO_RETAIN_FREED_MEMORY=0`` to leave the allocator alone).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,12 +47,47 @@ GRAPH_WARMUP = 3
 #: The estimators whose loss is a pure function of (batch, parameters, noise).
 COMPILABLE = ("reparam", "meanfield", "iwae")
 
+#: "script": the TorchScript graph; "inductor": that graph compiled by torch.compile.
+BACKENDS = ("script", "inductor")
+
+#: glibc malloc settings: blocks below 32 MiB (glibc's own cap of its adaptive threshold)
+#: come from the heap, and the heap is handed back to the system only past 256 MiB free.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+_malloc_tuned: bool | None = None
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed heap memory in the process for reuse (glibc only; once per process).
+
+    Returns True if glibc's ``mallopt`` accepted the settings (``MMAP_THRESHOLD``,
+    ``TRIM_THRESHOLD``). This is process-wide and lasts: freed memory up to
+    ``TRIM_THRESHOLD`` stays mapped instead of being returned to the system, which saves
+    re-faulting it on the next training step. A no-op elsewhere (macOS, Windows, musl) and
+    when the environment variable ``LVM_PYRO_RETAIN_FREED_MEMORY`` is ``0``.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if os.environ.get("LVM_PYRO_RETAIN_FREED_MEMORY", "1") != "0":
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            except (OSError, AttributeError, TypeError):  # no glibc
+                pass
+    return _malloc_tuned
+
 
 class CompiledLoss:
     """``loss_fn(*batch, beta)`` compiled per input signature, with a verified eager fallback.
 
     ``params`` are every tensor the loss reads (they become inputs of the graph, so the
     optimizer's in-place updates are seen); ``beta`` is the KL warm-up factor as a 0-d tensor.
+    ``backend`` is "script" (TorchScript) or "inductor" (the TorchScript graph compiled by
+    ``torch.compile``; ``inductor_fallback`` says why it was not used, if it was not).
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(3))
@@ -44,7 +97,11 @@ class CompiledLoss:
     """
 
     def __init__(self, loss_fn: Callable, params: Sequence[torch.Tensor], rtol: float = 1e-4,
-                 trial_steps: int = 12):
+                 trial_steps: int = 12, backend: str = "script"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.inductor_fallback: str | None = None
         self.loss_fn = loss_fn
         self.params = list(params)
         self.rtol = rtol
@@ -56,6 +113,8 @@ class CompiledLoss:
         self._trial: dict[str, list[float]] = {"graph": [], "eager": []}
         self._path = "eager"
         self._graph_runs = 0
+        if any(p.device.type == "cpu" for p in self.params):
+            retain_freed_memory()
 
     @property
     def active(self) -> bool:
@@ -129,28 +188,70 @@ class CompiledLoss:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 graph = torch.jit.trace(flat, (*record_batch, beta, *self.params), check_trace=False)
-            set_rng_state(rng)
-            eager_loss = self.eager(check_batch, beta)
-            eager_grads = self._grads(eager_loss)
-            set_rng_state(rng)
-            traced_loss = graph(*check_batch, beta, *self.params)
-            traced_grads = self._grads(traced_loss)
+            set_rng_state(rng)  # tracing ran the loss once: undo its draws
+            same = self._matches_eager(graph, check_batch, beta)
         except Exception as exc:  # tracing can fail in many ways; every one means "use eager"
             set_rng_state(rng)
             self._fall_back(f"tracing failed: {type(exc).__name__}: {exc}")
             return None
-        set_rng_state(rng)
-        same = torch.allclose(traced_loss, eager_loss, rtol=self.rtol, atol=1e-6) and all(
-            torch.allclose(t, e, rtol=self.rtol, atol=1e-5 * (1 + _max_abs(e)))
-            for t, e in zip(traced_grads, eager_grads)
-        )
         if not same:
             self._fall_back(
                 "the traced loss or its gradients differ from the eager ones; the model's "
                 "structure or control flow probably depends on the data"
             )
             return None
+        if self.backend == "inductor" and self.inductor_fallback is None:
+            compiled = self._inductor(graph, record_batch, check_batch, beta)
+            return graph if compiled is None else compiled
         return graph
+
+    def _matches_eager(self, fn: Callable, batch: tuple, beta: torch.Tensor) -> bool:
+        """From one RNG state, do ``fn`` and the eager loss give the same loss and gradients?
+
+        The RNG state is left as it was.
+        """
+        rng = get_rng_state()
+        try:
+            eager_loss = self.eager(batch, beta)
+            eager_grads = self._grads(eager_loss)
+            set_rng_state(rng)
+            loss = fn(*batch, beta, *self.params)
+            grads = self._grads(loss)
+        finally:
+            set_rng_state(rng)
+        return torch.allclose(loss, eager_loss, rtol=self.rtol, atol=1e-6) and all(
+            torch.allclose(t, e, rtol=self.rtol, atol=1e-5 * (1 + _max_abs(e)))
+            for t, e in zip(grads, eager_grads)
+        )
+
+    def _inductor(self, graph: Callable, record_batch: tuple, check_batch: tuple, beta: torch.Tensor):
+        """The TorchScript graph as an aten FX graph compiled by TorchInductor, verified; or None."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        rng = get_rng_state()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.no_grad():  # record the forward ops; AOTAutograd derives the backward
+                    fx_graph = make_fx(lambda *args: graph(*args))(
+                        *record_batch, beta, *(p.detach() for p in self.params))
+                set_rng_state(rng)
+                compiled = torch.compile(fx_graph, backend="inductor", dynamic=False, fullgraph=True,
+                                         options={"fallback_random": True})
+                same = self._matches_eager(compiled, check_batch, beta)  # compiles on first call
+        except Exception as exc:  # no compiler, unsupported op, ...: keep the TorchScript graph
+            set_rng_state(rng)
+            reason = f"compiling failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return self._inductor_failed(reason)
+        if not same:
+            return self._inductor_failed("the compiled loss or its gradients differ from the eager ones")
+        return compiled
+
+    def _inductor_failed(self, reason: str) -> None:
+        self.inductor_fallback = reason
+        warnings.warn(f"torch.compile is not used ({reason}); the TorchScript graph is used instead",
+                      stacklevel=5)
+        return None
 
 
 def _max_abs(t: torch.Tensor) -> float:
