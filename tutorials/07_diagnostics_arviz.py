@@ -214,7 +214,9 @@ if not SMOKE:
 # given tiny weights or split a cluster, which predicts new points no better. `compare`
 # reports the differences with their standard errors (`dse`): a difference smaller than a
 # couple of standard errors is no evidence for the larger model, so the smallest K near the
-# top is the sensible choice.
+# top is the sensible choice, and what `select_components` does by default (`rule="one_se"`:
+# the smallest K within one standard error of the difference from the best; `rule="max"`
+# takes the top score).
 #
 # ## Posterior predictive checks
 #
@@ -268,18 +270,18 @@ if not SMOKE:
 # One Gaussian spreads its replicated points evenly, so their nearest neighbours are
 # farther apart than in the real data in every replication: p-value ~ 0, rejected.
 #
-# The three-component model with the default prior does better but, in the full-mode run,
-# is flagged as well: its replicated points are still a little too spread out. The
-# inference is not to blame (NUTS agreed with SVI above); the *prior* is. `default_prior`
-# centres each component's precision on 1 / (overall standard deviation of x)^2, the
-# scale of the whole dataset rather than of one cluster, with D + 2 = 4 degrees of
-# freedom: worth about two extra observations of a broad component per cluster. With
-# about a hundred points per cluster that inflates each component's variance by roughly a
-# quarter, enough for this statistic to notice. With a vague precision prior
-# (`precision_df=0.1`) the same model passes. A posterior predictive check tests the
-# whole model, prior included, and LOO (which ranks K the same way under either prior)
-# would not have shown this. The kernel density overlay from `plot_ppc` (bottom right)
-# is the built-in, feature-by-feature version of the same check.
+# The three-component model with the default prior does much better, but its replicated
+# points are still a little more spread out than the data (in the full-mode run its p-value
+# is near the lower edge). The inference is not to blame (NUTS agreed with SVI above); the
+# *prior* is. `default_prior` centres each component's precision on 1 / (variance of the
+# whole dataset), with D = 2 degrees of freedom: worth two extra observations, per
+# component, of a component as broad as all the data. That pulls each component's variance
+# up a little, and the nearest-neighbour statistic is sensitive to exactly that. With a
+# vague precision prior (`precision_df=0.1`) the replications match the data better. A
+# posterior predictive check tests the whole model, prior included, and LOO (which ranks
+# K the same way under either prior) would not have shown this. The kernel density overlay
+# from `plot_ppc` (bottom right) is the built-in, feature-by-feature version of the same
+# check.
 
 # %%
 fig = Figure(figsize=(10.5, 7.2), layout="constrained")
