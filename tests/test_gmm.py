@@ -135,6 +135,33 @@ def test_chunked_statistics_equal_one_block(cov_type):
     torch.testing.assert_close(direct.sxx, a.sxx, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_statistics_do_not_depend_on_the_number_of_threads(cov_type):
+    """With torch on two threads the chunks are spread over two threads of single-threaded
+    operations: the same bits as on one thread (also past the 64 chunks summed at a time),
+    and torch's thread setting is left as it was."""
+    x, _ = _blobs(n=700, d=3, seed=4)
+    gmm = _random_model(cov_type, d=3)
+    shift = x.mean(0)
+    results = {}
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results[threads] = (*gmm.expected_statistics(x, shift, chunk_size=7),
+                                gmm.log_prob(x, chunk_size=7))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved)
+    (ll_1, a, lp_1), (ll_2, b, lp_2) = results[1], results[2]
+    assert torch.equal(ll_1, ll_2) and torch.equal(lp_1, lp_2)
+    for name in ("nk", "sx", "sxx"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    ll_block, block = gmm.expected_statistics(x, shift, chunk_size=1000)
+    assert float(ll_1) == pytest.approx(float(ll_block), rel=1e-12)
+    torch.testing.assert_close(a.sxx, block.sxx, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("cov_type", ["full", "diag", "spherical", "tied"])
 def test_map_em_reaches_a_stationary_point_of_the_log_posterior(cov_type):
     """At EM's fixed point with priors (and reg_covar=0) the gradient of

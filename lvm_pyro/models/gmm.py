@@ -28,6 +28,13 @@ estimator); in float32 (eps ~ 1e-7, faster) it matters only for clusters hundred
 deviations from the data mean. Responsibilities below exp(log(tiny) / 2) are rounded up to
 that value so no subnormal numbers slow the CPU.
 
+Speed on a CPU: a chunk's buffers (about 2 MiB) stay in cache across its passes; phi carries
+a column of ones, so the constant term rides in the first matrix product and sum_n r_nk in
+the second. The per-chunk operations are too small for torch's intra-op threads (a fork-join
+per operation, very slow when a core is busy with other work), so they run single-threaded
+and whole chunks are handed out in turn to as many threads as torch uses; the statistics are
+summed in chunk order, so the result does not depend on the number of threads.
+
 Canonical order (label switching): :meth:`~GaussianMixtureModel.canonicalize_` sorts the
 components by decreasing weight, ties broken by increasing first mean coordinate; ``em``
 and the estimator apply it at the end of fitting.
@@ -35,9 +42,14 @@ and the estimator apply it at the end of fitting.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyro
@@ -57,7 +69,7 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 GLOBAL_SITES = ("mixture_weights", "locs", "precisions")
 INIT_METHODS = ("kmeans", "kmeans++", "k-means++", "random", "random_from_data")
 _LOG_2PI = math.log(2 * math.pi)
-_CHUNK_BYTES = 2**22
+_CHUNK_BYTES = 2**21
 _ILL_DEFINED = (
     "{name} are not all positive-definite; for fitted covariances this means some components "
     "have ill-defined empirical covariance (a singleton or collapsed sample): increase "
@@ -74,12 +86,13 @@ def _check_covariance_type(covariance_type: str) -> str:
 
 
 def chunk_rows(n_columns: int, itemsize: int, chunk_size: int | None = None) -> int:
-    """Rows per chunk so that a (rows x n_columns) block stays about 4 MiB: large enough that
-    per-operation overheads (threads, Python) stay small, small enough to stay in cache.
+    """Rows per chunk so that a (rows x n_columns) block stays about 2 MiB: large enough that
+    per-operation overheads (Python, dispatch) stay small, small enough that a chunk's buffers
+    stay in a core's cache across the passes over them (measured best at 1-2 MiB).
 
     Example:
         >>> chunk_rows(32, 8)
-        16384
+        8192
     """
     if chunk_size is not None:
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -154,13 +167,37 @@ class GMMStatistics:
 
 @dataclass(frozen=True)
 class _Coefficients:
-    """log p(x, z = k) = A_k . phi(x') + const_k (+ a per-row term for tied), x' = x - shift;
-    A is (K, F)."""
+    """log p(x, z = k) = A_k . phi(x') (+ a per-row term for tied), x' = x - shift, with
+    phi's last feature 1 so that A's last column (A is (K, F + 1)) is the constant term."""
 
     shift: torch.Tensor
     A: torch.Tensor
-    const: torch.Tensor
     tied_factor: torch.Tensor | None
+
+
+class _Workspace:
+    """Buffers reused over the chunks of rows: phi (rows, F + 1) whose last column holds 1,
+    the (K, rows) block and two row vectors. The views for a chunk of n <= rows rows are
+    contiguous."""
+
+    def __init__(self, x: torch.Tensor, rows: int, shape: tuple[int, int]) -> None:
+        self.K, F1 = shape
+        self._phi = x.new_empty(rows, F1)
+        self._phi[:, -1] = 1
+        self._block = x.new_empty(self.K * rows)
+        self._vectors = x.new_empty(2, rows)
+
+    def phi(self, n: int) -> torch.Tensor:
+        return self._phi[:n]
+
+    def block(self, n: int) -> torch.Tensor:
+        return self._block[: self.K * n].view(self.K, n)
+
+    def top(self, n: int) -> torch.Tensor:
+        return self._vectors[0, :n]
+
+    def norm(self, n: int) -> torch.Tensor:
+        return self._vectors[1, :n]
 
 
 class GaussianMixtureModel(LatentVariableModel):
@@ -229,8 +266,16 @@ class GaussianMixtureModel(LatentVariableModel):
     def check_fit_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Called by ``em`` on validated data: a constant feature (zero variance) is accepted
         with a warning, its variance being reg_covar."""
-        low, high = torch.aminmax(x, dim=0)
-        constant = torch.nonzero(low == high).flatten().tolist()
+        # a feature is constant when sum_n |x_n - x_0| is 0 (faster than torch.aminmax)
+        chunks = x.split(chunk_rows(self.n_features, x.element_size()))
+        spread = x.new_empty(len(chunks), self.n_features)
+
+        def body(i: int, slot: int) -> None:
+            torch.sum(torch.sub(chunks[i], x[0]).abs_(), 0, out=spread[i])
+
+        with _single_threaded(x.device) as threads:
+            _run_chunks(range(len(chunks)), body, threads)
+            constant = torch.nonzero(spread.sum(0) == 0).flatten().tolist()
         if constant and len(x) > 1:
             warnings.warn(
                 f"{name}: feature(s) {constant[:10]} are constant (zero variance); their variance "
@@ -512,7 +557,7 @@ class GaussianMixtureModel(LatentVariableModel):
             lin = mu * prec[:, None]
             A = torch.cat([lin, -0.5 * prec[:, None]], 1)
             const = base - D * torch.log(self.scale) - 0.5 * (mu * lin).sum(1)
-        return _Coefficients(shift, A.contiguous(), const, tied_factor)
+        return _Coefficients(shift, torch.cat([A, const[:, None]], 1).contiguous(), tied_factor)
 
     def _n_features_phi(self) -> int:
         D = self.n_features
@@ -521,10 +566,17 @@ class GaussianMixtureModel(LatentVariableModel):
         ]
 
     def _features(self, x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None):
-        """phi = [x', and x'_i x'_j (i <= j, triu_indices order) | x'^2 | |x'|^2], x' = x - shift;
-        the first D columns are x' for every covariance type. Written into ``out`` if given."""
+        """phi = [x', and x'_i x'_j (i <= j, triu_indices order) | x'^2 | |x'|^2, 1], x' = x -
+        shift, shape (n, F + 1): the first D columns are x' for every covariance type, the last
+        is 1 (it carries the constant term of the log density, and gives sum_n r_nk in the
+        statistics' product). Written into ``out`` if given, whose last column must hold 1."""
         n, D = x.shape
-        phi = x.new_empty(n, self._n_features_phi()) if out is None else out
+        F = self._n_features_phi()
+        if out is None:
+            phi = x.new_empty(n, F + 1)
+            phi[:, F] = 1
+        else:
+            phi = out
         xs = torch.sub(x, shift, out=phi[:, :D])
         if self.covariance_type == "full":
             start = D
@@ -532,38 +584,52 @@ class GaussianMixtureModel(LatentVariableModel):
                 torch.mul(xs[:, i:], xs[:, i : i + 1], out=phi[:, start : start + D - i])
                 start += D - i
         elif self.covariance_type == "diag":
-            torch.mul(xs, xs, out=phi[:, D:])
+            torch.mul(xs, xs, out=phi[:, D:F])
         elif self.covariance_type == "spherical":
-            phi[:, D] = (xs * xs) @ xs.new_ones(D)
+            torch.linalg.vecdot(xs, xs, out=phi[:, D])
         return phi
 
-    def _log_joint_chunk(self, x: torch.Tensor, coef: _Coefficients, buffers=None):
-        """(features phi (n, F), log p(x, z = k) transposed to (K, n) up to a per-row term,
+    def _log_joint_chunk(self, x: torch.Tensor, coef: _Coefficients, work: _Workspace | None = None):
+        """(features phi (n, F + 1), log p(x, z = k) transposed to (K, n) up to a per-row term,
         that per-row term (n,) or None). The (K, n) layout makes the reductions over k
-        vectorized along the rows, and it is the faster GEMM."""
-        full = buffers is not None and len(x) == len(buffers[0])
-        phi = self._features(x, coef.shift, buffers[0][: len(x)] if buffers is not None else None)
-        lj = torch.addmm(coef.const[:, None], coef.A, phi.T, out=buffers[1] if full else None)
+        vectorized along the rows. With ``work``, phi and the (K, n) block are its buffers."""
+        if work is None:
+            phi = self._features(x, coef.shift)
+            lj = coef.A @ phi.T
+        else:
+            phi = self._features(x, coef.shift, work.phi(len(x)))
+            lj = torch.mm(coef.A, phi.T, out=work.block(len(x)))
         if coef.tied_factor is None:
             return phi, lj, None
         y = phi[:, : self.n_features] @ coef.tied_factor
-        return phi, lj, -0.5 * (y * y).sum(1)
+        return phi, lj, -0.5 * torch.linalg.vecdot(y, y)
 
     def _n_columns(self) -> int:
-        return max(self._n_features_phi(), self.n_components)
+        return self._n_features_phi() + 1 + self.n_components
 
     def _chunks(self, x: torch.Tensor, chunk_size: int | None):
         return x.split(chunk_rows(self._n_columns(), x.element_size(), chunk_size))
 
     @torch.no_grad()
     def _per_chunk(self, x: torch.Tensor, chunk_size: int | None, reduce) -> torch.Tensor:
+        """torch.cat of reduce(log p(x, z) chunk (K, n)) over the chunks; reduce may
+        overwrite its argument but must not return a view of it."""
         shift = x.mean(0).to(self.loc.dtype)
-        coef = self._coefficients(shift)
-        parts = []
-        for chunk in self._chunks(x, chunk_size):
-            _, lj, row = self._log_joint_chunk(chunk, coef)
-            parts.append(reduce(lj if row is None else lj + row))  # lj is (K, n)
-        return torch.cat(parts)
+        chunks = self._chunks(x, chunk_size)
+        works: dict[int, _Workspace] = {}
+        parts: list[torch.Tensor | None] = [None] * len(chunks)
+        with _single_threaded(x.device) as threads:
+            coef = self._coefficients(shift)
+
+            def body(i: int, slot: int) -> None:
+                work = works.get(slot)
+                if work is None:
+                    work = works[slot] = _Workspace(x, len(chunks[0]), coef.A.shape)
+                _, lj, row = self._log_joint_chunk(chunks[i], coef, work)
+                parts[i] = reduce(lj if row is None else lj.add_(row))  # lj is (K, n)
+
+            _run_chunks(range(len(chunks)), body, threads)
+            return torch.cat(parts)
 
     def log_joint(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n, z_n = k) = log w_k + log N(x_n; mu_k, Sigma_k), shape (N, K).
@@ -576,7 +642,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.log_joint(torch.zeros(3, 1)).shape
             torch.Size([3, 2])
         """
-        return self._per_chunk(x, chunk_size, lambda lj: lj.T)
+        return self._per_chunk(x, chunk_size, lambda lj: lj.T.clone())
 
     def log_prob(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n) = logsumexp_k log p(x_n, z_n = k), shape (N,).
@@ -586,7 +652,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(float(gmm.log_prob(torch.zeros(1, 1))), 4)
             -0.9189
         """
-        return self._per_chunk(x, chunk_size, _logsumexp_rows_)
+        return self._per_chunk(x, chunk_size, _log_sum_exp_columns_)
 
     def posterior(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Responsibilities r_nk = p(z_n = k | x_n) = w_k N(x_n; k) / sum_j w_j N(x_n; j), (N, K).
@@ -626,29 +692,59 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> stats.nk.tolist()
             [2.0, 2.0]
         """
-        shift = self._shift(x, shift)
+        with _single_threaded(x.device) as threads:
+            return self._expected_statistics(x, self._shift(x, shift), chunk_size, threads)
+
+    def _expected_statistics(self, x, shift, chunk_size, threads):
         coef = self._coefficients(shift)
-        # exp(d) for d below this is set to exp(floor): no subnormal numbers (slow on CPUs)
-        floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
-        K, F = coef.A.shape
-        total = x.new_zeros((), dtype=torch.float64)
-        nk, S_t = x.new_zeros(K), x.new_zeros(K, F)
-        sxx = x.new_zeros(F, F) if self.covariance_type == "tied" else None
+        K, F1 = coef.A.shape
+        D, F = self.n_features, F1 - 1
+        tied = self.covariance_type == "tied"
         chunks = self._chunks(x, chunk_size)
-        buffers = (x.new_empty(len(chunks[0]), F), x.new_empty(K, len(chunks[0])))
-        for chunk in chunks:
-            phi, lj, row = self._log_joint_chunk(chunk, coef, buffers)  # lj: (K, n)
-            top = lj.amax(0)
-            resp = lj.sub_(top).clamp_min_(floor).exp_()
-            norm = resp.sum(0)
-            total += (top + norm.log()).sum(dtype=torch.float64)
-            resp.div_(norm)
-            nk += resp.sum(1)
-            S_t.addmm_(resp, phi)
+        rows = len(chunks[0])
+        # per chunk: S_k = sum_n r_nk phi_n (the statistics, and sum_n r_nk from phi's column
+        # of ones), sum_n log p(x_n) and for tied sum_n x'_n x'_n^T; summed in chunk order
+        group = min(len(chunks), _GROUP)
+        parts = x.new_empty(group, K, F1)
+        totals = x.new_empty(group, dtype=torch.float64)
+        sxx_parts = x.new_empty(group, D, D) if tied else None
+        S, total = x.new_zeros(K, F1), x.new_zeros((), dtype=torch.float64)
+        sxx = x.new_zeros(D, D) if tied else None
+        works: dict[int, _Workspace] = {}
+        # normalize the responsibilities through phi (n x (F + 1) products) when it is
+        # narrower than the (K, n) block: its last column becomes 1 / norm, giving sum_n r_nk
+        scale_phi = F1 < K
+
+        def body(i: int, slot: int) -> None:
+            work = works.get(slot)
+            if work is None:
+                work = works[slot] = _Workspace(x, rows, (K, F1))
+            chunk, j = chunks[i], i % group
+            phi, lj, row = self._log_joint_chunk(chunk, coef, work)  # lj: (K, n)
+            top = work.top(len(chunk))
+            inv = _softmax_columns_(lj, top, work.norm(len(chunk)))
+            # sum_n log p(x_n) = sum_n (top_n + log sum_k exp(lj_kn - top_n)) = sum_n (top_n - log inv_n)
+            top.sub_(inv.log())
             if row is not None:
-                total += row.sum(dtype=torch.float64)
-                sxx.addmm_(phi.T, phi)
-        return total, self._statistics_from_products(shift, nk, S_t.T, sxx)
+                top.add_(row)
+                xs = phi[:, :D]
+                torch.mm(xs.T, xs, out=sxx_parts[j])
+            torch.sum(top, 0, dtype=torch.float64, out=totals[j])
+            if scale_phi:
+                phi.mul_(inv[:, None])
+                torch.mm(lj, phi, out=parts[j])
+                phi[:, F] = 1
+            else:
+                torch.mm(lj.mul_(inv), phi, out=parts[j])
+
+        for first in range(0, len(chunks), group):
+            m = min(group, len(chunks) - first)
+            _run_chunks(range(first, first + m), body, threads)
+            S += parts[:m].sum(0)
+            total += totals[:m].sum()
+            if tied:
+                sxx += sxx_parts[:m].sum(0)
+        return total, self._statistics_from_products(shift, S[:, F], S[:, :F].T, sxx)
 
     def _statistics_from_products(self, shift, nk, S, sxx) -> GMMStatistics:
         D, K = self.n_features, self.n_components
@@ -662,7 +758,7 @@ class GaussianMixtureModel(LatentVariableModel):
             sxx = S[D:].T
         elif self.covariance_type == "spherical":
             sxx = S[D]
-        return GMMStatistics(shift, nk, sx.contiguous(), sxx.contiguous())
+        return GMMStatistics(shift, nk.contiguous(), sx.contiguous(), sxx.contiguous())
 
     def _shift(self, x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
         return x.new_zeros(self.n_features) if shift is None else shift.to(x)
@@ -680,10 +776,10 @@ class GaussianMixtureModel(LatentVariableModel):
         """
         shift = self._shift(x, shift)
         phi = self._features(x, shift)
-        resp = resp.to(x)
         xs = phi[:, : self.n_features]
         sxx = xs.T @ xs if self.covariance_type == "tied" else None
-        return self._statistics_from_products(shift, resp.sum(0), phi.T @ resp, sxx)
+        S = phi.T @ resp.to(x)  # (F + 1, K); the last row is sum_n r_nk
+        return self._statistics_from_products(shift, S[-1], S[:-1], sxx)
 
     def m_step(self, x: torch.Tensor, posterior: torch.Tensor | Mapping[str, torch.Tensor]) -> None:
         """Closed-form M-step from responsibilities: a (N, K) tensor, or a mapping with the
@@ -708,6 +804,10 @@ class GaussianMixtureModel(LatentVariableModel):
         (S_k + df s^2) / (n_k + df - 2) per variance (Gamma) (an ECM step: each part maximizes
         the objective given the others, so it never decreases).
         """
+        with _single_threaded(self.loc.device):
+            self._m_step_from_statistics(stats)
+
+    def _m_step_from_statistics(self, stats: GMMStatistics) -> None:
         p, D, cov_type = self.prior, self.n_features, self.covariance_type
         nk_raw = stats.nk.to(self.loc)
         dtype = nk_raw.dtype
@@ -986,10 +1086,148 @@ class GaussianMixtureModel(LatentVariableModel):
         return float(self.log_prob(x, chunk_size).sum(dtype=torch.float64))
 
 
-def _logsumexp_rows_(lj: torch.Tensor) -> torch.Tensor:
+#: exp(d) for d below this is exp(this): no subnormal numbers (slow on CPUs); the relative
+#: change of a sum of such terms is below K sqrt(tiny), far below the rounding error
+def _exp_floor(dtype: torch.dtype) -> float:
+    return 0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+def _softmax_columns_(lj: torch.Tensor, top: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Unnormalized softmax over dim 0 of a (K, n) block, in place: top <- lj.amax(0), lj <-
+    exp(max(lj - top, floor)); returns 1 / lj.sum(0), written into ``norm``."""
+    torch.amax(lj, 0, out=top)
+    lj.sub_(top).clamp_min_(_exp_floor(lj.dtype)).exp_()
+    return torch.sum(lj, 0, out=norm).reciprocal_()
+
+
+def _log_sum_exp_columns_(lj: torch.Tensor) -> torch.Tensor:
     """logsumexp over dim 0 of a (K, n) block, overwriting it (faster than torch.logsumexp)."""
     top = lj.amax(0)
-    return lj.sub_(top).exp_().sum(0).log_().add_(top)
+    return lj.sub_(top).clamp_min_(_exp_floor(lj.dtype)).exp_().sum(0).log_().add_(top)
+
+
+#: at most this many chunks' partial statistics are held before they are summed (in order)
+_GROUP = 64
+_POOL: tuple[ThreadPoolExecutor, int, int] | None = None
+_LOCK = threading.Lock()
+_BUSY = threading.local()
+
+
+class _Threading:
+    """torch's OpenMP runtime (the libgomp in torch/lib) and MKL's per-thread setting, to
+    make one thread's operations single-threaded and restore them exactly (torch.set_num_threads
+    would also switch off MKL's dynamic threading for good); None where they are not found."""
+
+    def __init__(self) -> None:
+        self.omp = self.mkl_local = None
+        lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+        try:
+            gomp = ctypes.CDLL(os.path.join(lib_dir, "libgomp.so.1"))
+            gomp.omp_set_num_threads.argtypes = [ctypes.c_int]
+            gomp.omp_get_max_threads.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return
+        self.omp = gomp
+        if torch.backends.mkl.is_available():
+            try:
+                mkl = ctypes.CDLL(os.path.join(lib_dir, "libtorch_cpu.so")).MKL_Set_Num_Threads_Local
+                mkl.argtypes, mkl.restype = [ctypes.c_int], ctypes.c_int
+                self.mkl_local = mkl
+            except (OSError, AttributeError):
+                self.omp = None  # MKL's own setting would keep its threads: leave threading alone
+                return
+        # the library found must be the one torch runs on
+        saved = self.single()
+        if torch.get_num_threads() != 1:
+            self.omp = self.mkl_local = None
+        else:
+            self.restore(saved)
+
+    def single(self) -> tuple[int, int | None]:
+        """Make this thread's operations single-threaded; returns what restore() needs."""
+        torch.get_num_threads()  # torch's per-thread initialization first: it would reset this
+        saved = self.omp.omp_get_max_threads()
+        self.omp.omp_set_num_threads(1)
+        return saved, self.mkl_local(1) if self.mkl_local is not None else None
+
+    def restore(self, saved: tuple[int, int | None]) -> None:
+        self.omp.omp_set_num_threads(saved[0])
+        if self.mkl_local is not None:
+            self.mkl_local(saved[1])
+
+
+_THREADING: _Threading | None = None
+
+
+def _threading() -> _Threading:
+    global _THREADING
+    if _THREADING is None:
+        _THREADING = _Threading()
+    return _THREADING
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The pool threads (a new pool after a fork: the parent's threads are not in the child)."""
+    global _POOL
+    with _LOCK:
+        if _POOL is None or _POOL[1] < workers or _POOL[2] != os.getpid():
+            _POOL = (ThreadPoolExecutor(workers, thread_name_prefix="lvm_pyro_chunks"), workers, os.getpid())
+        return _POOL[0]
+
+
+@contextmanager
+def _single_threaded(device: torch.device):
+    """Run this thread's torch operations single-threaded inside the block (restored after);
+    yields how many threads the chunks may use (torch's setting; 1 where this is not possible).
+
+    The operations here are per chunk or on K x D parameters: too small for torch's intra-op
+    threads, whose fork-join per operation costs more than the operation (much more when a
+    core is busy with other work); :func:`_run_chunks` spreads whole chunks over threads
+    instead."""
+    rt = _threading() if device.type == "cpu" else None
+    if rt is None or rt.omp is None or getattr(_BUSY, "active", False):
+        yield 1
+        return
+    threads = torch.get_num_threads()
+    saved = rt.single()
+    _BUSY.active = True
+    try:
+        yield threads
+    finally:
+        _BUSY.active = False
+        rt.restore(saved)
+
+
+def _run_chunks(indices: range, body: Callable[[int, int], None], threads: int) -> None:
+    """Call body(i, slot) for every chunk index i, on up to ``threads`` threads (this one and
+    pool threads whose operations are single-threaded; slot in range(threads) names the
+    thread, for its buffers). The chunks are handed out in turn, so a free core takes over
+    the work of a busy one; the result must not depend on which thread ran a chunk."""
+    threads = min(threads, len(indices))
+    if threads <= 1:
+        for i in indices:
+            body(i, 0)
+        return
+    todo, lock = iter(indices), threading.Lock()
+
+    def work(slot: int) -> None:
+        if slot and not getattr(_BUSY, "single", False):
+            _threading().single()  # a pool thread of ours: single-threaded for good
+            _BUSY.single = True
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            body(i, slot)
+
+    futures = [_pool(threads - 1).submit(work, slot) for slot in range(1, threads)]
+    try:
+        work(0)
+    finally:
+        wait(futures)
+    for f in futures:
+        f.result()
 
 
 def _generator(generator: torch.Generator | None) -> torch.Generator:
