@@ -295,3 +295,16 @@ def test_bayesian_mixture_by_svi_with_z_enumerated():
     median = guide.median()
     assert sorted(median["locs"][:, 0].tolist()) == pytest.approx([-3.0, 3.0], abs=0.3)
     assert math.isclose(float(median["mixture_weights"].sum()), 1.0, rel_tol=1e-5)
+
+
+def test_a_prior_mean_per_feature_is_used_and_its_length_checked():
+    from lvm_pyro.models.gmm import GMMPrior
+
+    prior = GMMPrior(1.0, (5.0, -5.0), 0.1, 4.0, 1.0)
+    gmm = GaussianMixtureModel(1, 2, "diag", prior=prior).double()
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    gmm.m_step(x, torch.ones(3, 1, dtype=torch.float64))
+    # MAP mean: strong prior at (5, -5) against three points at 0
+    assert gmm.loc[0, 0] > 4 and gmm.loc[0, 1] < -4
+    with pytest.raises(ConfigurationError, match="one per feature"):
+        GaussianMixtureModel(2, 3, "diag", prior=GMMPrior(mean_loc=(0.0, 1.0)))

@@ -42,14 +42,9 @@ and the estimator apply it at the end of fitting.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import threading
 import warnings
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyro
@@ -63,6 +58,7 @@ from torch.distributions import constraints
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.registry import register_model
+from lvm_pyro.threads import run_chunks, single_threaded
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 #: The global (per-dataset) sample sites of the Pyro program; "z" is the local discrete site.
@@ -106,7 +102,7 @@ class GMMPrior:
     """Priors on the global parameters; None leaves that parameter's prior flat.
 
     weights ~ Dirichlet(weight_concentration * 1_K);
-    loc[k] ~ Normal(mean_loc, mean_scale^2 I);
+    loc[k] ~ Normal(mean_loc, mean_scale^2 I), mean_loc one number or one per feature;
     precision ~ Wishart(precision_df, I / (precision_df * covariance_scale^2)) per component
     (full) or shared (tied), and each precision ~ Gamma(precision_df / 2,
     precision_df * covariance_scale^2 / 2) (diag, spherical): E[precision] = 1 /
@@ -121,7 +117,7 @@ class GMMPrior:
     """
 
     weight_concentration: float | None = None
-    mean_loc: float = 0.0
+    mean_loc: float | tuple[float, ...] = 0.0
     mean_scale: float | None = None
     precision_df: float | None = None
     covariance_scale: float = 1.0
@@ -250,6 +246,12 @@ class GaussianMixtureModel(LatentVariableModel):
                 f"a Wishart prior in {n_features} dimensions needs precision_df > "
                 f"{n_features - 1}, got {df}: raise GMMPrior.precision_df"
             )
+        n_loc = len(self.prior.mean_loc) if isinstance(self.prior.mean_loc, (tuple, list)) else 1
+        if n_loc not in (1, n_features):
+            raise ConfigurationError(
+                f"GMMPrior.mean_loc has {n_loc} values for {n_features} features: pass one "
+                "number, or one per feature"
+            )
         self.min_count = float(min_count)
         self.input_shape = (n_features,)
         K, D = n_components, n_features
@@ -273,8 +275,8 @@ class GaussianMixtureModel(LatentVariableModel):
         def body(i: int, slot: int) -> None:
             torch.sum(torch.sub(chunks[i], x[0]).abs_(), 0, out=spread[i])
 
-        with _single_threaded(x.device) as threads:
-            _run_chunks(range(len(chunks)), body, threads)
+        with single_threaded(x.device) as threads:
+            run_chunks(range(len(chunks)), body, threads)
             constant = torch.nonzero(spread.sum(0) == 0).flatten().tolist()
         if constant and len(x) > 1:
             warnings.warn(
@@ -618,7 +620,7 @@ class GaussianMixtureModel(LatentVariableModel):
         chunks = self._chunks(x, chunk_size)
         works: dict[int, _Workspace] = {}
         parts: list[torch.Tensor | None] = [None] * len(chunks)
-        with _single_threaded(x.device) as threads:
+        with single_threaded(x.device) as threads:
             coef = self._coefficients(shift)
 
             def body(i: int, slot: int) -> None:
@@ -628,7 +630,7 @@ class GaussianMixtureModel(LatentVariableModel):
                 _, lj, row = self._log_joint_chunk(chunks[i], coef, work)
                 parts[i] = reduce(lj if row is None else lj.add_(row))  # lj is (K, n)
 
-            _run_chunks(range(len(chunks)), body, threads)
+            run_chunks(range(len(chunks)), body, threads)
             return torch.cat(parts)
 
     def log_joint(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
@@ -692,7 +694,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> stats.nk.tolist()
             [2.0, 2.0]
         """
-        with _single_threaded(x.device) as threads:
+        with single_threaded(x.device) as threads:
             return self._expected_statistics(x, self._shift(x, shift), chunk_size, threads)
 
     def _expected_statistics(self, x, shift, chunk_size, threads):
@@ -739,7 +741,7 @@ class GaussianMixtureModel(LatentVariableModel):
 
         for first in range(0, len(chunks), group):
             m = min(group, len(chunks) - first)
-            _run_chunks(range(first, first + m), body, threads)
+            run_chunks(range(first, first + m), body, threads)
             S += parts[:m].sum(0)
             total += totals[:m].sum()
             if tied:
@@ -804,7 +806,7 @@ class GaussianMixtureModel(LatentVariableModel):
         (S_k + df s^2) / (n_k + df - 2) per variance (Gamma) (an ECM step: each part maximizes
         the objective given the others, so it never decreases).
         """
-        with _single_threaded(self.loc.device):
+        with single_threaded(self.loc.device):
             self._m_step_from_statistics(stats)
 
     def _m_step_from_statistics(self, stats: GMMStatistics) -> None:
@@ -1108,126 +1110,6 @@ def _log_sum_exp_columns_(lj: torch.Tensor) -> torch.Tensor:
 
 #: at most this many chunks' partial statistics are held before they are summed (in order)
 _GROUP = 64
-_POOL: tuple[ThreadPoolExecutor, int, int] | None = None
-_LOCK = threading.Lock()
-_BUSY = threading.local()
-
-
-class _Threading:
-    """torch's OpenMP runtime (the libgomp in torch/lib) and MKL's per-thread setting, to
-    make one thread's operations single-threaded and restore them exactly (torch.set_num_threads
-    would also switch off MKL's dynamic threading for good); None where they are not found."""
-
-    def __init__(self) -> None:
-        self.omp = self.mkl_local = None
-        lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
-        try:
-            gomp = ctypes.CDLL(os.path.join(lib_dir, "libgomp.so.1"))
-            gomp.omp_set_num_threads.argtypes = [ctypes.c_int]
-            gomp.omp_get_max_threads.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            return
-        self.omp = gomp
-        if torch.backends.mkl.is_available():
-            try:
-                mkl = ctypes.CDLL(os.path.join(lib_dir, "libtorch_cpu.so")).MKL_Set_Num_Threads_Local
-                mkl.argtypes, mkl.restype = [ctypes.c_int], ctypes.c_int
-                self.mkl_local = mkl
-            except (OSError, AttributeError):
-                self.omp = None  # MKL's own setting would keep its threads: leave threading alone
-                return
-        # the library found must be the one torch runs on
-        saved = self.single()
-        if torch.get_num_threads() != 1:
-            self.omp = self.mkl_local = None
-        else:
-            self.restore(saved)
-
-    def single(self) -> tuple[int, int | None]:
-        """Make this thread's operations single-threaded; returns what restore() needs."""
-        torch.get_num_threads()  # torch's per-thread initialization first: it would reset this
-        saved = self.omp.omp_get_max_threads()
-        self.omp.omp_set_num_threads(1)
-        return saved, self.mkl_local(1) if self.mkl_local is not None else None
-
-    def restore(self, saved: tuple[int, int | None]) -> None:
-        self.omp.omp_set_num_threads(saved[0])
-        if self.mkl_local is not None:
-            self.mkl_local(saved[1])
-
-
-_THREADING: _Threading | None = None
-
-
-def _threading() -> _Threading:
-    global _THREADING
-    if _THREADING is None:
-        _THREADING = _Threading()
-    return _THREADING
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The pool threads (a new pool after a fork: the parent's threads are not in the child)."""
-    global _POOL
-    with _LOCK:
-        if _POOL is None or _POOL[1] < workers or _POOL[2] != os.getpid():
-            _POOL = (ThreadPoolExecutor(workers, thread_name_prefix="lvm_pyro_chunks"), workers, os.getpid())
-        return _POOL[0]
-
-
-@contextmanager
-def _single_threaded(device: torch.device):
-    """Run this thread's torch operations single-threaded inside the block (restored after);
-    yields how many threads the chunks may use (torch's setting; 1 where this is not possible).
-
-    The operations here are per chunk or on K x D parameters: too small for torch's intra-op
-    threads, whose fork-join per operation costs more than the operation (much more when a
-    core is busy with other work); :func:`_run_chunks` spreads whole chunks over threads
-    instead."""
-    rt = _threading() if device.type == "cpu" else None
-    if rt is None or rt.omp is None or getattr(_BUSY, "active", False):
-        yield 1
-        return
-    threads = torch.get_num_threads()
-    saved = rt.single()
-    _BUSY.active = True
-    try:
-        yield threads
-    finally:
-        _BUSY.active = False
-        rt.restore(saved)
-
-
-def _run_chunks(indices: range, body: Callable[[int, int], None], threads: int) -> None:
-    """Call body(i, slot) for every chunk index i, on up to ``threads`` threads (this one and
-    pool threads whose operations are single-threaded; slot in range(threads) names the
-    thread, for its buffers). The chunks are handed out in turn, so a free core takes over
-    the work of a busy one; the result must not depend on which thread ran a chunk."""
-    threads = min(threads, len(indices))
-    if threads <= 1:
-        for i in indices:
-            body(i, 0)
-        return
-    todo, lock = iter(indices), threading.Lock()
-
-    def work(slot: int) -> None:
-        if slot and not getattr(_BUSY, "single", False):
-            _threading().single()  # a pool thread of ours: single-threaded for good
-            _BUSY.single = True
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            body(i, slot)
-
-    futures = [_pool(threads - 1).submit(work, slot) for slot in range(1, threads)]
-    try:
-        work(0)
-    finally:
-        wait(futures)
-    for f in futures:
-        f.result()
 
 
 def _generator(generator: torch.Generator | None) -> torch.Generator:
