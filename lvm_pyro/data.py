@@ -241,6 +241,23 @@ def validate_condition(cond, n_rows: int, *, name: str = "condition", device=Non
     return c
 
 
+def validate_with_conditions(data, validate_x=None, *, name: str = "data") -> tuple[torch.Tensor, ...]:
+    """``data`` is x or a tuple (x, condition, ...): x checked by ``validate_x(x, name=name)``
+    (default :func:`validate_data`), each condition by :func:`validate_condition` against x's
+    rows. Returns (x, condition, ...) as tensors.
+
+    Example:
+        >>> [t.shape for t in validate_with_conditions((torch.zeros(3, 2), [0, 1, 1]))]
+        [torch.Size([3, 2]), torch.Size([3])]
+    """
+    parts = data if isinstance(data, tuple) else (data,)
+    if not parts:
+        raise DataError(f"{name} is an empty tuple: pass x, or a tuple (x, condition, ...)")
+    x = (validate_x or validate_data)(parts[0], name=name)
+    n = x.shape[0]
+    return (x, *(validate_condition(c, n, name=f"{name} condition {i + 1}") for i, c in enumerate(parts[1:])))
+
+
 # ------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
-from lvm_pyro.data import validate_condition
+from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.infer.em import EMResult
 from lvm_pyro.infer.mcmc import MCMCResult
@@ -329,11 +329,7 @@ def _prepare_args(validate: Callable, data, like: torch.Tensor | None) -> tuple[
             "pass the data the model was fitted on: to_inference_data(result, data) (the "
             "observed_data and log_likelihood groups are computed from it)"
         )
-    parts = data if isinstance(data, tuple) else (data,)
-    x = validate(parts[0], name="data")
-    conds = tuple(
-        validate_condition(c, x.shape[0], name=f"data condition {i + 1}") for i, c in enumerate(parts[1:])
-    )
+    x, *conds = validate_with_conditions(data, validate)
     if like is not None:
         x = x.to(device=like.device, dtype=like.dtype if like.is_floating_point() else x.dtype)
         conds = tuple(c.to(like.device) for c in conds)

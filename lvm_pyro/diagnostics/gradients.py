@@ -25,7 +25,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from lvm_pyro.data import validate_condition
+from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer.objectives import SCORE_BASELINES, Objective, make_objective
 from lvm_pyro.infer.svi import FitResult
@@ -86,11 +86,7 @@ def _program(model, guide) -> Program:
 
 
 def _args(program: Program, data) -> tuple[torch.Tensor, ...]:
-    parts = data if isinstance(data, tuple) else (data,)
-    x = program.validate(parts[0], name="data")
-    conds = tuple(
-        validate_condition(c, x.shape[0], name=f"data condition {i + 1}") for i, c in enumerate(parts[1:])
-    )
+    x, *conds = validate_with_conditions(data, program.validate)
     ref = next(iter(program.module.parameters()), None) if program.module is not None else None
     if ref is not None:
         x = x.to(device=ref.device, dtype=ref.dtype)

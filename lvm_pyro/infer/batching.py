@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from lvm_pyro.data import validate_condition
+from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import Program
 
@@ -125,12 +125,7 @@ def make_batches(
         first = first if isinstance(first, (tuple, list)) else (first,)
         program.validate(first[0], name=f"first batch of {name}")
         return LoaderBatches(data, device)
-    parts = data if isinstance(data, tuple) else (data,)
-    x = program.validate(parts[0], name=name).to(device)
-    conds = tuple(
-        validate_condition(c, x.shape[0], name=f"{name} condition {i + 1}").to(device)
-        for i, c in enumerate(parts[1:])
-    )
+    x, *conds = (t.to(device) for t in validate_with_conditions(data, program.validate, name=name))
     n = x.shape[0]
     if batch_size is None:
         batch_size = min(n, max_batch_size)

@@ -52,7 +52,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from lvm_pyro.data import resolve_device, validate_condition
+from lvm_pyro.data import resolve_device, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
 from lvm_pyro.infer.distributed import DistributedContext, distributed_context
 from lvm_pyro.infer.params import claim_module_params
@@ -561,15 +561,9 @@ def _resolve_init(init, source, n_init: int):
 def _validate(program: Program, data, dev: torch.device) -> tuple[torch.Tensor, ...]:
     """x (validated against the model) and its per-row conditions, on ``dev``; floating
     conditions take x's dtype."""
-    parts = data if isinstance(data, tuple) else (data,)
-    if not parts:
-        raise DataError("data is an empty tuple: pass x, or a tuple (x, condition, ...)")
-    x = program.validate(parts[0]).to(dev)
-    conds = []
-    for i, c in enumerate(parts[1:]):
-        c = validate_condition(c, x.shape[0], name=f"data condition {i + 1}").to(dev)
-        conds.append(c.to(x.dtype) if c.is_floating_point() else c)
-    return (x, *conds)
+    x, *conds = validate_with_conditions(data, program.validate)
+    x = x.to(dev)
+    return (x, *(c.to(dev, x.dtype) if c.is_floating_point() else c.to(dev) for c in conds))
 
 
 def em(

@@ -29,7 +29,7 @@ from pyro.infer.autoguide.initialization import (
 )
 from pyro.poutine.util import site_is_subsample
 
-from lvm_pyro.data import validate_condition, validate_data
+from lvm_pyro.data import validate_data, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel
 
@@ -182,10 +182,7 @@ def mcmc(
         )
     if max_plate_nesting is None:
         max_plate_nesting = getattr(model, "max_plate_nesting", None)
-    parts = data if isinstance(data, tuple) else (data,)
-    x = _validate(model, parts[0], "data")
-    args = (x, *(validate_condition(c, x.shape[0], name=f"data condition {i + 1}")
-                 for i, c in enumerate(parts[1:])))
+    args = validate_with_conditions(data, lambda value, name: _validate(model, value, name))
     module = model if isinstance(model, torch.nn.Module) else None
     if module is not None:
         first = next(iter(module.parameters()), None)
