@@ -120,3 +120,14 @@ def distributed_context(device: torch.device) -> DistributedContext:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def join_group(device: torch.device, distributed: bool) -> tuple[DistributedContext | None, torch.device]:
+    """The process group (None unless ``distributed``) and this process's device: under
+    torchrun on CUDA, the GPU of its local rank."""
+    if not distributed:
+        return None, device
+    group = distributed_context(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return group, device

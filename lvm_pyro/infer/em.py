@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
-from lvm_pyro.infer.distributed import DistributedContext, distributed_context
+from lvm_pyro.infer.distributed import DistributedContext, join_group
 from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
@@ -636,9 +636,7 @@ def em(
     program = as_program(model, guide)
     source = program.source
     dev = resolve_device(device)
-    group = distributed_context(dev) if distributed else None
-    if group is not None and dev.type == "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
+    group, dev = join_group(dev, distributed)
     batch = _validate(program, data, dev)
     x = batch[0]
     n_components = getattr(source, "n_components", None)

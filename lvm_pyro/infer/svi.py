@@ -33,7 +33,7 @@ from lvm_pyro.infer.checkpoint import (
     set_rng_state,
 )
 from lvm_pyro.infer.compiled import COMPILABLE, CompiledLoss
-from lvm_pyro.infer.distributed import distributed_context
+from lvm_pyro.infer.distributed import join_group
 from lvm_pyro.infer.evaluate import dataset_loss
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.infer.params import claim_module_params
@@ -313,9 +313,7 @@ def fit(
     started = time.perf_counter()
     program = as_program(model, guide)
     dev = resolve_device(device)
-    group = distributed_context(dev) if distributed else None
-    if group is not None and dev.type == "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
+    group, dev = join_group(dev, distributed)
     if epochs is not None and steps is not None:
         raise ConfigurationError("pass epochs or steps, not both")
     for value, label in ((epochs, "epochs"), (steps, "steps"), (checkpoint_every, "checkpoint_every")):
