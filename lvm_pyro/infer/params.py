@@ -97,9 +97,8 @@ def _held_by_another(root: PyroModule) -> bool:
 def _unshare(root: PyroModule) -> None:
     """Give the module its own copy of any tensor another live trained module holds (a guide
     set up outside ``fit`` reads the other's tensors from the store)."""
-    others = {id(o) for o in (ref() for ref in _OWNERS.values()) if o is not None and o is not root}
-    held = {id(p) for ref in _OWNERS.values() if (o := ref()) is not None and id(o) in others
-            for p in o.parameters()}
+    others = {id(o): o for o in (ref() for ref in _OWNERS.values()) if o is not None and o is not root}
+    held = {id(p) for o in others.values() for p in o.parameters()}
     for sub in root.modules():
         for name, p in list(sub._parameters.items()):
             if p is not None and id(p) in held:

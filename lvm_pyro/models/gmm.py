@@ -196,6 +196,18 @@ class _Workspace:
         return self._vectors[1, :n]
 
 
+class _Workspaces(dict):
+    """One :class:`_Workspace` per thread slot of :func:`run_chunks`, made on first use."""
+
+    def __init__(self, x: torch.Tensor, rows: int, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self._args = (x, rows, shape)
+
+    def __missing__(self, slot: int) -> _Workspace:
+        work = self[slot] = _Workspace(*self._args)
+        return work
+
+
 class GaussianMixtureModel(LatentVariableModel):
     """A mixture of K Gaussians in D dimensions: z ~ Categorical(w), x | z ~ N(mu_z, Sigma_z).
 
@@ -618,16 +630,13 @@ class GaussianMixtureModel(LatentVariableModel):
         overwrite its argument but must not return a view of it."""
         shift = x.mean(0).to(self.loc.dtype)
         chunks = self._chunks(x, chunk_size)
-        works: dict[int, _Workspace] = {}
         parts: list[torch.Tensor | None] = [None] * len(chunks)
         with single_threaded(x.device) as threads:
             coef = self._coefficients(shift)
+            works = _Workspaces(x, len(chunks[0]), coef.A.shape)
 
             def body(i: int, slot: int) -> None:
-                work = works.get(slot)
-                if work is None:
-                    work = works[slot] = _Workspace(x, len(chunks[0]), coef.A.shape)
-                _, lj, row = self._log_joint_chunk(chunks[i], coef, work)
+                _, lj, row = self._log_joint_chunk(chunks[i], coef, works[slot])
                 parts[i] = reduce(lj if row is None else lj.add_(row))  # lj is (K, n)
 
             run_chunks(range(len(chunks)), body, threads)
@@ -712,15 +721,13 @@ class GaussianMixtureModel(LatentVariableModel):
         sxx_parts = x.new_empty(group, D, D) if tied else None
         S, total = x.new_zeros(K, F1), x.new_zeros((), dtype=torch.float64)
         sxx = x.new_zeros(D, D) if tied else None
-        works: dict[int, _Workspace] = {}
+        works = _Workspaces(x, rows, (K, F1))
         # normalize the responsibilities through phi (n x (F + 1) products) when it is
         # narrower than the (K, n) block: its last column becomes 1 / norm, giving sum_n r_nk
         scale_phi = F1 < K
 
         def body(i: int, slot: int) -> None:
-            work = works.get(slot)
-            if work is None:
-                work = works[slot] = _Workspace(x, rows, (K, F1))
+            work = works[slot]
             chunk, j = chunks[i], i % group
             phi, lj, row = self._log_joint_chunk(chunk, coef, work)  # lj: (K, n)
             top = work.top(len(chunk))
