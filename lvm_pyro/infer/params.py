@@ -24,6 +24,7 @@ from them, as in plain Pyro.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import weakref
 
@@ -125,8 +126,12 @@ def claim_module_params(module: torch.nn.Module | None) -> None:
     ids = {id(p) for p in module.parameters()}
     for root in _roots(module):
         if _held_by_another(root):
-            _unshare(root)
-            _rename(root, _fresh_prefix(root))
+            # a module that is garbage but not yet collected (a reference cycle) still looks
+            # alive: collect before deciding that its names are taken
+            gc.collect()
+            if _held_by_another(root):
+                _unshare(root)
+                _rename(root, _fresh_prefix(root))
         for name in _pyro_names(root):
             if name in store and id(store._params[name]) not in ids and _owner(name) in (None, root):
                 del store[name]  # left by a discarded instance: this module's values win
