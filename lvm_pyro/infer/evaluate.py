@@ -15,22 +15,17 @@ import math
 from dataclasses import dataclass, field
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
 from torch.utils.data import DataLoader
 
 from lvm_pyro.data import resolve_device
-from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
+from lvm_pyro.infer.logdensity import local_log_weights, logmeanexp_chunks, plate_nesting
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.vae import VAE
-
-PARTICLE_PLATE = "num_particles_vectorized"
 
 
 @torch.no_grad()
@@ -206,18 +201,13 @@ def log_likelihood(
         for batch in batches.epoch():
             batch = _cast(batch, module)
             if nesting is None:
-                nesting = _plate_nesting(program, batch)
-            total = total_sq = None
-            done = 0
-            while done < num_samples:
-                s = min(chunk, num_samples - done)
-                log_w = _log_weights(program, batch, s, nesting, data_plate)
-                part, part_sq = log_w.logsumexp(0), (2 * log_w).logsumexp(0)
-                total = part if total is None else torch.logaddexp(total, part)
-                total_sq = part_sq if total_sq is None else torch.logaddexp(total_sq, part_sq)
-                done += s
-            per_example.append((total - math.log(num_samples)).cpu())
-            ess.append((2 * total - total_sq).exp().cpu())
+                nesting = plate_nesting(program, batch)
+            def weights(s: int, batch=batch, nesting=nesting) -> torch.Tensor:
+                return _log_weights(program, batch, s, nesting, data_plate)
+
+            value, batch_ess = logmeanexp_chunks(weights, num_samples, chunk)
+            per_example.append(value.cpu())
+            ess.append(batch_ess.cpu())
     finally:
         if module is not None:
             module.train(was_training)
@@ -227,130 +217,10 @@ def log_likelihood(
     return LogLikelihood(values, float(values.double().mean()), stderr, num_samples, torch.cat(ess))
 
 
-def _plate_nesting(program: Program, batch: tuple) -> int:
-    """The model's max_plate_nesting, or the deepest plate seen in one run of guide and model."""
-    if program.max_plate_nesting is not None:
-        return program.max_plate_nesting
-    guide_trace = poutine.trace(program.guide).get_trace(*batch)
-    model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*batch)
-    dims = [
-        -frame.dim
-        for trace in (guide_trace, model_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=1)
-
-
 def _log_weights(program: Program, batch: tuple, num: int, nesting: int, plate: str) -> torch.Tensor:
-    """log p(x, z_j) - log q(z_j | x) of shape (num, batch size), enumerated sites summed out and
-    point-estimated global sites held at their values (outside the particle plate)."""
-    rank = nesting + 1
-    particles = pyro.plate(PARTICLE_PLATE, num, dim=-rank)
-    held = _PointGlobals(plate)
-    guide_trace = poutine.trace(particles(held(program.guide))).get_trace(*batch)
-    fixed = _PointGlobals(plate, values=held.values)
-    model = poutine.enum(poutine.replay(particles(fixed(program.model)), trace=guide_trace),
-                         first_available_dim=-rank - 1)
-    model_trace = poutine.trace(model).get_trace(*batch)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    log_p = 0.0
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            log_p = log_p + _per_point(site, rank, plate)
-    log_p = torch.as_tensor(log_p)
-    if log_p.dim() > 2:
-        log_p = log_p.reshape((-1,) + log_p.shape[-2:]).logsumexp(0)
-    log_q = 0.0
-    for site in guide_trace.nodes.values():
-        if site["type"] != "sample":
-            continue
-        if site["infer"].get("enumerate"):
-            raise ModelContractError(
-                f"log_likelihood samples the guide, but guide site {site['name']!r} is marked for "
-                "enumeration: enumerate discrete sites in the model instead"
-            )
-        log_q = log_q + _per_point(site, rank, plate)
-    log_w = log_p - log_q
-    return log_w.expand(num, log_w.shape[-1])
-
-
-class _PointGlobals(Messenger):
-    """Keeps point-estimated global sites out of the particle plate.
-
-    Recording (``values`` None, around the guide): every latent sample site outside ``plate``
-    whose distribution is a point mass (Delta) is sampled once, unbatched, and its value kept
-    in ``values``. Fixing (around the model): the sites named in ``values`` take those values.
-    Either way the site stops here, so the particle plate, enumeration and the trace outside
-    never see it: the log-weights are those of p(x_i, z_i | theta_hat) / q(z_i | x_i).
-    Broadcasting a point mass over particles would add nothing but a particle dim on global
-    tensors, which a model indexing them by an enumerated site (``loc[z]``) cannot take.
-    """
-
-    def __init__(self, plate: str, values: dict[str, torch.Tensor] | None = None) -> None:
-        super().__init__()
-        self.plate = plate
-        self.recording = values is None
-        self.values: dict[str, torch.Tensor] = {} if values is None else values
-        self._held: set[str] = set()
-
-    def _pyro_sample(self, msg: dict) -> None:
-        if self.recording:
-            if msg["is_observed"] or not _is_point_mass(msg["fn"]):
-                return
-            if any(f.name == self.plate for f in msg["cond_indep_stack"]):
-                return
-            self._held.add(msg["name"])
-        elif msg["name"] in self.values:
-            msg["value"] = self.values[msg["name"]]
-            msg["is_observed"] = True
-        else:
-            return
-        msg["stop"] = True
-
-    def _pyro_post_sample(self, msg: dict) -> None:
-        if msg["name"] in self._held:
-            self.values[msg["name"]] = msg["value"]
-
-
-def _is_point_mass(fn) -> bool:
-    """A Delta, possibly wrapped (Independent, masked, expanded, transformed)."""
-    while not isinstance(fn, dist.Delta):
-        fn = getattr(fn, "base_dist", None)
-        if fn is None:
-            return False
-    return True
-
-
-def _per_point(site: dict, rank: int, plate: str) -> torch.Tensor:
-    """A site's log-density summed over every dim but enumeration, particle and data plate dims."""
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE]
-    frame = next((f for f in frames if f.name == plate), None)
-    if frame is None:
-        raise ModelContractError(
-            f"log_likelihood estimates log p(x_i) for each data point, but sample site "
-            f"{site['name']!r} is outside the {plate!r} plate: put every sample site inside "
-            f"pyro.plate({plate!r}, len(x)); a global latent variable has no per-point estimate "
-            "unless the guide point-estimates it (a Delta guide such as AutoDelta, which "
-            "log_likelihood conditions on)"
-        )
-    if site["infer"].get("enumerate") and len(frames) > 1:
-        raise ModelContractError(
-            f"enumerated site {site['name']!r} is inside plates {[f.name for f in frames]}; "
-            f"log_likelihood sums out enumerated sites that are inside the {plate!r} plate only"
-        )
-    term = site["unscaled_log_prob"]
-    if term.dim() < rank:
-        term = term.reshape((1,) * (rank - term.dim()) + term.shape)
-    lead = term.shape[: term.dim() - rank]
-    others = [term.dim() + d for d in range(-rank + 1, 0) if d != frame.dim]
-    if others:
-        term = term.sum(others, keepdim=True)
-    return term.reshape(lead + (term.shape[-rank], term.shape[frame.dim]))
+    """log p(x_i, z_ij | theta) - log q(z_ij | x_i) of shape (num, batch size): the one definition
+    in ``lvm_pyro.infer.logdensity`` (enumerated sites summed out, point-estimated globals held)."""
+    return local_log_weights(program, batch, num, plate=plate, nesting=nesting)
 
 
 @dataclass(frozen=True)
