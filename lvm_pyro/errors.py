@@ -38,3 +38,8 @@ class CheckpointError(LVMError, OSError):
 
 class NotFittedError(LVMError, ValueError, AttributeError):
     """A method that needs a fitted model was called before ``fit``."""
+
+
+class DiagnosticWarning(UserWarning):
+    """A diagnostic was computed, but it cannot mean what its name suggests here (say, LOO from one
+    point estimate); the message says why and what to use instead."""

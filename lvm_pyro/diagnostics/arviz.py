@@ -26,12 +26,11 @@ import pyro
 import torch
 from matplotlib.figure import Figure
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import MCMC
-from pyro.poutine.util import site_is_subsample
+from pyro.infer import MCMC, config_enumerate, infer_discrete
 
 from lvm_pyro.data import validate_with_conditions
-from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.errors import ConfigurationError, DataError, DiagnosticWarning, LVMError, ModelContractError
+from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.em import EMResult
 from lvm_pyro.infer.mcmc import MCMCResult
 from lvm_pyro.infer.svi import FitResult
@@ -118,23 +117,9 @@ class _Structure:
     plate: str = DATA_PLATE
 
 
-def _is_latent(site: dict) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)
-        and not site["infer"].get("enumerate")
-        and not site["infer"].get("is_auxiliary")
-    )
-
-
-def _data_frame(site: dict, plate: str):
-    return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
-
-
 def _structure(trace: poutine.Trace, max_plate_nesting: int | None, plate: str) -> _Structure:
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-    latent = [s["name"] for s in sites if _is_latent(s)]
+    sites = logdensity.sample_sites(trace)
+    latent = [s["name"] for s in sites if logdensity.is_latent(s)]
     observed = [s["name"] for s in sites if s["is_observed"]]
     enumerated = [s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate")]
     if not latent and not enumerated:
@@ -145,7 +130,7 @@ def _structure(trace: poutine.Trace, max_plate_nesting: int | None, plate: str) 
     if not observed:
         raise ModelContractError("the model observes nothing: pass the data to a sample site with obs=x")
     for name in observed + enumerated:
-        if _data_frame(trace.nodes[name], plate) is None:
+        if logdensity.data_frame(trace.nodes[name], plate) is None:
             what = "observed" if name in observed else "enumerated"
             raise ModelContractError(
                 f"{what} site {name!r} is outside the {plate!r} plate, so it has no value per "
@@ -161,7 +146,7 @@ def _structure(trace: poutine.Trace, max_plate_nesting: int | None, plate: str) 
     }
     return _Structure(
         latent=latent,
-        local={n for n in latent if _data_frame(trace.nodes[n], plate) is not None},
+        local={n for n in latent if logdensity.data_frame(trace.nodes[n], plate) is not None},
         observed=observed,
         enumerated=enumerated,
         max_plate_nesting=mpn,
@@ -170,116 +155,32 @@ def _structure(trace: poutine.Trace, max_plate_nesting: int | None, plate: str) 
     )
 
 
-def _log_prob(site: dict) -> torch.Tensor:
-    """log p of a site's value, unscaled, masked as the model masks it."""
-    lp = site["fn"].log_prob(site["value"])
-    return scale_and_mask(lp, 1.0, site["mask"])
-
-
-def _to_data_dim(term: torch.Tensor, frame, mpn: int, n: int) -> torch.Tensor:
-    """Reduce a log-density over plate dims to shape (n,): keep the data plate's dim, sum the rest."""
-    term = term.reshape((1,) * (mpn - term.dim()) + term.shape)
-    axis = mpn + frame.dim
-    others = [d for d in range(mpn) if d != axis]
-    if others:
-        term = term.sum(others, keepdim=True)
-    return term.reshape(-1).expand(n) if term.numel() == 1 else term.reshape(n)
-
-
-def _marginal(terms: list[torch.Tensor], mpn: int) -> torch.Tensor:
-    """log sum over the enumerated dims (left of the plates) of the summed log-densities."""
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    n_enum = total.dim() - mpn
-    return torch.logsumexp(total, dim=tuple(range(n_enum))) if n_enum > 0 else total
-
-
-def _pointwise_log_lik(trace: poutine.Trace, st: _Structure, n: int) -> dict[str, torch.Tensor]:
-    """log p(obs_i | draw) per observed site, with enumerated sites summed out: shape (n,)."""
-    enum_terms = [_log_prob(trace.nodes[e]) for e in st.enumerated]
-    out = {}
-    for name in st.observed:
-        site = trace.nodes[name]
-        total = _marginal([_log_prob(site), *enum_terms], st.max_plate_nesting)
-        out[name] = _to_data_dim(total, _data_frame(site, st.plate), st.max_plate_nesting, n)
-    return out
-
-
-def _log_density(
-    trace: poutine.Trace, mpn: int, n: int, like: torch.Tensor, plate: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the sites outside the data plate, per-point sum of the sites inside it (n,)).
-
-    Enumerated sites inside the data plate are summed out per point: logsumexp over their dims.
-    """
-    global_part = like.new_zeros(())
-    local_terms = []
-    frame = None
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = _log_prob(site)
-        f = _data_frame(site, plate)
-        if f is None:
-            global_part = global_part + lp.sum()
-        else:
-            frame = f
-            local_terms.append(lp)
-    if not local_terms:
-        return global_part, like.new_zeros(n)
-    return global_part, _to_data_dim(_marginal(local_terms, mpn), frame, mpn, n)
-
-
-def _sample_enumerated(trace: poutine.Trace, st: _Structure, n: int) -> dict[str, torch.Tensor]:
-    """Draw the enumerated sites from p(z_i | x_i, draw) per data point, exactly.
-
-    The local log-densities summed over the enumeration grid give the joint posterior of the
-    enumerated sites of each point up to a constant; a joint index is drawn per point and
-    each site takes its enumerated value at its own coordinate of that index.
-    """
-    mpn = st.max_plate_nesting
-    terms, frame = [], None
-    for site in trace.nodes.values():
-        f = _data_frame(site, st.plate) if site["type"] == "sample" and not site_is_subsample(site) else None
-        if f is not None:
-            frame = f
-            terms.append(_log_prob(site))
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    n_enum = total.dim() - mpn
-    axis = n_enum + mpn + frame.dim
-    others = [d for d in range(n_enum, total.dim()) if d != axis]
-    if others:
-        total = total.sum(others, keepdim=True)
-    grid = total.shape[:n_enum]
-    logits = total.reshape(math.prod(grid), -1).expand(-1, n).T
-    flat = torch.distributions.Categorical(logits=logits).sample()
-    out = {}
-    for name in st.enumerated:
-        site = trace.nodes[name]
-        pos = n_enum + mpn + site["infer"]["_enumerate_dim"]
-        index = (flat // math.prod(grid[pos + 1:])) % grid[pos]
-        event_shape = site["fn"].event_shape
-        support = site["value"].reshape((grid[pos],) + tuple(event_shape))
-        out[name] = support[index]
-    return out
+def _no_guide(*args, **kwargs) -> None:
+    """The guide of a source whose draws are stored samples (NUTS): they are replayed instead."""
 
 
 class _Replayer:
-    """Runs the model against each draw: structure, latents, log-likelihood, predictive."""
+    """Runs the model against each draw: structure, latents, log-likelihood, predictive.
 
-    def __init__(self, source: _Source) -> None:
+    The log-likelihood goes through ``lvm_pyro.infer.logdensity``: for each draw of the global
+    sites, log p(x_i | theta) per data point, with enumerated sites summed out and the guide's
+    local latent sites integrated out by importance sampling (``local_samples`` particles).
+    """
+
+    def __init__(self, source: _Source, local_samples: int = 1) -> None:
         self.source = source
         self.n = int(source.args[0].shape[0])
         self.st: _Structure | None = None
+        self.local_samples = local_samples
+        self.program = Program(model=source.model, guide=source.guide or _no_guide, module=source.module,
+                               max_plate_nesting=source.max_plate_nesting)
+        self._cache: tuple[dict, dict] | None = None
 
     def _run(self, fn, *args):
         try:
-            return poutine.trace(fn).get_trace(*args)
+            return fn(*args)
         except (RuntimeError, ValueError, IndexError) as exc:
-            if isinstance(exc, (ModelContractError, ConfigurationError)):
+            if isinstance(exc, LVMError):
                 raise
             shapes = [tuple(a.shape) for a in self.source.args]
             raise DataError(
@@ -290,25 +191,63 @@ class _Replayer:
     def latent(self, chain: int, draw: int) -> poutine.Trace:
         """One draw of the latent values: a guide trace, or a stored sample as a trace."""
         if self.source.guide is not None:
-            return self._run(self.source.guide, *self.source.args)
+            return self._run(lambda *a: poutine.trace(self.source.guide).get_trace(*a), *self.source.args)
         return self.source.latent_trace(chain, draw)
 
-    def model_trace(self, latent: poutine.Trace) -> poutine.Trace:
-        """The model replayed against the draw, enumerated sites enumerated (in parallel)."""
+    def traces(self, latent: poutine.Trace, particles: int | None = None,
+                fixed: dict | None = None) -> logdensity.WeightedTraces:
         src = self.source
         if self.st is None:
-            first = self._run(poutine.replay(src.model, trace=latent), *src.args)
+            first = self._run(lambda *a: poutine.trace(
+                poutine.replay(config_enumerate(src.model), trace=latent)).get_trace(*a), *src.args)
             self.st = _structure(first, src.max_plate_nesting, src.data_plate)
-        fn = src.model
-        if self.st.enumerated:
-            fn = poutine.enum(fn, first_available_dim=-1 - self.st.max_plate_nesting)
-        # replay outside enum, as TraceEnum_ELBO does, so enumeration sees every site's dims
-        return self._run(poutine.replay(fn, trace=latent), *src.args)
+        stored = src.guide is None
+        return self._run(lambda *a: logdensity.trace_pair(
+            self.program, a, plate=src.data_plate, nesting=self.st.max_plate_nesting, particles=particles,
+            fixed=fixed, guide_trace=latent if particles is None else None, check=not stored), *src.args)
+
+    def model_trace(self, latent: poutine.Trace) -> poutine.Trace:
+        """The model replayed against the draw, discrete sites enumerated (in parallel)."""
+        return self.traces(latent).model
+
+    def log_likelihood(self, latent: poutine.Trace) -> dict[str, torch.Tensor]:
+        """log p(x_i^site | theta of this draw) per observed site, shape (n,) each."""
+        traces = self.traces(latent)
+        st = self.st
+        if self.source.guide is None:  # stored draws: condition on their local latents
+            w = logdensity.point_log_weights(traces, by_site=True, observed_only=True)
+            return w.by_site
+        fixed = logdensity.global_values(latent, st.plate)
+        if not logdensity.has_local_latents(traces):
+            return logdensity.point_log_weights(traces, by_site=True).by_site
+        if not fixed and self._cache is not None:  # every draw shares theta: one estimate serves all
+            return self._cache[1]
+        names = st.observed
+
+        def weights(k: int) -> torch.Tensor:
+            return self._run(lambda *a: logdensity.local_log_weights(
+                self.program, a, k, plate=st.plate, nesting=st.max_plate_nesting, fixed=fixed,
+                by_site=True), *self.source.args)
+
+        chunk = max(1, 2**16 // max(self.n, 1))
+        value, _ = logdensity.logmeanexp_chunks(weights, self.local_samples, chunk)
+        out = {name: value[:, 1 + i] for i, name in enumerate(names)}
+        if not fixed:
+            self._cache = ({}, out)
+        return out
+
+    def enumerated_draw(self, latent: poutine.Trace) -> dict[str, torch.Tensor]:
+        """The enumerated sites drawn from their exact posterior p(d_i | x_i, draw) (infer_discrete)."""
+        src = self.source
+        fn = infer_discrete(poutine.replay(config_enumerate(src.model), trace=latent),
+                            first_available_dim=-1 - self.st.max_plate_nesting, temperature=1)
+        tr = self._run(lambda *a: poutine.trace(fn).get_trace(*a), *src.args)
+        return {name: tr.nodes[name]["value"] for name in self.st.enumerated}
 
     def predictive(self, latent: poutine.Trace) -> poutine.Trace:
         """The model with its observations removed, replayed against the draw: x_rep ~ p(x | draw)."""
-        return self._run(poutine.uncondition(poutine.replay(self.source.model, trace=latent)),
-                         *self.source.args)
+        fn = poutine.uncondition(poutine.replay(self.source.model, trace=latent))
+        return self._run(lambda *a: poutine.trace(fn).get_trace(*a), *self.source.args)
 
 
 # ------------------------------------------------------------------------------------------
@@ -435,7 +374,7 @@ def _source(result, data, num_samples: int) -> _Source:
 
 
 def _value_dims(name: str, site: dict, value_shape: tuple[int, ...], sizes: dict[str, int | None],
-                declared: Mapping[str, Sequence[str]], data_plate: str) -> list[str]:
+                declared: Mapping[str, Sequence[str]], data_plate: str, data_dim: str = "obs") -> list[str]:
     """Dim names of one site's value: declared by the model, else plates, else known sizes."""
     if name in declared:
         return list(declared[name])
@@ -445,7 +384,7 @@ def _value_dims(name: str, site: dict, value_shape: tuple[int, ...], sizes: dict
     for i, size in enumerate(value_shape):
         if i < n_batch:
             plate = frames.get(i - n_batch)
-            dims.append(f"{name}_dim_{i}" if plate is None else "obs" if plate == data_plate else plate)
+            dims.append(f"{name}_dim_{i}" if plate is None else data_dim if plate == data_plate else plate)
             continue
         matches = [k for k, s in sizes.items() if s == size]
         free = [k for k in matches + [f"{k}_2" for k in matches] if k not in dims]
@@ -483,11 +422,18 @@ def to_inference_data(
     coords: Mapping[str, Sequence] | None = None,
     seed: int | None = None,
     data_plate: str | None = None,
+    local_samples: int = 64,
 ) -> az.InferenceData:
     """ArviZ InferenceData of a fitted model: posterior draws, pointwise log-likelihood, more.
 
-    log_likelihood[chain, draw, i] = log p(x_i | theta_s) (= log sum_z p(z) p(x_i | z, theta_s) for
-    enumerated z), so that az.loo estimates elpd = sum_i log p(x_i | x_-i).
+    log_likelihood[chain, draw, i] = log p(x_i | theta_s): the local latents of data point i
+    integrated out (enumerated discrete sites summed exactly, ``pyro.markov`` chains included;
+    sites the guide samples per data point by importance sampling with ``local_samples``
+    particles), so that az.loo estimates elpd = sum_i log p(x_i | x_-i) over the posterior of
+    the global sites theta. One variable per observed site, each that site's own marginal; the
+    data dim is named "obs" (or "obs_id" if a site is named "obs"). Where every draw shares
+    one point estimate of theta (EM, a Delta guide, a VAE whose globals are network weights),
+    the export warns (``DiagnosticWarning``): LOO then reduces to the in-sample fit.
 
     Args:
         result: what ``fit`` returns (SVI: ``num_samples`` draws from the guide, one chain),
@@ -507,10 +453,13 @@ def to_inference_data(
         seed: seeds Pyro's RNG first.
         data_plate: the name of the model's plate over data points (default: the one
             ``fit`` was given for a fit result, else "data").
+        local_samples: importance samples per data point and draw for the local latent
+            sites the guide samples (ignored where there are none: the value is then exact).
 
     Groups: posterior, log_likelihood (chain, draw, obs), observed_data, posterior_predictive,
     sample_stats (SVI: the loss per step and the validation ELBO per epoch; EM: the
-    log-likelihood per iteration; NUTS: diverging, acceptance_rate, step_size per draw).
+    log-likelihood per iteration; NUTS: diverging, acceptance_rate, step_size per draw). An EM
+    export's posterior also holds the fitted ``pyro.param`` parameters (one draw).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -531,13 +480,14 @@ def to_inference_data(
         True
     """
     num_samples = _check_count(num_samples, "num_samples")
+    local_samples = _check_count(local_samples, "local_samples")
     if local_latents not in (True, False, "auto"):
         raise ConfigurationError(f"local_latents must be True, False or 'auto', got {local_latents!r}")
     src = _source(result, data, num_samples)
     src.data_plate = _resolve_plate(data_plate, result)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    replayer = _Replayer(src)
+    replayer = _Replayer(src, local_samples)
     n = replayer.n
     C, S = src.num_chains, src.num_draws
     posterior: dict[str, list] = {}
@@ -560,15 +510,16 @@ def to_inference_data(
                 for name in names:
                     posterior.setdefault(name, []).append(tr.nodes[name]["value"])
                 if with_discrete:
-                    for name, value in _sample_enumerated(tr, st, n).items():
+                    for name, value in replayer.enumerated_draw(latent).items():
                         posterior.setdefault(name, []).append(value)
-                for name, value in _pointwise_log_lik(tr, st, n).items():
+                for name, value in replayer.log_likelihood(latent).items():
                     loglik.setdefault(name, []).append(value)
                 if posterior_predictive:
                     ptr = replayer.predictive(latent)
                     for name in st.observed:
                         predictive.setdefault(name, []).append(ptr.nodes[name]["value"])
     st = replayer.st
+    _warn_about_meaning(src, st, first_trace)
 
     def stack(groups: dict[str, list]) -> dict[str, np.ndarray]:
         out = {}
@@ -578,14 +529,21 @@ def to_inference_data(
         return out
 
     post, ll, pp = stack(posterior), stack(loglik), stack(predictive)
+    if src.kind == "em":
+        post.update(_fitted_parameters(first_trace, post, C, S))
     observed = {name: _numpy(first_trace.nodes[name]["value"]) for name in st.observed}
     x = src.args[0]
     sizes = {"component": st.n_components, "feature": int(x.shape[-1]) if x.dim() == 2 else None}
     declared = {**src.site_dims, **(dims or {})}
+    data_dim = _data_dim_name(set(post) | set(observed) | set(declared))
     all_dims: dict[str, list[str]] = {}
     for name, arr in {**post, **observed}.items():
         shape = arr.shape[2:] if name in post else arr.shape
-        all_dims[name] = _value_dims(name, first_trace.nodes[name], shape, sizes, declared, st.plate)
+        site = first_trace.nodes.get(name)
+        if site is None or site["type"] != "sample":  # an EM parameter: its own dims
+            all_dims[name] = [f"{name}_dim_{i}" for i in range(len(shape))]
+            continue
+        all_dims[name] = _value_dims(name, site, shape, sizes, declared, st.plate, data_dim)
     all_coords = {**_coords({k: v for k, v in all_dims.items() if k in post}, post, 2),
                   **_coords({k: v for k, v in all_dims.items() if k in observed}, observed, 0)}
     all_coords.update(coords or {})
@@ -598,12 +556,76 @@ def to_inference_data(
             observed_data=observed,
             coords=all_coords,
             dims=all_dims,
-            attrs={"inference": src.kind, "lvm_pyro_num_data": n},
+            attrs={"inference": src.kind, "lvm_pyro_num_data": n, "lvm_pyro_data_dim": data_dim,
+                   "lvm_pyro_point_estimate": int(not _has_global_draws(src, st, first_trace))},
         )
+    _check_groups(idata, ll, observed, pp)
     stats = _sample_stats(src, C, S)
     if stats is not None:
         idata.add_groups(sample_stats=stats)
     return idata
+
+
+def _data_dim_name(taken: set[str]) -> str:
+    """The name of the data points' dim: "obs", unless a site or dim is named so (xarray would
+    turn a variable named like its dim into a coordinate and drop the group)."""
+    name = "obs"
+    while name in taken:
+        name = f"{name}_id" if not name.endswith("_id") else f"_{name}"
+    return name
+
+
+def _check_groups(idata, ll: dict, observed: dict, pp: dict) -> None:
+    """Every group that was computed is in the InferenceData (never dropped silently)."""
+    expected = {"log_likelihood": ll, "observed_data": observed, "posterior_predictive": pp}
+    for group, values in expected.items():
+        if values and (group not in idata.groups() or set(values) - set(getattr(idata, group).data_vars)):
+            raise ModelContractError(
+                f"ArviZ dropped the {group} group or some of its variables {sorted(values)}: a site "
+                "name clashes with a dim name; pass dims=... naming the dims of those sites"
+            )
+
+
+def _has_global_draws(src: _Source, st: _Structure, trace: poutine.Trace) -> bool:
+    """Whether the draws vary the global latent values (else they share one point estimate)."""
+    if src.kind == "em":
+        return False
+    varying = [n for n in st.latent if n not in st.local
+               and not logdensity.point_mass(trace.nodes[n]["fn"])]
+    return bool(varying) if src.kind != "mcmc" else bool([n for n in st.latent if n not in st.local])
+
+
+def _warn_about_meaning(src: _Source, st: _Structure, trace: poutine.Trace) -> None:
+    """Say where the exported pointwise log-likelihood cannot support LOO as users expect."""
+    if not _has_global_draws(src, st, trace):
+        warnings.warn(
+            "every draw of this InferenceData shares one point estimate of the global parameters "
+            "(no global latent site is sampled: an EM fit, a Delta guide, or a model whose globals "
+            "are parameters), so az.summary's sd is undefined or zero and PSIS-LOO reduces to the "
+            "in-sample log-likelihood: compare such models on held-out data with "
+            "lvm_pyro.log_likelihood, or fit a posterior over the globals (AutoNormal, NUTS)",
+            DiagnosticWarning,
+            stacklevel=3,
+        )
+    if src.kind == "mcmc" and st.local:
+        warnings.warn(
+            f"the NUTS draws include local latent site(s) {sorted(st.local)}, and without a guide "
+            "the exported pointwise log-likelihood conditions on each draw of them (it is not "
+            "log p(x_i | theta)): PSIS-LOO over it is unreliable (expect many high Pareto k)",
+            DiagnosticWarning,
+            stacklevel=3,
+        )
+
+
+def _fitted_parameters(trace: poutine.Trace, post: dict, chains: int, draws: int) -> dict:
+    """An EM fit's parameters that are not sample sites (``pyro.param``s): one draw each."""
+    out = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "param" or name in post or "$$$" in name:
+            continue
+        value = _numpy(site["value"]).copy()
+        out[name] = np.broadcast_to(value, (chains, draws) + value.shape).copy()
+    return out
 
 
 def _sample_stats(src: _Source, chains: int, draws: int) -> xr.Dataset | None:
@@ -743,21 +765,15 @@ def psis_khat(
     src = _Source("guide", program.model, args, 1, num_samples, guide=program.guide,
                   max_plate_nesting=program.max_plate_nesting, module=program.module, data_plate=plate)
     replayer = _Replayer(src)
-    n = replayer.n
     joint, per_point = [], []
     has_local = False
     with _eval_mode(program.module):
         for _ in range(num_samples):
-            guide_tr = replayer.latent(0, 0)
-            model_tr = replayer.model_trace(guide_tr)
-            mpn = replayer.st.max_plate_nesting
-            p_global, p_local = _log_density(model_tr, mpn, n, args[0], plate)
-            q_global, q_local = _log_density(guide_tr, mpn, n, args[0], plate)
-            has_local = has_local or any(
-                _data_frame(s, plate) is not None for s in guide_tr.nodes.values() if s["type"] == "sample"
-            )
-            joint.append(float(p_global - q_global + (p_local - q_local).sum()))
-            per_point.append(_numpy(p_local - q_local))
+            traces = replayer.traces(replayer.latent(0, 0))
+            w = logdensity.point_log_weights(traces)
+            has_local = has_local or logdensity.has_local_latents(traces)
+            joint.append(float(w.global_ + w.local.sum()))
+            per_point.append(_numpy(w.local))
     log_w = np.asarray(joint)
     if not np.all(np.isfinite(log_w)):
         raise ModelContractError(
@@ -778,12 +794,15 @@ def _as_idata(result, data, **kwargs) -> az.InferenceData:
     return result if isinstance(result, az.InferenceData) else to_inference_data(result, data, **kwargs)
 
 
-def loo(result, data=None, *, pointwise: bool = True, **kwargs) -> az.ELPDData:
+def loo(result, data=None, *, pointwise: bool = True, var_name: str | None = None,
+        **kwargs) -> az.ELPDData:
     """PSIS-LOO of a fitted model: elpd_loo = sum_i log p(x_i | x_-i), estimated by Pareto-smoothed
     importance sampling over the posterior draws (az.loo).
 
     ``result`` is an InferenceData or anything :func:`to_inference_data` accepts (``kwargs``
     are passed to it). The per-point Pareto k of the returned object flags influential points.
+    ``var_name`` picks the observed site of a model with several. LOO from a single point
+    estimate of the global parameters is refused (it would only be the in-sample fit).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -797,16 +816,29 @@ def loo(result, data=None, *, pointwise: bool = True, **kwargs) -> az.ELPDData:
         True
     """
     idata = _as_idata(result, data, **kwargs)
-    draws = idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"]
-    if draws < 2:
-        raise ConfigurationError(
-            "LOO needs posterior draws, but this InferenceData holds one (a point estimate, e.g. "
-            "from em): fit a posterior by SVI or NUTS, or compare mixtures with "
-            "select_components(..., criterion='loo')"
-        )
+    _check_loo(idata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return az.loo(idata, pointwise=pointwise)
+        return az.loo(idata, pointwise=pointwise, var_name=var_name)
+
+
+def _check_loo(idata: az.InferenceData) -> None:
+    """Refuse LOO where it cannot mean a leave-one-out estimate."""
+    if "log_likelihood" not in idata.groups():
+        raise ConfigurationError(
+            "LOO needs a log_likelihood group: make the InferenceData with "
+            "lvm_pyro.to_inference_data(result, data)"
+        )
+    draws = idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"]
+    if draws < 2 or idata.attrs.get("lvm_pyro_point_estimate"):
+        raise ConfigurationError(
+            "LOO needs posterior draws of the global parameters, but every draw of this "
+            "InferenceData shares one point estimate (an em fit, a Delta guide, or a model whose "
+            "globals are parameters), so PSIS-LOO would only return the in-sample fit: fit a "
+            "posterior over the globals by SVI (e.g. AutoNormal) or NUTS, compare mixtures with "
+            "select_components(..., criterion='loo'), or compare on held-out data with "
+            "lvm_pyro.log_likelihood"
+        )
 
 
 def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwargs):
@@ -833,6 +865,8 @@ def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwar
     if not isinstance(results, Mapping) or not results:
         raise ConfigurationError("compare needs a dict {name: result or InferenceData} of models")
     idatas = {name: _as_idata(r, data, **kwargs) for name, r in results.items()}
+    for idata in idatas.values():
+        _check_loo(idata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("ignore", message="The inplace keyword")

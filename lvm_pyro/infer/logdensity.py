@@ -200,6 +200,7 @@ def trace_pair(
     fixed: dict[str, torch.Tensor] | None = None,
     hold_point_globals: bool = False,
     guide_trace: poutine.Trace | None = None,
+    check: bool = True,
 ) -> WeightedTraces:
     """Trace the guide (or take ``guide_trace``), then the model replayed on it with every
     discrete site the guide does not sample enumerated.
@@ -208,6 +209,8 @@ def trace_pair(
     of the model's plates (None: one draw, no particle dim). ``fixed``: values of global sites
     held fixed in guide and model (a posterior draw, a point estimate). ``hold_point_globals``:
     hold the guide's point-mass global sites at their value (see :class:`HoldGlobals`).
+    ``check``: refuse a guide that does not match the model (:func:`check_guide`); off only
+    for stored draws (NUTS samples) replayed as a guide trace.
     """
     rank = nesting + (particles is not None)
     guide, model = program.guide, config_enumerate(program.model)
@@ -227,7 +230,8 @@ def trace_pair(
         model = pyro.plate(PARTICLE_PLATE, particles, dim=-rank)(model)
     model = poutine.enum(model, first_available_dim=-rank - 1)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    check_guide(model_trace, guide_trace, enumerable_ok=True)
+    if check:
+        check_guide(model_trace, guide_trace, enumerable_ok=True)
     n = _num_data(model_trace, plate)
     return WeightedTraces(model_trace, guide_trace, plate, particles, rank, n)
 
