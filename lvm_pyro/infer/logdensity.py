@@ -280,14 +280,11 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
     model, guide = traces.model, traces.guide
     model.compute_log_prob()
     guide.compute_log_prob()
-    model.pack_tensors()
-    to_symbol = model.plate_to_symbol
-    target = {to_symbol[traces.plate]}
-    if traces.particles is not None:
-        target.add(to_symbol[PARTICLE_PLATE])
-    target = frozenset(target)
+    enumerated = any(s["infer"].get("_enumerate_dim") is not None for s in sample_sites(model))
+    if enumerated:
+        model.pack_tensors()
     sum_dims: set = set()
-    local: list[tuple[str, frozenset, torch.Tensor]] = []
+    local: list[tuple[str, dict]] = []
     global_p = None
     for site in sample_sites(model):
         name = site["name"]
@@ -312,9 +309,8 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
             continue
         if observed_only and is_latent(site):
             continue
-        ordinal = frozenset(to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
-        local.append((name, ordinal, site["packed"]["log_prob"]))
-    observed = [n for n, _, _ in local if model.nodes[n]["is_observed"]]
+        local.append((name, site))
+    observed = [n for n, site in local if site["is_observed"]]
     if not observed:
         raise ModelContractError(
             f"no observed site of the model is inside the {traces.plate!r} plate: pass the data to "
@@ -335,17 +331,26 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
 
     def contract(keep: Iterable[str]) -> torch.Tensor:
         keep = set(keep)
+        if not enumerated:  # nothing to sum out: the log-factors simply add up per point
+            terms = [_reduce(site["log_prob"], site, traces, keep_data=True)
+                     for n, site in local if n in keep]
+            return sum(terms[1:], terms[0])
+        to_symbol = model.plate_to_symbol
         tree: OrderedDict = OrderedDict()
-        for name, ordinal, term in local:
+        for name, site in local:
             if name in keep:
-                tree.setdefault(ordinal, []).append(term)
+                ordinal = frozenset(to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+                tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+        target = {to_symbol[traces.plate]}
+        if traces.particles is not None:
+            target.add(to_symbol[PARTICLE_PLATE])
         present = {d for terms in tree.values() for t in terms for d in t._pyro_dims}
         # a plate of size 1 leaves no dim in a packed tensor: contract to what is there
         out = contract_to_tensor(tree, sum_dims, target_ordinal=frozenset(target & present))
         out = packed.unpack(out, model.symbol_to_dim)
         return _to_points(out, traces)
 
-    everything = [n for n, _, _ in local]
+    everything = [n for n, _ in local]
     total = contract(everything)
     sites = {}
     if by_site and len(observed) > 1:
