@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from pyro import poutine
 from pyro.infer import MCMC, config_enumerate, infer_discrete
 
+from lvm_pyro.checks import check_count, check_seed
 from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DiagnosticWarning, LVMError, ModelContractError
 from lvm_pyro.infer import logdensity
@@ -255,12 +256,6 @@ class _Replayer:
 # ------------------------------------------------------------------------------------------
 
 
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _prepare_args(validate: Callable, data, like: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """Validate the data against the model and move it to the model's device and dtype."""
     if data is None:
@@ -479,10 +474,11 @@ def to_inference_data(
         >>> bool(loo(idata).elpd_loo < 0)
         True
     """
-    num_samples = _check_count(num_samples, "num_samples")
-    local_samples = _check_count(local_samples, "local_samples")
+    num_samples = check_count(num_samples, "num_samples")
+    local_samples = check_count(local_samples, "local_samples")
     if local_latents not in (True, False, "auto"):
         raise ConfigurationError(f"local_latents must be True, False or 'auto', got {local_latents!r}")
+    seed = check_seed(seed)
     src = _source(result, data, num_samples)
     src.data_plate = _resolve_plate(data_plate, result)
     if seed is not None:
@@ -657,6 +653,8 @@ def _label(k: float) -> str:
 class PSISResult:
     """Pareto k-hat of a guide q as an importance proposal for the posterior p(z | x).
 
+    A k-hat of -inf means the weights are constant up to rounding: q equals the posterior
+    (an exact guide), the best possible verdict ("good").
     ``khat``: for the joint weights w_s = p(x, z_s) / q(z_s | x); ``khat_per_point``: for
     each data point's weights p(x_i, z_i,s | theta_s) / q(z_i,s | x_i) over the draws (guides
     with local latents; None otherwise). k < 0.5 good, 0.5 <= k < 0.7 ok (slower
@@ -688,6 +686,7 @@ class PSISResult:
         lines = [
             f"PSIS k-hat of the guide ({self.num_samples} draws): joint {self.khat:.3f} -> "
             f"{self.label} (good < {KHAT_GOOD}, ok < {KHAT_OK})"
+            + (" [-inf: constant weights, the guide is exact]" if self.khat == -math.inf else "")
         ]
         if self.khat_per_point is not None:
             c = self.counts()
@@ -741,7 +740,13 @@ def psis_khat(
         >>> psis_khat(model, torch.randn(20), guide=exact, num_samples=500).label
         'good'
     """
-    num_samples = _check_count(num_samples, "num_samples")
+    if isinstance(num_samples, (int, np.integer)) and not isinstance(num_samples, bool) and 0 < num_samples < 10:
+        raise ConfigurationError(
+            f"num_samples={num_samples}: the Pareto fit to the largest importance weights needs at "
+            "least 10 draws (1000 or more for a reliable k-hat)"
+        )
+    num_samples = check_count(num_samples, "num_samples")
+    seed = check_seed(seed)
     if isinstance(model, FitResult):
         if guide is not None:
             raise ConfigurationError("a fit result carries its guide: do not pass guide= as well")
@@ -864,6 +869,8 @@ def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwar
     """
     if not isinstance(results, Mapping) or not results:
         raise ConfigurationError("compare needs a dict {name: result or InferenceData} of models")
+    if ic not in ("loo", "waic"):
+        raise ConfigurationError(f"ic must be 'loo' or 'waic', got {ic!r}")
     idatas = {name: _as_idata(r, data, **kwargs) for name, r in results.items()}
     for idata in idatas.values():
         _check_loo(idata)
@@ -904,7 +911,18 @@ def plot_ppc(
             "plot_ppc needs an InferenceData with a posterior_predictive group: make it with "
             "to_inference_data(result, data, posterior_predictive=True)"
         )
-    names = list(var_names) if var_names is not None else list(idata.posterior_predictive.data_vars)
+    if kind not in ("kde", "cumulative", "scatter"):
+        raise ConfigurationError(f"kind must be 'kde', 'cumulative' or 'scatter', got {kind!r}")
+    if num_pp_samples is not None:
+        check_count(num_pp_samples, "num_pp_samples")
+    present = list(idata.posterior_predictive.data_vars)
+    names = list(var_names) if var_names is not None else present
+    unknown = [n for n in names if n not in present]
+    if unknown or not names:
+        raise ConfigurationError(
+            f"var_names {unknown or names} are not in the posterior_predictive group; its observed "
+            f"sites are {present}"
+        )
     if ax is None:
         fig = Figure(figsize=(5 * len(names), 3.5), layout="constrained")
         axes = fig.subplots(1, len(names), squeeze=False)[0]

@@ -18,10 +18,17 @@ import pyro
 import torch
 from torch.utils.data import DataLoader
 
+from lvm_pyro.checks import check_count, check_plate_name, check_positive, check_seed
 from lvm_pyro.data import resolve_device
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
-from lvm_pyro.infer.logdensity import local_log_weights, logmeanexp_chunks, plate_nesting
+from lvm_pyro.infer.logdensity import (
+    check_per_point,
+    check_program,
+    local_log_weights,
+    logmeanexp_chunks,
+    plate_nesting,
+)
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 from lvm_pyro.models.blackbox import BlackBoxVI
@@ -35,14 +42,15 @@ def elbo(
     *,
     guide=None,
     estimator: str = "reparam",
-    num_particles: int = 1,
+    num_particles: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
 ) -> float:
     """ELBO per data point, (1/N) sum_i E_q[log p(x_i, z) - log q(z | x_i)], on ``data``.
 
-    With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles.
+    With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles
+    (default 5). The guide must match the model (every latent site sampled, no extra site).
     The model keeps its device unless ``device`` is given; no parameter is changed.
 
     Example:
@@ -58,12 +66,15 @@ def elbo(
         -1.266
     """
     program = as_program(model, guide)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
+    seed = check_seed(seed)
     objective = make_objective(
         estimator, num_particles=num_particles, max_plate_nesting=program.max_plate_nesting
     )
+    batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
+    check_program(program, _cast(next(iter(batches.epoch())), program.module),
+                  enumerable_ok=False)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
     return -dataset_loss(program, objective, batches)
 
 
@@ -181,8 +192,10 @@ def log_likelihood(
     program = as_program(model, guide)
     for value, label in ((num_samples, "num_samples"), (max_elements, "max_elements"),
                          (chunk_size, "chunk_size"), (batch_size, "batch_size")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigurationError(f"{label} must be a positive integer, got {value!r}")
+        if value is not None:
+            check_count(value, label)
+    seed = check_seed(seed)
+    check_plate_name(data_plate)
     if seed is not None:
         pyro.set_rng_seed(seed)
     if batch_size is None and not isinstance(data, DataLoader):
@@ -202,6 +215,7 @@ def log_likelihood(
             batch = _cast(batch, module)
             if nesting is None:
                 nesting = plate_nesting(program, batch)
+                check_per_point(program, batch, plate=data_plate, nesting=nesting)
             def weights(s: int, batch=batch, nesting=nesting) -> torch.Tensor:
                 return _log_weights(program, batch, s, nesting, data_plate)
 
@@ -265,8 +279,15 @@ def amortization_gap(
     """
     from lvm_pyro.infer.svi import fit  # svi imports this module: import at call time
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigurationError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(vae, VAE):
+        raise ConfigurationError(
+            f"amortization_gap compares a VAE's encoder with per-point guides; got a "
+            f"{type(vae).__name__}: pass a trained lvm_pyro.VAE"
+        )
+    check_count(steps, "steps")
+    check_count(num_particles, "num_particles")
+    check_positive(lr, "lr")
+    check_seed(seed)
     x = vae.validate(x, "x")
     local = BlackBoxVI(vae, len(x)).init_from_encoder(x)
     data = local.with_index(x)

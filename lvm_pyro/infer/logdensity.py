@@ -112,6 +112,25 @@ def check_guide(model_trace: poutine.Trace, guide_trace: poutine.Trace, *,
         raise ModelContractError("; ".join(parts))
 
 
+def check_program(program: Program, args: tuple, *, enumerable_ok: bool = False) -> None:
+    """Run the guide and the model on it once (no enumeration, nothing recorded) and
+    :func:`check_guide` them: the check every wrapper makes before it computes anything."""
+    with poutine.block():
+        guide_trace = poutine.trace(program.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+    check_guide(model_trace, guide_trace, enumerable_ok=enumerable_ok)
+
+
+def check_per_point(program: Program, args: tuple, *, plate: str, nesting: int) -> None:
+    """Refuse, from one unvectorized run, what has no per-data-point log density: a guide that
+    does not match the model, a global latent the guide samples from a proper distribution,
+    no data plate. Run before vectorizing particles, so the user gets this message and not a
+    shape error from a model written for one draw."""
+    traces = trace_pair(program, args, plate=plate, nesting=nesting, hold_point_globals=True)
+    _refuse_sampled_globals(traces)
+    point_log_weights(traces)
+
+
 def plate_nesting(program: Program, args: tuple) -> int:
     """The model's ``max_plate_nesting``, else the deepest vectorized plate in one run of guide
     and model (at least 1)."""
@@ -497,6 +516,8 @@ __all__: list[str] = [
     "PointLogWeights",
     "WeightedTraces",
     "check_guide",
+    "check_per_point",
+    "check_program",
     "global_values",
     "local_log_weights",
     "logmeanexp_chunks",

@@ -27,6 +27,7 @@ from pyro.infer import (
 )
 from pyro.poutine.messenger import Messenger
 
+from lvm_pyro.checks import check_count
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.models.base import DATA_PLATE
 
@@ -306,7 +307,7 @@ def _log_prob_total(trace) -> torch.Tensor:
 def make_objective(
     estimator: str = "reparam",
     *,
-    num_particles: int = 1,
+    num_particles: int | None = None,
     max_plate_nesting: int | None = None,
     vectorize_particles: bool | None = None,
     score_baseline: str = "decaying",
@@ -314,7 +315,8 @@ def make_objective(
 ) -> Objective:
     """Build the objective for an estimator name (see the module table).
 
-    ``num_particles`` is the number of samples per step (K for "iwae", default 5 there).
+    ``num_particles`` is the number of samples per step: K for "iwae" (default 5 there; K = 1
+    is the ELBO itself), 1 by default for the others.
     ``vectorize_particles`` draws them in one vectorized pass (default: on for "iwae" and for
     num_particles > 1; the model must then broadcast over a leading batch dim).
     ``score_baseline`` ("decaying", "neural" or "none") applies to "score"; "neural" needs
@@ -328,12 +330,12 @@ def make_objective(
         raise ConfigurationError(
             f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
         )
-    if not isinstance(num_particles, int) or num_particles < 1:
-        raise ConfigurationError(f"num_particles must be a positive integer, got {num_particles!r}")
+    if num_particles is None:
+        num_particles = 5 if estimator == "iwae" else 1
+    num_particles = check_count(num_particles, "num_particles")
     mpn = float("inf") if max_plate_nesting is None else max_plate_nesting
     if estimator == "iwae":
-        k = num_particles if num_particles > 1 else 5
-        return Objective("iwae", ImportanceWeightedELBO(num_particles=k, max_plate_nesting=mpn))
+        return Objective("iwae", ImportanceWeightedELBO(num_particles=num_particles, max_plate_nesting=mpn))
     vectorize = num_particles > 1 if vectorize_particles is None else vectorize_particles
     kwargs = dict(
         num_particles=num_particles, max_plate_nesting=mpn, vectorize_particles=vectorize

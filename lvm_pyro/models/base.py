@@ -79,10 +79,10 @@ class LatentVariableModel(PyroModule):
 
 
 def check_latent_size(latent_dim: int, name: str = "latent_dim") -> int:
-    """Refuse a latent size below one with a message that names the fix."""
-    if not isinstance(latent_dim, int) or latent_dim < 1:
+    """Refuse a latent size below one (or a bool) with a message that names the fix."""
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {latent_dim!r}")
-    return latent_dim
+    return int(latent_dim)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,12 @@ def as_program(model, guide: Callable | None = None) -> Program:
             "a model needs a guide: pass a LatentVariableModel, a (model, guide) pair of "
             "callables, or guide=... (for example pyro.infer.autoguide.AutoNormal(model))"
         )
-    parts = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    parts: list[torch.nn.Module] = []
+    for fn in (model, guide):
+        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module) and not any(owner is p for p in parts):
+            parts.append(owner)  # a module, or the module behind a bound method (Pyro's VAE example)
     module = parts[0] if len(parts) == 1 else (torch.nn.ModuleList(parts) if parts else None)
-    return Program(model=model, guide=guide, module=module, source=(model, guide))
+    nesting = [getattr(p, "max_plate_nesting", None) for p in parts]
+    return Program(model=model, guide=guide, module=module, source=(model, guide),
+                   max_plate_nesting=nesting[0] if len(nesting) == 1 else None)
