@@ -740,12 +740,12 @@ def psis_khat(
         >>> psis_khat(model, torch.randn(20), guide=exact, num_samples=500).label
         'good'
     """
-    if isinstance(num_samples, (int, np.integer)) and not isinstance(num_samples, bool) and 0 < num_samples < 10:
+    num_samples = check_count(num_samples, "num_samples")
+    if num_samples < 10:
         raise ConfigurationError(
             f"num_samples={num_samples}: the Pareto fit to the largest importance weights needs at "
             "least 10 draws (1000 or more for a reliable k-hat)"
         )
-    num_samples = check_count(num_samples, "num_samples")
     seed = check_seed(seed)
     if isinstance(model, FitResult):
         if guide is not None:
