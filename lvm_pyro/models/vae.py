@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -17,7 +18,7 @@ from pyro.nn import pyro_method
 from torch import nn
 from torch.nn import functional as F
 
-from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
 from lvm_pyro.models.registry import register_model
@@ -45,6 +46,44 @@ def as_sizes(sizes: Sequence[int], name: str = "hidden") -> tuple[int, ...]:
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ConfigurationError(f"{name}={sizes!r}: every layer size must be a positive integer")
     return tuple(sizes)
+
+
+def check_positive(value, name: str) -> float:
+    """A finite positive number (a learning rate, a scale), refused otherwise with its name."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def latent_codes(z, size: int, like: torch.Tensor, name: str = "z", *, binary: bool = False) -> torch.Tensor:
+    """User latent codes of shape (..., size) on ``like``'s device and dtype, refused when they are
+    not real numbers, not finite, of another size, or (``binary``) not all 0 or 1."""
+    if not isinstance(z, torch.Tensor):
+        arr = np.asarray(z)
+        if arr.dtype.kind not in "biuf":
+            raise DataTypeError(f"{name} has dtype {arr.dtype}: pass real numbers (a float tensor or array)")
+        z = torch.from_numpy(arr)
+    if z.is_complex():
+        raise DataTypeError(f"{name} is complex ({z.dtype}); pass real-valued latent codes")
+    z = z.to(device=like.device, dtype=like.dtype)
+    if z.dim() < 1 or z.shape[-1] != size:
+        raise DataError(
+            f"{name} has shape {tuple(z.shape)} but the latent size is {size}: pass {name} of "
+            f"shape (N, {size})"
+        )
+    bad = ~torch.isfinite(z)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise DataError(
+            f"{name} has {int(bad.sum())} NaN/inf value(s), the first at index {list(first)}: "
+            "pass finite codes"
+        )
+    if binary and bool(((z != 0) & (z != 1)).any()):
+        raise DataError(
+            f"{name} must be binary codes (every entry exactly 0 or 1): round probabilities first, "
+            f"e.g. ({name} > 0.5).float()"
+        )
+    return z
 
 
 def flatten_example(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
@@ -294,11 +333,13 @@ class VAE(LatentVariableModel):
     def map_z(self, x, *, steps: int = 200, lr: float = 0.05) -> torch.Tensor:
         """argmax_z log p(x, z) per example, by Adam from the encoder mean; parameters are unchanged."""
         x = self._prepare(x)
+        steps = check_latent_size(steps, "steps")
+        lr = check_positive(lr, "lr")
         with torch.no_grad():
             z0 = self._encode(x).mean
         z = z0.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(check_latent_size(steps, "steps")):
+        for _ in range(steps):
             opt.zero_grad()
             loss = -self.log_joint(x, z).sum()
             (grad,) = torch.autograd.grad(loss, z)
@@ -307,14 +348,7 @@ class VAE(LatentVariableModel):
         return z.detach()
 
     def _latent(self, z) -> torch.Tensor:
-        ref = next(self.parameters())
-        z = torch.as_tensor(z, device=ref.device, dtype=ref.dtype)
-        if z.dim() < 1 or z.shape[-1] != self.latent_dim:
-            raise DataError(
-                f"z has shape {tuple(z.shape)} but the latent size is {self.latent_dim}: pass z of "
-                f"shape (N, {self.latent_dim})"
-            )
-        return z
+        return latent_codes(z, self.latent_dim, next(self.parameters()))
 
 
 register_model(
