@@ -482,8 +482,17 @@ def _check_support(entry: ModelEntry, model, data: DigitsData, spec: str, kind: 
         raise ConfigurationError(f"model {entry.name!r} needs positive values but {where}: transform them")
 
 
+def _likelihood_of(model) -> str | None:
+    """The name of a model's likelihood (``"bernoulli"``, ...) where it has one by name."""
+    for owner in (model, getattr(model, "decoder", None)):
+        likelihood = getattr(owner, "likelihood", None)
+        if isinstance(likelihood, str):
+            return likelihood
+    return None
+
+
 def _likelihood_note(model, kind: str, auto: bool) -> str:
-    likelihood = getattr(model, "likelihood", None)
+    likelihood = _likelihood_of(model)
     if not isinstance(likelihood, str):
         return f"the model's own ({type(model).__name__}) on {kind} data"
     names = {"bernoulli": "Bernoulli", "gaussian": "Gaussian", "categorical": "categorical"}
@@ -516,12 +525,16 @@ def prepare_run(config: dict) -> tuple[ModelEntry, DigitsData, object, dict]:
     stored = "auto_options" in config
     auto = dict(config.get("auto_options", {}))
     model = _build_model(entry, data, {**options, **auto}, config["seed"])
-    if not stored and "likelihood" not in options and getattr(model, "likelihood", None) == "bernoulli" \
-            and kind != "binary":
+    chosen = "likelihood" in options or stored
+    if not chosen and _likelihood_of(model) == "bernoulli" and kind != "binary":
         auto["likelihood"] = "gaussian"
         model = _build_model(entry, data, {**options, **auto}, config["seed"])
     _check_support(entry, model, data, spec, kind)
-    config = {**config, "auto_options": auto, "preprocessing": data.preprocessing,
+    preprocessing = data.preprocessing
+    if preprocessing == "none":
+        lo, hi = _value_range(data)
+        preprocessing = f"none: {kind}-valued data used as stored, values in [{lo:g}, {hi:g}]"
+    config = {**config, "auto_options": auto, "preprocessing": preprocessing,
               "likelihood": _likelihood_note(model, kind, "likelihood" in auto)}
     return entry, data, model, config
 
@@ -617,11 +630,10 @@ def _finish(run: Run, result, args: argparse.Namespace) -> dict:
              f"likelihood: {run.config['likelihood']}", f"training objective: {kind}"]
     if in_warmup:
         note = (f"the run ended inside the KL warm-up, so the training curve and train_objective are the "
-                f"annealed objective, not the ELBO: train for more than {result.config['kl_warmup']:g} "
-                "epochs, or pass --kl-warmup with fewer epochs (0: none)")
+                f"annealed objective, not the ELBO: continue it past {result.config['kl_warmup']:g} epochs "
+                f"(`lvm-pyro resume {run.directory} --epochs N`), or fit with a shorter --kl-warmup")
         notes.append(note)
-        if not any("warm" in w.lower() for w in run.notes):
-            print(f"lvm-pyro: note: {note}", file=sys.stderr)
+        print(f"lvm-pyro: note: {note}", file=sys.stderr)
     notes.extend(f"warning: {w}" for w in run.notes)
     test = run.split("test")
     figs, fig_notes = model_figures(module, result, test, run.data.test.y, run.data.image_size,

@@ -854,7 +854,7 @@ def _check_finite(x: np.ndarray, p: Path) -> None:
     n_nan = int(np.isnan(x).sum())
     raise DataError(
         f"{p} has {int(bad.sum())} non-finite value(s) ({n_nan} NaN, {int(bad.sum()) - n_nan} inf), "
-        f"the first {x[(row, *rest)]!r} at row {row}, column {column} (counting from 0, a header "
+        f"the first {float(x[(row, *rest)])} at row {row}, column {column} (counting from 0, a header "
         "line not counted): remove or impute them before training; lvm-pyro neither drops nor fills data"
     )
 
