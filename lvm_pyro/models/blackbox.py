@@ -60,7 +60,10 @@ class BlackBoxVI(LatentVariableModel):
         self.train_decoder = bool(train_decoder)
         self.input_shape = vae.input_shape
         self.data_support = vae.data_support
-        self.min_scale = min_scale
+        numeric = isinstance(min_scale, (int, float)) and not isinstance(min_scale, bool)
+        if not numeric or not math.isfinite(min_scale) or min_scale < 0:
+            raise ConfigurationError(f"min_scale={min_scale!r}: pass a finite non-negative number")
+        self.min_scale = float(min_scale)
         d = vae.latent_dim
         ref = next(vae.parameters())
         self.full = vae.encoder_type == "full"

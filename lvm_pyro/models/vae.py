@@ -133,6 +133,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.likelihood = check_likelihood(likelihood)
+        check_activation(activation)
         self.input_shape = tuple(input_shape)
         self.features = math.prod(self.input_shape)
         self.n_levels = check_latent_size(n_levels, "n_levels") if likelihood == "categorical" else 1
@@ -145,11 +146,12 @@ class Decoder(nn.Module):
             if scale == "learned":
                 self.learn_scale = True
                 self.raw_scale = nn.Parameter(torch.zeros(self.features))
-            elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+            elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf:
                 self.register_buffer("fixed_scale", torch.full((self.features,), float(scale)))
             else:
                 raise ConfigurationError(
-                    f"gaussian_scale={scale!r}: pass a positive number (a fixed noise scale) or 'learned'"
+                    f"gaussian_scale={scale!r}: pass a finite positive number (a fixed noise scale) or "
+                    "'learned'"
                 )
 
     @property
@@ -191,6 +193,15 @@ def check_likelihood(likelihood: str) -> str:
             "data, gaussian for real values, categorical for a few integer levels)"
         )
     return likelihood
+
+
+def check_activation(activation) -> None:
+    """Refuse an activation that is not a torch module class (or a factory of modules)."""
+    if isinstance(activation, nn.Module) or not callable(activation):
+        raise ConfigurationError(
+            f"activation={activation!r}: pass a torch module class such as torch.nn.ReLU (the class, "
+            "not an instance or a name), or a function returning a new module"
+        )
 
 
 def check_levels(x: torch.Tensor, decoder: Decoder, name: str) -> torch.Tensor:
