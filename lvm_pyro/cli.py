@@ -345,7 +345,7 @@ def new_run_directory(directory: Path, config: dict | None = None) -> Iterator[P
     except BaseException:
         if _has_checkpoint(directory):
             print(f"lvm-pyro: the run is kept in {directory}: continue it with "
-                  f"`lvm-pyro resume {directory}`", file=sys.stderr)
+                  f"`lvm-pyro resume {directory}` (--lr sets a new learning rate)", file=sys.stderr)
         else:
             shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -174,9 +174,13 @@ def _label_loss(fig: Figure, result) -> None:
     end = min(warmup * per_epoch, len(result.losses))
     ax.axvspan(0, end, color="0.85", alpha=0.6, lw=0, label=f"KL warm-up ({warmup:g} epochs)")
     ax.legend()
-    inside = " (the run ended inside it)" if end >= len(result.losses) else ""
-    ax.set_title(f"training: annealed objective -(E_q log p(x|z) - beta KL), beta < 1 in the shaded "
-                 f"warm-up{inside}, then -ELBO; validation: -ELBO", fontsize=8)
+    ax.set_ylabel("loss per point")
+    annealed = "-(E_q log p(x|z) - beta KL), beta < 1"
+    if end >= len(result.losses):
+        title = f"training: annealed objective {annealed} throughout:\nthe run ended inside the KL warm-up"
+    else:
+        title = f"training: annealed objective {annealed} in the shaded warm-up,\nthen -ELBO"
+    ax.set_title(f"{title}; validation: -ELBO", fontsize=8)
 
 
 def save_figures(figs: Mapping[str, Figure], folder: Path) -> dict[str, bytes]:
