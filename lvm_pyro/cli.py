@@ -510,8 +510,11 @@ def prepare_run(config: dict) -> tuple[ModelEntry, DigitsData, object, dict]:
     entry = get_model(config["model"])
     options = dict(config["options"])
     spec = config["data"]
-    data = load_dataset(spec, labels=config.get("labels"), seed=config["seed"],
-                        **_data_options(entry, spec, config.get("binarize"), options))
+    if "binarize" in config:
+        data_options = _data_options(entry, spec, config["binarize"], options)
+    else:  # a run written before --binarize existed was prepared by the model's data options alone
+        data_options = dict(entry.data_options)
+    data = load_dataset(spec, labels=config.get("labels"), seed=config["seed"], **data_options)
     for name in ("val", "test"):
         if len(getattr(data, name).x) == 0:
             n = sum(len(s.x) for s in (data.train, data.val, data.test))
