@@ -62,9 +62,10 @@ OPTIMIZERS = {
 }
 DEFAULT_EPOCHS = 50
 JIT_MODES = (True, False, "auto", "inductor")
-#: what a resumed run may change (and then uses); any other difference is refused
+#: what a resumed run may change (and then uses); any other difference is refused. (``seed``
+#: plays no part in a resumed run: its random state comes from the checkpoint.)
 RESUMABLE_CHANGES = ("lr", "clip_norm", "epochs", "steps", "callbacks", "checkpoint_every", "val_data",
-                     "progress")
+                     "progress", "device", "jit")
 
 
 @dataclass
@@ -475,7 +476,9 @@ def fit(
             the run inside an epoch); ``resume=True`` continues from it, exactly: the resumed
             run equals an uninterrupted one bit for bit on CPU (with a DataLoader, only if its
             sampler is seeded). A resumed run may change lr, clip_norm, epochs/steps,
-            callbacks and checkpoint_every, and uses the new values; any other difference
+            callbacks (paired with their saved states by ``Callback.state_key``, in any
+            order), checkpoint_every, val_data, device and jit, and uses the new values (its
+            random state comes from the checkpoint, whatever ``seed``); any other difference
             (model, parameter shapes, optimizer type, data shape, estimator, num_particles,
             data_plate, kl_warmup) is refused with a ``CheckpointError`` listing them. Without
             ``resume=True`` a directory that already holds a checkpoint is refused (pass a new
@@ -514,7 +517,7 @@ def fit(
         ...     pyro.sample("mu", dist.Normal(loc, 0.1))
         >>> result = fit(model, torch.randn(100) + 3, guide=guide, steps=500, lr=0.05,
         ...              batch_size=100, progress=False, seed=0)
-        >>> abs(float(pyro.param("loc")) - 3) < 0.5
+        >>> abs(float(pyro.param("loc").detach()) - 3) < 0.5
         True
     """
     started = time.perf_counter()
@@ -632,7 +635,7 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
         "optimizer": f"{type(opt).__module__}.{type(opt).__qualname__}",
         "data_plate": data_plate,
         "kl_warmup": warmup,
-        "kl_warmup_start": warmup_cb.start if warmup_cb is not None else None,
+        "kl_warmup_start": warmup_cb.start if warmup_cb is not None else 0.0,
         "score_baseline": score_baseline if estimator == "score" else None,
         "model": type(program.source).__name__ if program.source is not None else "callable",
         "world_size": group.world_size if group is not None else 1,
