@@ -130,7 +130,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for name in ("tol", "reg_covar"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < np.inf:
-                raise ConfigurationError(f"{name} must be a finite non-negative number, got {value!r}")
+                raise ConfigurationError(f"{name} must be non-negative and finite, got {value!r}")
         for name, low in (("max_iter", 0), ("n_init", 1), ("verbose", 0), ("verbose_interval", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:

@@ -267,9 +267,9 @@ class GaussianMixtureModel(LatentVariableModel):
         self.n_features = check_latent_size(n_features, "n_features")
         self.covariance_type = _check_covariance_type(covariance_type)
         if not (_is_number(reg_covar) and reg_covar >= 0):
-            raise ConfigurationError(f"reg_covar must be a finite non-negative number, got {reg_covar!r}")
+            raise ConfigurationError(f"reg_covar must be non-negative and finite, got {reg_covar!r}")
         if not (_is_number(min_count) and min_count >= 0):
-            raise ConfigurationError(f"min_count must be a finite non-negative number, got {min_count!r}")
+            raise ConfigurationError(f"min_count must be non-negative and finite, got {min_count!r}")
         if prior is not None and not isinstance(prior, GMMPrior):
             raise ConfigurationError(
                 f"prior must be a GMMPrior (or None for maximum likelihood), got {type(prior).__name__}: "
