@@ -34,8 +34,8 @@ posterior marginal, held fixed), keeping the best parameters seen, so Q never de
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import math
 import numbers
 import time
@@ -57,7 +57,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
-from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
+from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
 from lvm_pyro.infer.distributed import DistributedContext, join_group
 from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
@@ -312,6 +312,24 @@ def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
     return total
 
 
+@contextlib.contextmanager
+def _model_errors(rows: int, data_plate: str):
+    """A model or guide that fails on the data (shapes, indices, dtypes) raises a
+    ModelContractError saying where, instead of a traceback from inside Pyro or torch."""
+    try:
+        yield
+    except LVMError:
+        raise
+    except (ValueError, RuntimeError, IndexError, TypeError, KeyError) as exc:
+        raise ModelContractError(
+            f"the model or guide failed on {rows} rows of the data ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): check that they take the data as "
+            f"em passes it, model(x, *conditions), that every observed site has one value per row "
+            f"inside pyro.plate({data_plate!r}, len(x)), and that each tensor's shape matches "
+            "its plates"
+        ) from exc
+
+
 class _SiteFrames(Messenger):
     """Records the plates (``cond_indep_stack``) of every sample site a program runs."""
 
@@ -387,9 +405,10 @@ class _EnumRoute:
     def __init__(self, program: Program, data: tuple, chunk_size, steps: int, lr: float,
                  group: DistributedContext | None = None, data_plate: str = DATA_PLATE):
         self.program, self.group, self.data_plate = program, group, data_plate
-        self.nesting = _max_plate_nesting(program, data)
         self.n = data[0].shape[0]
         self.rows = self.n if chunk_size is None else min(chunk_size, self.n)
+        with _model_errors(self.rows, data_plate):
+            self.nesting = _max_plate_nesting(program, data)
         self.steps, self.lr = steps, lr
         self.closed_m_step = getattr(program.source, "m_step", None)
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
@@ -408,10 +427,11 @@ class _EnumRoute:
         split = self.rows < self.n or self.group is not None
         chunk = tuple(t[: self.rows] for t in data)
         watch_model, watch_guide = _SiteFrames(), _SiteFrames()
-        traced = dataclasses.replace(self.program, model=watch_model(self.program.model),
-                                     guide=watch_guide(self.program.guide))
-        with poutine.block():
-            _trace_enum(traced, chunk, self.nesting, self.data_plate)
+        model = poutine.enum(config_enumerate(watch_model(self.program.model)),
+                             first_available_dim=-1 - self.nesting)
+        with poutine.block(), _model_errors(len(chunk[0]), self.data_plate):
+            guide_tr = poutine.trace(watch_guide(self.program.guide)).get_trace(*chunk)
+            poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*chunk)
         plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
         frames = [f for fs in watch_model.frames.values() for f in fs if f.name == self.data_plate]
         if not frames:
