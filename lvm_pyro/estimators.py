@@ -135,6 +135,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("warm_start", "sort_components"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
         floating = isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
         if self.dtype is not None and not floating:
             raise ConfigurationError(

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
-from lvm_pyro.models.vae import VAE
+from lvm_pyro.models.vae import VAE, check_flag
 
 
 class BlackBoxVI(LatentVariableModel):
@@ -55,6 +55,7 @@ class BlackBoxVI(LatentVariableModel):
             raise ConfigurationError(
                 f"BlackBoxVI needs a VAE (or a subclass such as MixturePriorVAE), got {type(vae).__name__}"
             )
+        train_decoder = check_flag(train_decoder, "train_decoder")
         self.vae = vae if train_decoder else copy.deepcopy(vae).requires_grad_(False).eval()
         self.num_data = check_latent_size(num_data, "num_data")
         self.train_decoder = bool(train_decoder)

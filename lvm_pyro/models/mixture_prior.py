@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import check_latent_size
 from lvm_pyro.models.registry import register_model
-from lvm_pyro.models.vae import VAE
+from lvm_pyro.models.vae import VAE, check_flag
 
 
 class MixturePriorVAE(VAE):
@@ -69,7 +69,7 @@ class MixturePriorVAE(VAE):
         super().__init__(input_shape, latent_dim, hidden, likelihood=likelihood, encoder=encoder,
                          gaussian_scale=gaussian_scale, n_levels=n_levels, activation=activation)
         self.n_components = check_latent_size(n_components, "n_components")
-        self.enumerate_component = bool(enumerate_component)
+        self.enumerate_component = check_flag(enumerate_component, "enumerate_component")
         if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) or not 0 <= min_scale < 1:
             raise ConfigurationError(
                 f"min_scale={min_scale!r}: pass a number in [0, 1) (the components' scales start at 1)"

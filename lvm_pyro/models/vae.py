@@ -195,6 +195,13 @@ def check_likelihood(likelihood: str) -> str:
     return likelihood
 
 
+def check_flag(value, name: str) -> bool:
+    """A True/False option, refused when it is anything else (a string "no" is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_activation(activation) -> None:
     """Refuse an activation that is not a torch module class (or a factory of modules)."""
     if isinstance(activation, nn.Module) or not callable(activation):

@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from harness import Case, run_case
+from sklearn.exceptions import ConvergenceWarning
 
 from lvm_pyro import GaussianMixture, GaussianMixtureModel, errors
 
@@ -70,6 +71,16 @@ CASES = [
         fit_with(precisions_init=-np.stack([np.eye(2)] * 2)),
         CE,
         r"precisions|positive",
+    ),
+    Case("gm-warm-start-string", fit_with(warm_start="yes"), CE, r"warm_start"),
+    Case("gm-sort-components-string", fit_with(sort_components="no"), CE, r"sort_components"),
+    # a legitimate run the user must be told about: a warning, not an error
+    Case("gm-not-converged-warns", fit_with(max_iter=1, tol=0.0), ConvergenceWarning, r"did not converge"),
+    Case(
+        "gm-constant-feature-warns",
+        lambda: GaussianMixture(2, random_state=0).fit(np.c_[X, np.ones(len(X))]),
+        UserWarning,
+        r"constant",
     ),
     # --- data given to fit ------------------------------------------------------------------------
     Case("gm-fit-nan", lambda: GaussianMixture(2).fit(with_nan()), DE, r"nan"),

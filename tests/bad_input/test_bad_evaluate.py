@@ -31,6 +31,7 @@ HVAE = HierarchicalVAE((D,), latent_dims=(3, 2), hidden=(4,), layer_hidden=(4,))
 SBN = SigmoidBeliefNet((D,), latent_dim=2, encoder_hidden=(4,))
 BIG_SBN = SigmoidBeliefNet((D,), latent_dim=20, encoder_hidden=(4,))
 CVAE = ConditionalVAE((D,), condition_shape=(3,), latent_dim=2, hidden=(4,), prior_hidden=(4,))
+LABEL_CVAE = ConditionalVAE((D,), n_classes=3, latent_dim=2, hidden=(4,), prior_hidden=(4,))
 MIXVAE = MixturePriorVAE((D,), latent_dim=2, n_components=3, hidden=(4,))
 
 X = torch.randint(0, 2, (6, D)).float()
@@ -323,6 +324,7 @@ CASES = [
     Case("vae-map-z-nan", lambda: VAE_.map_z(with_nan(), steps=2), errors.DataError, r"nan"),
     Case("hvae-encode-layer-3", lambda: HVAE.encode(X, layer=3), errors.ConfigurationError, r"layer"),
     Case("hvae-encode-layer-0", lambda: HVAE.encode(X, layer=0), errors.ConfigurationError, r"layer"),
+    Case("hvae-encode-layer-bool", lambda: HVAE.encode(X, layer=True), errors.ConfigurationError, r"layer"),
     Case("hvae-decode-wrong-latent", lambda: HVAE.decode(torch.zeros(2, 2)), errors.DataError, r"z1"),
     Case(
         "hvae-reconstruct-wrong-features",
@@ -366,6 +368,30 @@ CASES = [
         lambda: CVAE.predict(torch.full((2, 3), float("nan"))),
         errors.DataError,
         r"nan",
+    ),
+    Case(
+        "label-cvae-unknown-class",
+        lambda: LABEL_CVAE.predict(torch.tensor([0, 5])),
+        errors.DataError,
+        r"label 5|classes 0\.\.2",
+    ),
+    Case(
+        "label-cvae-float-label",
+        lambda: LABEL_CVAE.sample(torch.tensor([0.5, 1.0])),
+        errors.DataError,
+        r"label|classes",
+    ),
+    Case(
+        "label-cvae-2d-labels",
+        lambda: LABEL_CVAE.sample(torch.zeros(2, 3, dtype=torch.long)),
+        errors.DataError,
+        r"label",
+    ),
+    Case(
+        "vae-encode-numpy-strings",
+        lambda: VAE_.encode(np.array([["1"] * D])),
+        errors.DataTypeError,
+        r"numeric|number|str",
     ),
     Case("mixvae-component-probs-nan", lambda: MIXVAE.component_probs(with_nan()), errors.DataError, r"nan"),
 ]

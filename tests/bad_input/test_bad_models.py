@@ -180,6 +180,12 @@ CASES = [
         CE,
         r"min_scale",
     ),
+    Case(
+        "mixvae-enumerate-component-string",
+        lambda: MixturePriorVAE((6,), latent_dim=2, n_components=2, enumerate_component="yes", **SMALL),
+        CE,
+        r"enumerate_component",
+    ),
     # --- SigmoidBeliefNet ---------------------------------------------------------------------
     Case("sbn-latent-dim-0", lambda: SigmoidBeliefNet((6,), latent_dim=0), CE, r"latent_dim"),
     Case(
@@ -194,6 +200,12 @@ CASES = [
         CE,
         r"likelihood",
     ),
+    Case(
+        "sbn-learn-prior-string",
+        lambda: SigmoidBeliefNet((6,), latent_dim=2, learn_prior="no"),
+        CE,
+        r"learn_prior",
+    ),
     # --- BlackBoxVI ---------------------------------------------------------------------------
     Case("bbvi-not-a-vae", lambda: BlackBoxVI("vae", num_data=3), CE, r"VAE"),
     Case("bbvi-num-data-0", lambda: BlackBoxVI(small_vae(), num_data=0), CE, r"num_data"),
@@ -203,6 +215,12 @@ CASES = [
         lambda: BlackBoxVI(small_vae(), num_data=3, min_scale=-1.0),
         CE,
         r"min_scale",
+    ),
+    Case(
+        "bbvi-train-decoder-string",
+        lambda: BlackBoxVI(small_vae(), num_data=3, train_decoder="false"),
+        CE,
+        r"train_decoder",
     ),
     Case("bbvi-with-index-wrong-rows", bbvi_wrong_rows, errors.DataError, r"num_data|rows"),
     Case("bbvi-float-index", bbvi_float_index, errors.DataError, r"index"),
