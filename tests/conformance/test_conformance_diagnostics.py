@@ -114,7 +114,7 @@ def test_summary_and_loo(name, dtype):
     """az.summary on the posterior; lvm_pyro.loo on the export (all observed sites of a data
     point together); az.loo directly where there is one observed site: finite, no exception."""
     s = build(name, dtype)
-    idata = export(s, draws=20)
+    idata = export(s, draws=12)
     table = az.summary(idata, kind="stats")
     assert len(table) > 0 and np.isfinite(table["mean"].to_numpy()).all()
     result = lvm_pyro.loo(idata)
@@ -132,7 +132,7 @@ def test_summary_and_loo(name, dtype):
 def test_loo_of_a_local_latent_model_is_its_log_likelihood(name, dtype):
     """No global latent: every draw shares theta, so elpd_loo = sum_i log p(x_i | theta)."""
     s = build(name, dtype)
-    idata = export(s, s.exact_pair, draws=20)
+    idata = export(s, s.exact_pair, draws=12)
     result = lvm_pyro.loo(idata)
     assert float(result.elpd_loo) == pytest.approx(float(s.exact_point().sum()), abs=1e-3)
 
@@ -145,7 +145,8 @@ def test_em_export_holds_the_fit_and_refuses_loo(name, dtype):
     with its own error, not an IndexError or a NaN."""
     s = build(name, dtype)
     model = s.pair if s.sampled_latents else s.pair[0]
-    result = lvm_pyro.em(model, s.data, max_iter=3, tol=0, device="cpu", seed=0, **plate_kw(s))
+    result = lvm_pyro.em(model, s.data, max_iter=2, tol=0, m_step_steps=10, device="cpu", seed=0,
+                         **plate_kw(s))
     idata = lvm_pyro.to_inference_data(result, s.data, **plate_kw(s))
     fitted = {"bernoulli_mixture": ("weights", "probs"), "hmm_categorical": ("init", "trans", "emit"),
               "gmm_tutorial": ("weights", "scale", "locs")}[name]

@@ -107,7 +107,8 @@ def test_hmm_forward_algorithm_value_of_the_report():
 
 def _em(s, **kw):
     model = s.pair[0] if not s.sampled_latents else s.pair
-    return lvm_pyro.em(model, s.data, max_iter=8, tol=0, device="cpu", seed=0, **plate_kw(s), **kw)
+    return lvm_pyro.em(model, s.data, max_iter=4, tol=0, m_step_steps=10, device="cpu", seed=0, **plate_kw(s),
+                       **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -131,5 +132,6 @@ def test_em_is_monotone_and_exact(name, dtype):
 def test_em_takes_the_empty_guide_pair_too(name):
     """The same model as a (model, empty guide) pair, the form fit takes, runs through em."""
     s = build(name, torch.float64)
-    result = lvm_pyro.em(s.pair, s.data, max_iter=3, tol=0, device="cpu", seed=0, **plate_kw(s))
+    result = lvm_pyro.em(s.pair, s.data, max_iter=2, tol=0, m_step_steps=10, device="cpu", seed=0,
+                         **plate_kw(s))
     assert result.log_likelihood[-1] == pytest.approx(float(s.exact_point().mean()), abs=1e-6)
