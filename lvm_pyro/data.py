@@ -286,6 +286,7 @@ class DigitsData:
     n_levels: int | None = 17
     threshold: float | None = None
     description: str = ""
+    preprocessing: str = "none"
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -297,8 +298,14 @@ class DigitsData:
             f"{type(self).__name__}(train={len(self.train.x)}, val={len(self.val.x)}, "
             f"test={len(self.test.x)}, event_shape={self.event_shape}, "
             f"dtype={self.train.x.dtype}, threshold={self.threshold}, "
-            f"description={self.description!r})"
+            f"preprocessing={self.preprocessing!r}, description={self.description!r})"
         )
+
+    @property
+    def values(self) -> str:
+        """What the examples hold, over all three splits: see :func:`value_kind`."""
+        return value_kind(torch.cat([self.train.x.flatten(1), self.val.x.flatten(1),
+                                     self.test.x.flatten(1)]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -462,10 +469,13 @@ def load_digits(
         threshold = _check_threshold(binarize, 16.0)
         x = (images >= threshold).astype(np.float64)
         how = f"binarized as pixel >= {threshold:g}"
+        preprocessing = f"binarized at >= {threshold:g} of the grey levels 0..16"
     elif scale:
         threshold, x, how = None, images / 16.0, "scaled to pixel / 16 in [0, 1]"
+        preprocessing = "scaled: grey level / 16, in [0, 1]"
     else:
         threshold, x, how = None, images, "raw grey levels 0..16"
+        preprocessing = "none: raw grey levels 0..16"
     if image_shape:
         x = x.reshape(-1, 8, 8)
     train, val, test = _make_splits(
@@ -475,7 +485,7 @@ def load_digits(
         "scikit-learn digits (UCI optical recognition of hand-written digits): 1797 8x8 "
         f"images of the digits 0-9 with grey levels 0..16, {how}; split with seed {seed}"
     )
-    return DigitsData(train, val, test, (8, 8), 17, threshold, description)
+    return DigitsData(train, val, test, (8, 8), 17, threshold, description, preprocessing)
 
 
 def _spread_means(rng: np.random.Generator, k: int, d: int, separation: float) -> np.ndarray:
@@ -833,6 +843,39 @@ def _read_examples(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     )
 
 
+def _check_finite(x: np.ndarray, p: Path) -> None:
+    """Refuse NaN and inf in a data file, naming the first one's row and column (from 0)."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    bad = ~finite
+    row, *rest = (int(i) for i in np.argwhere(bad)[0])
+    column = int(np.ravel_multi_index(rest, x.shape[1:])) if rest else 0
+    n_nan = int(np.isnan(x).sum())
+    raise DataError(
+        f"{p} has {int(bad.sum())} non-finite value(s) ({n_nan} NaN, {int(bad.sum()) - n_nan} inf), "
+        f"the first {float(x[(row, *rest)])} at row {row}, column {column} (counting from 0, a header "
+        "line not counted): remove or impute them before training; lvm-pyro neither drops nor fills data"
+    )
+
+
+def value_kind(x: torch.Tensor) -> str:
+    """What data holds: ``"binary"`` (every value 0 or 1), ``"count"`` (non-negative integers)
+    or ``"real"`` (anything else); the likelihood the command line picks follows from it.
+
+    Example:
+        >>> value_kind(torch.tensor([[0.0, 1.0]])), value_kind(torch.tensor([[0.0, 3.0]]))
+        ('binary', 'count')
+        >>> value_kind(torch.tensor([[0.5, -1.0]]))
+        'real'
+    """
+    if bool(((x == 0) | (x == 1)).all()):
+        return "binary"
+    if bool(((x >= 0) & (x == torch.round(x))).all()):
+        return "count"
+    return "real"
+
+
 def _check_labels(y, n: int, source) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -872,8 +915,11 @@ def load_dataset(
     or not). The examples are the first axis; with ``image_shape=False`` each example is
     flattened to a vector, with True it keeps its stored shape. The file's values are used
     as stored (``scale`` applies to the digits only), or binarized as x >= ``binarize`` in the
-    file's own units. Labels come from ``labels`` (a file of one integer per example), from
-    a .npz's array ``"y"`` (the data then being ``"x"``), or for MNIST's
+    file's own units, a threshold that must leave both values (min < t <= max: anything else
+    would destroy the data and is refused). NaN or inf in a file is refused with its row and
+    column, never dropped or filled. ``preprocessing`` of the result says what was done.
+    Labels come from ``labels`` (a file of one integer per example), from a .npz's array
+    ``"y"`` (the data then being ``"x"``), or for MNIST's
     ``*-images-idx3-ubyte*`` from the ``*-labels-idx1-ubyte*`` file beside it; otherwise each
     split's ``y`` is None. The split is the same seeded permutation as for the digits, with
     fractions (2/3, 1/6, 1/6) by default. Examples become ``dtype`` (default: torch's
@@ -919,10 +965,19 @@ def load_dataset(
         y = _check_labels(_read_examples(lp)[0], len(x), lp)
     elif y is not None:
         y = _check_labels(y, len(x), p)
-    threshold = None
+    _check_finite(x, p)
+    threshold, preprocessing = None, "none"
     if binarize is not None:
         threshold = _check_threshold(binarize, None)
+        lo, hi = float(x.min()), float(x.max())
+        if not lo < threshold <= hi:
+            raise ConfigurationError(
+                f"binarize={threshold:g} would make every value of {p.name} "
+                f"{'1' if threshold <= lo else '0'} (its values span [{lo:g}, {hi:g}]): pass a "
+                f"threshold t with {lo:g} < t <= {hi:g}, or no binarize for a likelihood of real data"
+            )
         x = (x >= threshold).astype(np.float64)
+        preprocessing = f"binarized at >= {threshold:g} of values in [{lo:g}, {hi:g}]"
     image_size = tuple(int(s) for s in x.shape[1:]) if x.ndim == 3 else None
     if x.ndim == 1:
         x = x.reshape(-1, 1)
@@ -942,4 +997,4 @@ def load_dataset(
         + ("" if y is None else ", with labels")
         + f"; split with seed {seed}"
     )
-    return DigitsData(train, val, test, image_size, None, threshold, description)
+    return DigitsData(train, val, test, image_size, None, threshold, description, preprocessing)

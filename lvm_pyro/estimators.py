@@ -116,7 +116,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ----------------------------------------------------------------- input handling
 
     def _check_parameters(self) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+        if not _is_int(self.n_components) or self.n_components < 1:
             raise ConfigurationError(
                 f"n_components must be an integer >= 1, got {self.n_components!r}: a mixture "
                 "needs at least one component"
@@ -127,14 +127,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         if self.init_params not in INIT_PARAMS:
             raise ConfigurationError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ConfigurationError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
-            raise ConfigurationError(f"reg_covar must be non-negative, got {self.reg_covar!r}")
-        for name in ("max_iter", "n_init"):
-            value, low = getattr(self, name), 0 if name == "max_iter" else 1
-            if not isinstance(value, (int, np.integer)) or value < low:
+        for name in ("tol", "reg_covar"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < np.inf:
+                raise ConfigurationError(f"{name} must be non-negative and finite, got {value!r}")
+        for name, low in (("max_iter", 0), ("n_init", 1), ("verbose", 0), ("verbose_interval", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("warm_start", "sort_components"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        floating = isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
+        if self.dtype is not None and not floating:
+            raise ConfigurationError(
+                "dtype must be None or a floating torch dtype (torch.float32, torch.float64), "
+                f"got {self.dtype!r}"
+            )
 
     def _to_tensor(self, X, *, reset: bool, name: str = "X") -> torch.Tensor:
         """Validate X once (lvm_pyro's messages) and return it as a floating tensor."""
@@ -216,7 +225,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             model = GaussianMixtureModel(
                 K, x.shape[1], self.covariance_type, reg_covar=float(self.reg_covar)
             ).to(device=x.device, dtype=x.dtype)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = self._seed()
         result = em(
             model,
             x,
@@ -246,6 +255,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.reseeded_ = result.reseeded
         self._set_attributes(like=X)
         return self._out(model.map_z(x, self.chunk_size), X)
+
+    def _seed(self) -> int:
+        """A seed for em / sampling drawn from ``random_state`` (scikit-learn's convention)."""
+        try:
+            state = check_random_state(self.random_state)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"random_state must be None, an integer in [0, 2**32 - 1] or a numpy RandomState, "
+                f"got {self.random_state!r}"
+            ) from exc
+        return int(state.randint(np.iinfo(np.int32).max))
 
     def _verbose_callback(self, state: EMState) -> None:
         if state.iteration == 1:
@@ -292,11 +312,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns arrays of the type the estimator was fitted on.
         """
         self._check_fitted()
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        if not _is_int(n_samples) or n_samples < 1:
             raise ConfigurationError(
                 f"Invalid value for 'n_samples': {n_samples!r}; the sampling requires at least one sample"
             )
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = self._seed()
         gen = torch.Generator().manual_seed(seed)
         x, z = self.model_.sample(int(n_samples), component=component, generator=gen)
         return self._out(x, self.means_), self._out(z, self.means_)
@@ -329,7 +349,12 @@ def _dense_2d(X, name: str):
         raise DataTypeError(
             f"Sparse data was passed for {name}, but dense data is required: convert it with {name}.toarray()"
         )
-    X = np.asarray(X)
+    try:
+        X = np.asarray(X)
+    except ValueError as exc:  # ragged nested lists
+        raise DataTypeError(
+            f"{name} cannot be read as a numeric array ({exc}): pass rows of equal length"
+        ) from exc
     if X.dtype == object:
         try:
             X = X.astype(np.float64)
@@ -354,6 +379,11 @@ def _dense_2d(X, name: str):
             "at least one feature column"
         )
     return X
+
+
+def _is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _as_numpy(value):

@@ -15,8 +15,11 @@ import html
 import io
 import json
 import math
+import os
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,49 @@ class Section:
     figures: Mapping[str, bytes] = field(default_factory=dict)
     notes: Sequence[str] = ()
     config: Mapping[str, object] = field(default_factory=dict)
+
+
+#: the suffix of the temporary files :func:`atomic_output` writes (``.NAME.XXXX.tmp``)
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder to write to; renamed over ``path`` when the block
+    ends without an error, removed otherwise. Readers see the old file or the new one, never
+    half of one.
+
+    Example:
+        >>> import tempfile, os
+        >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_output(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text(), sorted(os.listdir(target.parent))
+        ('done', ['a.txt'])
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stray_outputs(folder: str | Path) -> list[str]:
+    """Delete the temporary files of :func:`atomic_output` that a killed writer left in
+    ``folder`` (call it while holding the folder's lock); returns their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.glob(f".*{TMP_SUFFIX}"):
+        if entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
 
 
 def figure_png(fig: Figure, dpi: int = 90) -> bytes:
@@ -70,6 +116,7 @@ def model_figures(model, result, x_test: torch.Tensor, y_test: torch.Tensor | No
     notes: list[str] = []
     if result is not None:
         figs["loss"] = plots.plot_loss(result)
+        _label_loss(figs["loss"], result)
     if model is None:
         return figs, notes
     images = image_shape is not None
@@ -111,13 +158,39 @@ def model_figures(model, result, x_test: torch.Tensor, y_test: torch.Tensor | No
     return figs, notes
 
 
+def _label_loss(fig: Figure, result) -> None:
+    """Say what a loss curve plots: for ``fit``, the KL-annealed objective during the warm-up
+    (shaded) and -ELBO after it, validation always -ELBO; for ``em``, the exact -log-likelihood."""
+    ax = fig.axes[0]
+    if not hasattr(result, "losses"):
+        ax.set_title("EM: -mean log-likelihood per point (exact, z summed out)", fontsize=9)
+        return
+    config = getattr(result, "config", {}) or {}
+    warmup = float(config.get("kl_warmup") or 0.0)
+    per_epoch = config.get("steps_per_epoch") or 0
+    if warmup <= 0 or not per_epoch or not result.losses:
+        ax.set_title("training: -ELBO per point (batch estimate); validation: -ELBO", fontsize=9)
+        return
+    end = min(warmup * per_epoch, len(result.losses))
+    ax.axvspan(0, end, color="0.85", alpha=0.6, lw=0, label=f"KL warm-up ({warmup:g} epochs)")
+    ax.legend()
+    ax.set_ylabel("loss per point")
+    annealed = "-(E_q log p(x|z) - beta KL), beta < 1"
+    if end >= len(result.losses):
+        title = f"training: annealed objective {annealed} throughout:\nthe run ended inside the KL warm-up"
+    else:
+        title = f"training: annealed objective {annealed} in the shaded warm-up,\nthen -ELBO"
+    ax.set_title(f"{title}; validation: -ELBO", fontsize=8)
+
+
 def save_figures(figs: Mapping[str, Figure], folder: Path) -> dict[str, bytes]:
-    """Write each figure to ``folder/NAME.png``; return the PNG bytes by name."""
+    """Write each figure to ``folder/NAME.png`` (atomically); return the PNG bytes by name."""
     folder.mkdir(parents=True, exist_ok=True)
     pngs = {}
     for name, fig in figs.items():
         png = figure_png(fig)
-        (folder / f"{name}.png").write_bytes(png)
+        with atomic_output(folder / f"{name}.png") as tmp:
+            tmp.write_bytes(png)
         pngs[name] = png
     return pngs
 
@@ -137,7 +210,7 @@ def _table(rows: Mapping[str, object]) -> str:
 
 def write_report(path: str | Path, title: str, sections: Sequence[Section],
                  versions: Mapping[str, str], command: str = "") -> Path:
-    """Write a self-contained HTML report (every figure inlined as base64 PNG).
+    """Write a self-contained HTML report (every figure inlined as base64 PNG), atomically.
 
     Example:
         >>> import tempfile, os
@@ -171,5 +244,6 @@ def write_report(path: str | Path, title: str, sections: Sequence[Section],
             parts.append(f"<details><summary>configuration</summary><pre>{config}</pre></details>")
     parts.append("<h2>Versions</h2>" + _table(versions) + "</body></html>")
     path = Path(path)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import arviz as az
@@ -19,7 +21,7 @@ import pytest
 import torch
 from pyro.nn import pyro_method
 
-from lvm_pyro import LatentVariableModel, cli
+from lvm_pyro import LatentVariableModel, cli, errors
 from lvm_pyro.models.registry import register_model
 
 
@@ -140,3 +142,128 @@ def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, ca
     assert len(images) >= 7 and all(img.std() > 0.01 for img in images)
     out = capsys.readouterr().out
     assert "gmm: test log-likelihood" in out and "vae: test log-likelihood" in out
+
+
+# ------------------------------------------------------------------ data, preprocessing, run folders
+
+
+def test_digits_binarization_is_stated_in_console_metrics_and_report(tmp_path, capsys):
+    assert cli.main(["fit", "vae", "--data", "digits", "--out", str(tmp_path), "--name", "v", "--quiet",
+                     "--epochs", "1", "--kl-warmup", "3", "--num-samples", "5",
+                     "--option", "hidden=(8,)"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert metrics["preprocessing"] == "binarized at >= 8 of the grey levels 0..16"
+    assert metrics["likelihood"] == "Bernoulli"
+    assert "preprocessing: binarized at >= 8 of the grey levels 0..16" in captured.out
+    # a run that ends inside its KL warm-up says so: metrics, console, report and loss curve
+    assert metrics["kl_warmup_epochs"] == 3.0 and metrics["ended_in_kl_warmup"] is True
+    assert metrics["train_objective_is"].startswith("annealed ELBO")
+    assert "inside the KL warm-up" in captured.err and "lvm-pyro resume" in captured.err
+    report = (tmp_path / "v" / "report.html").read_text()
+    assert "binarized at &gt;= 8 of the grey levels 0..16" in report and "annealed" in report
+    assert "wall_time_s" not in metrics and "wall_time_s" in (tmp_path / "v" / "timing.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "values, binarize, preprocessing, likelihood",
+    [
+        (np.linspace(0, 1, 120).reshape(30, 4), None, r"none: real-valued data used as stored", "Gaussian"),
+        (np.linspace(-2, 2, 120).reshape(30, 4), "0.5", r"binarized at >= 0.5 of values in \[-2, 2\]",
+         "Bernoulli"),
+        ((np.arange(120).reshape(30, 4) % 2).astype(float), None, r"none: binary-valued data", "Bernoulli"),
+    ],
+)
+def test_the_likelihood_follows_a_user_file(values, binarize, preprocessing, likelihood, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", values)
+    argv = ["fit", "vae", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path), "--name", "r", "--quiet",
+            "--epochs", "1", "--num-samples", "5", "--option", "hidden=(8,)"]
+    assert cli.main(argv + (["--binarize", binarize] if binarize else [])) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert re.match(preprocessing, metrics["preprocessing"]) and metrics["likelihood"].startswith(likelihood)
+    assert config["options"] == {"hidden": [8]}
+    assert config["auto_options"] == ({"likelihood": "gaussian"} if likelihood == "Gaussian" else {})
+    assert re.search(preprocessing, capsys.readouterr().out)
+    # the run is rebuilt from its config as it was trained: evaluate reads it back
+    assert cli.main(["evaluate", str(tmp_path / "r"), "--num-samples", "5"]) == 0
+
+
+def test_run_directories_are_created_atomically(tmp_path):
+    import threading
+
+    results = []
+
+    def create():
+        try:
+            lock = cli.create_run_directory(tmp_path / "same", {"n": 1})
+            results.append("created")
+            lock.release()
+        except errors.ConfigurationError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("created") == 1
+    assert all("exists: pass another --name" in r for r in results if r != "created")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no temporary directory left
+    assert json.loads((tmp_path / "same" / "config.json").read_text()) == {"n": 1}
+
+
+def test_a_failed_fit_leaves_no_run_folder(tmp_path, capsys):
+    # the mixture is built, its directory made, then EM refuses (more components than points)
+    assert cli.main(["fit", "gmm", "--out", str(tmp_path), "--name", "g", "--quiet",
+                     "--option", "n_components=5000"]) == 2
+    assert "n_components=5000" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_locked_run_refuses_a_second_writer_and_stray_files_are_removed(tmp_path, capsys):
+    assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r", "--quiet",
+                     "--num-samples", "5"]) == 0
+    run = tmp_path / "r"
+    lock = cli.DirectoryLock(run).acquire()
+    try:
+        assert cli.main(["resume", str(run), "--quiet", "--num-samples", "5"]) == 2
+        assert "in use by another lvm-pyro command" in capsys.readouterr().err
+    finally:
+        lock.release()
+    (run / ".metrics.json.abc123.tmp").write_text("half")
+    (run / "figures" / ".loss.png.xyz.tmp").write_bytes(b"half")
+    stale = tmp_path / ".other.q1w2.lvm-pyro-new"  # a half-made run of a command that died
+    stale.mkdir()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert cli.main(["resume", str(run), "--epochs", "3", "--quiet", "--num-samples", "5"]) == 0
+    assert not list(run.glob(".*.tmp")) and not list((run / "figures").glob(".*.tmp"))
+    assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r2", "--quiet",
+                     "--num-samples", "5"]) == 0
+    assert not stale.exists()
+
+
+def test_a_damaged_config_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"model": "vae", "data": "dig')
+    assert cli.main(["evaluate", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "not valid JSON" in err and err.count("\n") == 1
+
+
+def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
+    from lvm_pyro.report import atomic_output
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_options_are_literals_or_words():
+    assert cli.parse_options(["hidden=(64, 64)", "likelihood=gaussian", "scale='learned'", "flag=True"]) == {
+        "hidden": (64, 64), "likelihood": "gaussian", "scale": "learned", "flag": True}
+    with pytest.raises(errors.ConfigurationError, match="not a literal"):
+        cli.parse_options(["prior=GMMPrior()"])

@@ -28,8 +28,8 @@ def test_compiled_and_eager_paths_follow_the_same_trajectory(estimator):
                               kl_warmup=2 if estimator != "iwae" else 0, progress=False, seed=3, jit=jit)
         runs[jit] = (result, {k: v.detach().clone() for k, v in model.state_dict().items()})
     eager, compiled = runs[False], runs[True]
-    # the graph was recorded, verified and timed against eager (whichever won, same numbers)
-    assert compiled[0].config["compiled_speedup"] is not None and eager[0].config["compiled"] is False
+    # the graph was recorded, verified and used for every step (no timed trial any more)
+    assert compiled[0].config["compiled"] is True and eager[0].config["compiled"] is False
     torch.testing.assert_close(torch.tensor(compiled[0].losses), torch.tensor(eager[0].losses),
                                rtol=1e-5, atol=1e-5)
     for name, value in eager[1].items():
@@ -66,7 +66,7 @@ def test_branch_independent_of_data_is_compiled():
     for _ in range(3):
         assert float(compiled((torch.ones(3, 2),), torch.tensor(1.0))) == 12.0
     assert float(compiled((torch.ones(1, 2),), torch.tensor(0.5))) == 1.0
-    assert compiled.active and len(compiled.graphs) == 1
+    assert compiled.active and len(compiled.graphs) == 2  # a new shape is recorded on first use
 
 
 def test_tracing_failure_falls_back_to_eager():
@@ -84,19 +84,37 @@ def test_tracing_failure_falls_back_to_eager():
     assert values == [6.0, 6.0, 6.0] and not compiled.active
 
 
-def test_the_slower_path_loses_the_timed_trial():
-    w = torch.nn.Parameter(torch.ones(2))
-    compiled = CompiledLoss(lambda x, beta: (w * x).sum(), [w], trial_steps=3)
-    x = (torch.ones(3, 2),)
-    for _ in range(2):
-        compiled(x, torch.tensor(1.0))
-    assert compiled.graphs and compiled.speedup is None
-    for _ in range(6 + 2 * compiled_module.GRAPH_WARMUP):  # pretend graph steps take 3 s, eager 1 s
-        compiled(x, torch.tensor(1.0))
-        compiled.record(3.0 if compiled._path == "graph" else 1.0)
-    assert compiled.speedup == pytest.approx(1 / 3) and not compiled.active
-    assert "eager loss was faster" in compiled.fallback_reason
-    assert float(compiled(x, torch.tensor(1.0))) == 6.0
+def test_the_path_is_chosen_by_a_fixed_rule_not_by_timing():
+    small = [torch.zeros(256, 256), torch.zeros(256, 64)]
+    assert compiled_module.graph_pays_off(small, batch_rows=128)  # the small digits VAE's size
+    large = [torch.zeros(1024, 1024), torch.zeros(1024, 1024)]
+    assert not compiled_module.graph_pays_off(large, batch_rows=1024)  # the large one's: eager
+    limit = compiled_module.GRAPH_MAX_WORK
+    assert compiled_module.graph_pays_off([torch.zeros(limit // 4)], batch_rows=4)
+    assert not compiled_module.graph_pays_off([torch.zeros(limit // 4 + 1)], batch_rows=4)
+    x = torch.randn(96, 3)
+    configs = []
+    for jit in ("auto", True):
+        pyro.clear_param_store()
+        configs.append(lvm_pyro.fit(LocalGaussian(3), x, epochs=2, batch_size=32, progress=False, seed=0,
+                                    jit=jit).config)
+    assert configs[0]["compiled"] is True and configs[1]["compiled"] is True
+
+
+def test_prepared_graph_is_used_from_the_first_step_and_leaves_the_rng_alone():
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+
+    def loss_fn(x, beta):
+        return ((x * w + torch.randn_like(x)) ** 2).sum() * beta
+
+    compiled = CompiledLoss(loss_fn, [w])
+    torch.manual_seed(4)
+    before = torch.get_rng_state()
+    assert compiled.prepare((torch.ones(4, 2),), (2 * torch.ones(4, 2),), torch.tensor(1.0))
+    assert torch.equal(torch.get_rng_state(), before)  # recording, checking, warming up: no draws
+    value = compiled((torch.ones(4, 2),), torch.tensor(1.0))
+    torch.manual_seed(4)
+    assert float(value) == pytest.approx(float(loss_fn(torch.ones(4, 2), torch.tensor(1.0))), rel=1e-6)
 
 
 needs_compiler = pytest.mark.skipif(
@@ -118,7 +136,7 @@ def test_inductor_backend_follows_the_eager_trajectory(estimator):
                                   kl_warmup=2, progress=False, seed=5, jit=jit)
         runs[jit] = (result, {k: v.detach().clone() for k, v in model.state_dict().items()})
     eager, fused = runs[False], runs["inductor"]
-    assert fused[0].config["compiled_speedup"] is not None
+    assert fused[0].config["compiled"] is True
     torch.testing.assert_close(torch.tensor(fused[0].losses), torch.tensor(eager[0].losses),
                                rtol=1e-5, atol=1e-5)
     for name, value in eager[1].items():

@@ -27,6 +27,7 @@ from pyro import poutine
 
 from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.infer.mcmc import check_seed
 from lvm_pyro.infer.objectives import SCORE_BASELINES, Objective, make_objective
 from lvm_pyro.infer.svi import FitResult
 from lvm_pyro.models.base import Program, as_program
@@ -220,6 +221,7 @@ def gradient_variance(
                                  (warmup_draws, "warmup_draws", 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    seed = check_seed(seed)
     program = _program(model, guide)
     args = _args(program, data)
     if seed is not None:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from lvm_pyro.diagnostics.arviz import KHAT_GOOD, KHAT_OK, PSISResult, plot_ppc
-from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 
 __all__ = [
     "covariance_ellipse",
@@ -38,10 +38,18 @@ def _array(value, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
-        arr = np.asarray(value, dtype=float)
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {arr.dtype}")
+        return arr.astype(float)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} cannot be read as a numeric array ({exc})") from exc
-    return arr
+        raise DataTypeError(f"{name} cannot be read as a numeric array ({exc}): pass real numbers") from exc
+
+
+def _count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _figure(ax, figsize: tuple[float, float]):
@@ -101,7 +109,7 @@ def plot_loss(
     y = _array(train, "train").reshape(-1)
     fig, ax = _figure(ax, (6, 3.5))
     steps = np.arange(1, len(y) + 1)
-    window = max(len(y) // 50, 1) if smooth == "auto" else int(smooth)
+    window = max(len(y) // 50, 1) if smooth == "auto" else _count(smooth, "smooth ('auto' or a window)")
     if window > 1 and len(y) > window:
         ax.plot(steps, y, color="C0", alpha=0.25, lw=0.8)
         ax.plot(steps[window - 1:], _moving_average(y, window), color="C0", label="train")
@@ -149,11 +157,23 @@ def covariance_ellipse(mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
         >>> round(e.width, 6), round(e.height, 6)
         (4.0, 2.0)
     """
-    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=float))
+    if isinstance(n_std, bool) or not isinstance(n_std, (int, float)) or not 0 < n_std < math.inf:
+        raise ConfigurationError(f"n_std must be a finite positive number, got {n_std!r}")
+    m, c = _array(mean, "mean"), _array(cov, "cov")
+    if m.shape != (2,) or c.shape != (2, 2):
+        raise DataError(
+            f"covariance_ellipse draws a 2-D Gaussian: mean has shape {m.shape} and cov {c.shape}, "
+            "expected (2,) and (2, 2)"
+        )
+    if not (np.isfinite(m).all() and np.isfinite(c).all()):
+        raise DataError("mean and cov must be finite (they hold NaN or inf)")
+    vals, vecs = np.linalg.eigh(c)
+    if vals[0] < -1e-8 * max(abs(vals[1]), 1.0) or not np.allclose(c, c.T):
+        raise DataError(f"cov is not a covariance matrix (symmetric positive semi-definite): {c.tolist()}")
     vals = np.clip(vals, 0.0, None)
     angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
     width, height = 2 * n_std * math.sqrt(vals[1]), 2 * n_std * math.sqrt(vals[0])
-    return Ellipse(tuple(np.asarray(mean, dtype=float)), width, height, angle=angle, **kwargs)
+    return Ellipse(tuple(m), width, height, angle=angle, **kwargs)
 
 
 def plot_mixture(
@@ -245,6 +265,14 @@ def _tab10(i: int) -> np.ndarray:
 def _images(images, image_shape: Sequence[int] | None, name: str) -> np.ndarray:
     """(N, H, W) images from (N, H, W) or flat (N, D) with image_shape (default: square)."""
     arr = _array(images, name)
+    if arr.ndim >= 1 and len(arr) == 0:
+        raise DataError(f"{name} is empty (shape {arr.shape}): pass at least one image")
+    if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        raise DataError(
+            f"{name} has {int(bad.sum())} NaN/inf value(s), the first at index "
+            f"{[int(i) for i in np.argwhere(bad)[0]]}: pass finite pixel values"
+        )
     if arr.ndim == 3 and image_shape is None:
         return arr
     if arr.ndim < 2:
@@ -293,6 +321,7 @@ def plot_samples(
         >>> len(fig.axes)
         12
     """
+    ncols = _count(ncols, "ncols")
     imgs = _images(images, image_shape, "images")
     n = len(imgs)
     cols = max(1, min(ncols, n))
@@ -327,6 +356,7 @@ def plot_reconstructions(
         >>> len(plot_reconstructions(x, x * 0.5, n=4).axes)
         8
     """
+    n = _count(n, "n")
     a = _images(originals, image_shape, "originals")
     b = _images(reconstructions, image_shape, "reconstructions")
     if a.shape != b.shape:
@@ -373,6 +403,11 @@ def plot_latent_traversal(
         >>> len(fig.axes)
         18
     """
+    if not callable(decoder):
+        raise ConfigurationError(
+            f"decoder must be a function from latent codes to images (e.g. lambda z: vae.decode(z).mean), "
+            f"got {type(decoder).__name__}"
+        )
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
         raise ConfigurationError(f"latent_dim must be a positive integer, got {latent_dim!r}")
     dims = list(range(min(latent_dim, 8))) if dims is None else list(dims)
@@ -505,6 +540,7 @@ def plot_latent(
         >>> fig.axes[0].get_xlabel()
         'PC 1'
     """
+    max_points = _count(max_points, "max_points")
     Z = _array(z, "z")
     if Z.ndim != 2 or Z.shape[1] < 1:
         raise DataError(f"z has shape {Z.shape}: pass latent codes of shape (N, latent_dim)")
@@ -566,7 +602,9 @@ def plot_khat(khat, *, ax=None, title: str | None = None) -> Figure:
         values = khat.pareto_k
     else:
         values = khat
-    k = _array(values, "khat").reshape(-1)
+    k = _array(values, "khat")
+    if k.ndim != 1:
+        raise DataError(f"khat has shape {k.shape}: pass one k-hat per data point, a 1-D array")
     shown = np.where(np.isfinite(k), k, np.nan)
     fig, ax = _figure(ax, (6, 3.5))
     colours = np.where(k < KHAT_GOOD, "C2", np.where(k < KHAT_OK, "C1", "C3"))

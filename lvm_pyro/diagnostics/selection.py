@@ -9,7 +9,7 @@ elpd_loo = sum_i log p(x_i | x_-i) by Pareto-smoothed importance sampling: the l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,7 @@ from lvm_pyro.data import validate_data
 from lvm_pyro.diagnostics.arviz import loo, to_inference_data
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.estimators import GaussianMixture
+from lvm_pyro.infer.mcmc import check_seed
 from lvm_pyro.infer.svi import fit
 from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMPrior
 
@@ -150,6 +151,16 @@ def select_components(
         raise ConfigurationError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
         )
+    seed = check_seed(seed)
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or num_samples < 2):
+        raise ConfigurationError(
+            f"num_samples must be an integer >= 2 (LOO needs posterior draws), got {num_samples!r}"
+        )
+    if prior is not None and not isinstance(prior, GMMPrior):
+        raise ConfigurationError(f"prior must be a GMMPrior or None, got {type(prior).__name__}")
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
+        raise ConfigurationError(f"ks must be a non-empty list of positive integers, got {ks!r}")
     ks = list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
         raise ConfigurationError(f"ks must be a non-empty list of positive integers, got {ks!r}")

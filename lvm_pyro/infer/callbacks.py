@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lvm_pyro.data import _check_int as check_int
 from lvm_pyro.errors import ConfigurationError
 
 
@@ -20,8 +21,10 @@ from lvm_pyro.errors import ConfigurationError
 class TrainState:
     """What the training loop knows, shared with callbacks.
 
-    Losses are per data point (negative ELBO / N); ``val_elbo`` is the held-out ELBO per
-    data point after each epoch (empty without validation data).
+    Losses are per data point (negative ELBO / N; the annealed objective while ``beta`` < 1);
+    ``betas`` holds the KL weight of each step and ``epoch_betas`` its mean over each epoch;
+    ``val_elbo`` is the held-out ELBO per data point after each epoch (empty without
+    validation data).
     """
 
     num_data: int
@@ -33,7 +36,9 @@ class TrainState:
     epoch: int = 0
     beta: float = 1.0
     losses: list[float] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
+    epoch_betas: list[float] = field(default_factory=list)
     val_elbo: list[float] = field(default_factory=list)
     stop: bool = False
     stop_reason: str = ""
@@ -55,7 +60,20 @@ class TrainState:
 
 
 class Callback:
-    """Base class: override the hooks you need. All hooks receive the TrainState."""
+    """Base class: override the hooks you need. All hooks receive the TrainState.
+
+    ``key`` names the callback's state in a checkpoint: a resumed run gives each callback
+    the state saved under its key (default: its class name; two callbacks of one class are
+    told apart by their order among themselves, or by distinct ``key`` attributes), so the
+    order of the list may change between runs.
+    """
+
+    key: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The name of this callback's state in a checkpoint (``key``, else the class name)."""
+        return self.key if self.key is not None else type(self).__qualname__
 
     def on_fit_start(self, state: TrainState) -> None: ...
 
@@ -85,8 +103,10 @@ class KLWarmup(Callback):
     """
 
     def __init__(self, epochs: float, start: float = 0.0) -> None:
-        if epochs <= 0 or not 0.0 <= start <= 1.0:
-            raise ConfigurationError("KLWarmup needs epochs > 0 and 0 <= start <= 1")
+        if not _is_real(epochs) or not math.isfinite(epochs) or epochs <= 0:
+            raise ConfigurationError(f"KLWarmup needs epochs > 0 (a finite number), got {epochs!r}")
+        if not _is_real(start) or not 0.0 <= start <= 1.0:
+            raise ConfigurationError(f"KLWarmup needs 0 <= start <= 1, got {start!r}")
         self.epochs = epochs
         self.start = start
 
@@ -95,6 +115,14 @@ class KLWarmup(Callback):
 
     def on_fit_end(self, state: TrainState) -> None:
         state.beta = 1.0
+
+
+class KLWarmupWarning(UserWarning):
+    """A run ended inside its KL warm-up: its losses are the annealed objective, not -ELBO."""
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class EarlyStopping(Callback):
@@ -109,8 +137,9 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, patience: int = 10, min_delta: float = 0.0, restore_best: bool = True) -> None:
-        if patience < 1:
-            raise ConfigurationError("EarlyStopping needs patience >= 1")
+        check_int(patience, "EarlyStopping patience", 1)
+        if not _is_real(min_delta) or not min_delta >= 0 or not math.isfinite(min_delta):
+            raise ConfigurationError(f"EarlyStopping needs min_delta >= 0 (finite), got {min_delta!r}")
         self.patience = patience
         self.min_delta = min_delta
         self.restore_best = restore_best
@@ -158,6 +187,9 @@ class Convergence(Callback):
     """
 
     def __init__(self, rtol: float = 1e-4, window: int = 3) -> None:
+        if not _is_real(rtol) or not rtol > 0 or not math.isfinite(rtol):
+            raise ConfigurationError(f"Convergence needs rtol > 0 (finite), got {rtol!r}")
+        check_int(window, "Convergence window", 1)
         self.rtol = rtol
         self.window = window
         self.count = 0
@@ -189,6 +221,11 @@ class LRScheduler(Callback):
     """
 
     def __init__(self, factory: Callable, interval: str = "epoch") -> None:
+        if not callable(factory):
+            raise ConfigurationError(
+                "LRScheduler needs a factory optimizer -> scheduler, e.g. "
+                "LRScheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10, 0.5))"
+            )
         if interval not in ("epoch", "step"):
             raise ConfigurationError("LRScheduler interval must be 'epoch' or 'step'")
         self.factory = factory

@@ -8,9 +8,18 @@ replayed as a single graph. Each recording is *verified* before it is used: from
 RNG state, the traced and the eager loss and every parameter gradient must agree on a
 batch other than the one it was recorded on. Any failure (tracing error, mismatch) falls
 back to the eager loss for good, with a warning that says why; the RNG state is left as it
-was, so the training trajectory is the same on either path. Whether the graph is faster is
-measured, not assumed: the first steps alternate between graph and eager, and the faster
-path is kept (see :meth:`CompiledLoss.record`).
+was, so the training trajectory is the same on either path up to rounding.
+
+Which path a run takes is decided by a fixed rule, never by timing, so a seed reproduces a
+run bit for bit and a resumed run takes the same path at every step as an uninterrupted
+one: ``fit(jit="auto")`` (the default) uses the graph when :func:`graph_pays_off` says so
+(the per-step arithmetic, parameters x batch rows, is at most ``GRAPH_MAX_WORK``: Python's
+per-step overhead then dominates, as on the small digits VAE, where the graph is 0.9x of a
+hand-written eager step; above it, as on the large VAE, the TorchScript graph was measured
+5-13% slower than eager and eager is used). The graph for the training batch shape is
+recorded, verified and warmed up (``GRAPH_WARMUP`` runs, in which TorchScript profiles and
+optimizes it) before the first step, with the RNG state restored, so every training step
+runs the same optimized graph.
 
 ``backend="inductor"`` goes one step further: the verified TorchScript graph (pure torch,
 static shapes) is re-recorded as an aten-level FX graph and compiled by ``torch.compile``
@@ -33,7 +42,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import statistics
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -41,8 +49,12 @@ import torch
 
 from lvm_pyro.infer.checkpoint import get_rng_state, set_rng_state
 
-#: Graph runs left out of the timed trial: TorchScript profiles and optimizes a graph first.
+#: Graph runs (forward and backward) before training: TorchScript profiles and optimizes a
+#: graph on its first runs, so every training step then runs the same optimized graph.
 GRAPH_WARMUP = 3
+
+#: Above this many parameter elements x batch rows per step the eager path is used by default.
+GRAPH_MAX_WORK = 2**27
 
 #: The estimators whose loss is a pure function of (batch, parameters, noise).
 COMPILABLE = ("reparam", "meanfield", "iwae")
@@ -81,6 +93,22 @@ def retain_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def graph_pays_off(params: Sequence[torch.Tensor], batch_rows: int) -> bool:
+    """The rule of ``fit(jit="auto")``: is a compiled graph used for this model and batch size?
+
+    Yes when sum(parameter elements) x batch rows <= ``GRAPH_MAX_WORK`` (2^27): the step is
+    then small enough for Python's per-step overhead, which the graph removes, to matter. A
+    function of the model and the batch size only, so reruns and resumptions decide alike.
+
+    Example:
+        >>> graph_pays_off([torch.zeros(1000, 100)], batch_rows=128)
+        True
+        >>> graph_pays_off([torch.zeros(1000, 1000)], batch_rows=1024)
+        False
+    """
+    return sum(p.numel() for p in params) * batch_rows <= GRAPH_MAX_WORK
+
+
 class CompiledLoss:
     """``loss_fn(*batch, beta)`` compiled per input signature, with a verified eager fallback.
 
@@ -88,6 +116,11 @@ class CompiledLoss:
     optimizer's in-place updates are seen); ``beta`` is the KL warm-up factor as a 0-d tensor.
     ``backend`` is "script" (TorchScript) or "inductor" (the TorchScript graph compiled by
     ``torch.compile``; ``inductor_fallback`` says why it was not used, if it was not).
+
+    :meth:`prepare` records the graph of a batch shape before training (recorded on one
+    batch, verified on another, warmed up); a shape first met in ``__call__`` is recorded,
+    verified and warmed up on that batch. Either way a signature's path is fixed from its
+    first use: the graph, or eager for good after a failed check (with a warning).
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(3))
@@ -97,7 +130,7 @@ class CompiledLoss:
     """
 
     def __init__(self, loss_fn: Callable, params: Sequence[torch.Tensor], rtol: float = 1e-4,
-                 trial_steps: int = 12, backend: str = "script"):
+                 backend: str = "script"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.backend = backend
@@ -105,67 +138,38 @@ class CompiledLoss:
         self.loss_fn = loss_fn
         self.params = list(params)
         self.rtol = rtol
-        self.trial_steps = trial_steps
         self.graphs: dict[tuple, Callable] = {}
         self.fallback_reason: str | None = None
-        self.speedup: float | None = None
-        self._pending: dict[tuple, tuple] = {}
-        self._trial: dict[str, list[float]] = {"graph": [], "eager": []}
-        self._path = "eager"
-        self._graph_runs = 0
         if any(p.device.type == "cpu" for p in self.params):
             retain_freed_memory()
 
     @property
     def active(self) -> bool:
-        """True while compiled graphs are in use (False after a fallback or a slower trial)."""
+        """True while compiled graphs are in use (False after a fallback)."""
         return self.fallback_reason is None
 
     def eager(self, batch: tuple, beta: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(*batch, beta)
 
-    def record(self, seconds: float) -> None:
-        """The wall time of the whole step just taken (loss, backward, optimizer).
+    @staticmethod
+    def signature(batch: tuple) -> tuple:
+        return tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
 
-        Once a graph exists, steps alternate between it and the eager loss (the same
-        numbers either way) for ``trial_steps`` each; the faster path by median is kept.
-        A graph does not pay off for every model: for large layers the eager kernels win.
-        """
-        if self.speedup is not None or not self.graphs or not self.active:
-            return
-        if self._path == "graph":
-            self._graph_runs += 1
-            if self._graph_runs <= GRAPH_WARMUP:  # the executor profiles and optimizes first
-                return
-        self._trial[self._path].append(seconds)
-        graph, eager = self._trial["graph"], self._trial["eager"]
-        if min(len(graph), len(eager)) >= self.trial_steps:
-            self.speedup = statistics.median(eager) / statistics.median(graph)
-            if self.speedup < 1.0:
-                self.fallback_reason = f"the eager loss was faster ({1 / self.speedup:.2f}x) in a timed trial"
-                self.graphs.clear()
+    def prepare(self, batch: tuple, check_batch: tuple, beta: torch.Tensor) -> bool:
+        """Record the graph on ``batch``, verify it against eager on ``check_batch`` (same
+        shapes, other values), warm it up; the RNG state is left as it was. True if it is used."""
+        if self.active and self.signature(batch) not in self.graphs:
+            graph = self._trace_and_verify(batch, check_batch, beta)
+            if graph is not None:
+                self.graphs[self.signature(batch)] = graph
+        return self.active and self.signature(batch) in self.graphs
 
     def __call__(self, batch: tuple, beta: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.eager(batch, beta)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
-        graph = self.graphs.get(key)
-        if graph is not None:
-            if self.speedup is None:  # in the timed trial: alternate
-                self._path = "eager" if self._path == "graph" else "graph"
-                if self._path == "eager":
-                    return self.eager(batch, beta)
-            return graph(*batch, beta, *self.params)
-        if key not in self._pending:
-            # Record on this batch, verify on the next one of the same signature.
-            self._pending[key] = tuple(t.clone() for t in batch)
+        if self.signature(batch) not in self.graphs and not self.prepare(batch, batch, beta):
             return self.eager(batch, beta)
-        recorded_on = self._pending.pop(key)
-        graph = self._trace_and_verify(recorded_on, batch, beta)
-        if graph is None:
-            return self.eager(batch, beta)
-        self.graphs[key] = graph
-        return graph(*batch, beta, *self.params)
+        return self.graphs[self.signature(batch)](*batch, beta, *self.params)
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
@@ -202,8 +206,20 @@ class CompiledLoss:
             return None
         if self.backend == "inductor" and self.inductor_fallback is None:
             compiled = self._inductor(graph, record_batch, check_batch, beta)
-            return graph if compiled is None else compiled
+            graph = graph if compiled is None else compiled
+        self._warm_up(graph, check_batch, beta)
         return graph
+
+    def _warm_up(self, graph: Callable, batch: tuple, beta: torch.Tensor) -> None:
+        """Run the graph forward and backward ``GRAPH_WARMUP`` times from the current RNG state,
+        which is restored: the executor's profiling runs happen here, not in training steps."""
+        rng = get_rng_state()
+        try:
+            for _ in range(GRAPH_WARMUP):
+                set_rng_state(rng)
+                self._grads(graph(*batch, beta, *self.params))
+        finally:
+            set_rng_state(rng)
 
     def _matches_eager(self, fn: Callable, batch: tuple, beta: torch.Tensor) -> bool:
         """From one RNG state, do ``fn`` and the eager loss give the same loss and gradients?

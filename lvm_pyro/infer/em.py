@@ -34,11 +34,14 @@ posterior marginal, held fixed), keeping the best parameters seen, so Q never de
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import numbers
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyro
@@ -49,11 +52,12 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
-from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
+from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
 from lvm_pyro.infer.distributed import DistributedContext, join_group
 from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
@@ -100,7 +104,11 @@ class EMResult:
     ``lower_bound_``). ``n_iter``: M-steps done. ``best_init``: index of the winning start;
     ``init_objectives``: the final objective of every start. ``reseeded``: re-seeding
     events. ``e_step`` / ``m_step``: the routes that ran ("closed_form" or "enum";
-    "closed_form", "model" or "gradient").
+    "closed_form", "model" or "gradient"). ``stop_reason``: why the winning start stopped:
+    "converged" (the objective changed by less than ``tol`` after an M-step that moved),
+    "stalled" (a generalized M-step found no higher Q while the objective still changed by
+    ``tol`` or more: not converged; raise ``m_step_steps`` or change ``m_step_lr``),
+    "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
     """
 
     model: object
@@ -116,6 +124,7 @@ class EMResult:
     m_step: str
     wall_time: float
     config: dict = field(default_factory=dict)
+    stop_reason: str = ""
 
 
 # --------------------------------------------------------------------------- enumeration
@@ -159,9 +168,11 @@ def _max_plate_nesting(program: Program, data: tuple[torch.Tensor, ...]) -> int:
     return max(dims, default=0)
 
 
-def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor, nesting: int) -> _EnumTrace:
+def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor, nesting: int,
+                data_plate: str = DATA_PLATE) -> _EnumTrace:
     """Trace the guide, then the model under enumeration with the guide replayed; pack the
-    log-factors. ``data`` is x or (x, condition, ...), passed to both as positional arguments."""
+    log-factors. ``data`` is x or (x, condition, ...), passed to both as positional arguments;
+    ``data_plate`` names the plate over its rows."""
     data = data if isinstance(data, tuple) else (data,)
     guide_tr = poutine.trace(program.guide).get_trace(*data)
     enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
@@ -207,7 +218,7 @@ def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor,
             "the model with fit()"
         )
     named = [(n, o, t, set(t._pyro_dims) & sum_dims) for n, o, t in named]
-    data_symbol = model_tr.plate_to_symbol.get(DATA_PLATE)
+    data_symbol = model_tr.plate_to_symbol.get(data_plate)
     return _EnumTrace(factors, named, sum_dims, enum_sites, log_prior, model_tr.symbol_to_dim, data_symbol)
 
 
@@ -301,6 +312,36 @@ def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
     return total
 
 
+@contextlib.contextmanager
+def _model_errors(rows: int, data_plate: str):
+    """A model or guide that fails on the data (shapes, indices, dtypes) raises a
+    ModelContractError saying where, instead of a traceback from inside Pyro or torch."""
+    try:
+        yield
+    except LVMError:
+        raise
+    except (ValueError, RuntimeError, IndexError, TypeError, KeyError) as exc:
+        raise ModelContractError(
+            f"the model or guide failed on {rows} rows of the data ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): check that they take the data as "
+            f"em passes it, model(x, *conditions), that every observed site has one value per row "
+            f"inside pyro.plate({data_plate!r}, len(x)), and that each tensor's shape matches "
+            "its plates"
+        ) from exc
+
+
+class _SiteFrames(Messenger):
+    """Records the plates (``cond_indep_stack``) of every sample site a program runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: dict[str, tuple] = {}
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if not site_is_subsample(msg):
+            self.frames[msg["name"]] = tuple(msg["cond_indep_stack"])
+
+
 # --------------------------------------------------------------------------- the two routes
 #
 # Both routes take the data as a tuple (x, condition, ...). Under distributed=True every
@@ -335,8 +376,9 @@ class _ClosedFormRoute:
             self.group.all_reduce_([total])
         return total
 
-    def m_step(self, data: tuple, stats) -> None:
+    def m_step(self, data: tuple, stats) -> bool:
         self.model.m_step_from_statistics(stats)
+        return True
 
     def log_prior(self) -> float:
         return float(self.model.log_prior()) if hasattr(self.model, "log_prior") else 0.0
@@ -361,17 +403,81 @@ class _EnumRoute:
     e_step_name = "enum"
 
     def __init__(self, program: Program, data: tuple, chunk_size, steps: int, lr: float,
-                 group: DistributedContext | None = None):
-        self.program, self.group = program, group
-        self.nesting = _max_plate_nesting(program, data)
+                 group: DistributedContext | None = None, data_plate: str = DATA_PLATE):
+        self.program, self.group, self.data_plate = program, group, data_plate
         self.n = data[0].shape[0]
-        self.rows = self.n if chunk_size is None else chunk_size
+        self.rows = self.n if chunk_size is None else min(chunk_size, self.n)
+        with _model_errors(self.rows, data_plate):
+            self.nesting = _max_plate_nesting(program, data)
         self.steps, self.lr = steps, lr
         self.closed_m_step = getattr(program.source, "m_step", None)
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
         self.params: list[torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._log_prior = 0.0
+        self._check_data_plate(data)
+
+    def _check_data_plate(self, data: tuple) -> None:
+        """The plate ``data_plate`` runs over the rows of x, whole, wherever rows are split.
+
+        Chunks (``chunk_size``) and shards (``distributed``) call the model on a slice of the
+        rows, which is right only if the plate over them is ``pyro.plate(data_plate, len(x))``
+        and every observed or enumerated site sits inside it. A name the user gave must exist.
+        """
+        split = self.rows < self.n or self.group is not None
+        chunk = tuple(t[: self.rows] for t in data)
+        watch_model, watch_guide = _SiteFrames(), _SiteFrames()
+        model = poutine.enum(config_enumerate(watch_model(self.program.model)),
+                             first_available_dim=-1 - self.nesting)
+        with poutine.block(), _model_errors(len(chunk[0]), self.data_plate):
+            guide_tr = poutine.trace(watch_guide(self.program.guide)).get_trace(*chunk)
+            poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*chunk)
+        plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
+        frames = [f for fs in watch_model.frames.values() for f in fs if f.name == self.data_plate]
+        if not frames:
+            if split or self.data_plate != DATA_PLATE:
+                why = ("chunk_size and distributed split the rows of that plate; "
+                       if split else "")
+                raise ModelContractError(
+                    f"em found no plate named {self.data_plate!r} in the model (its plates: "
+                    f"{plates or 'none'}): {why}pass data_plate=<the name of the model's plate over "
+                    "the rows of x> (e.g. data_plate='sequences'), or put the observations inside "
+                    f"pyro.plate({self.data_plate!r}, len(x))"
+                )
+            return
+        frame = frames[0]
+        if not frame.vectorized:
+            raise ModelContractError(
+                f"the data plate {self.data_plate!r} is a sequential plate (a Python loop over "
+                "pyro.plate): em needs a vectorized plate, `with pyro.plate("
+                f"{self.data_plate!r}, len(x), dim=...)`, or data_plate= naming another plate"
+            )
+        if frame.full_size is not None and frame.size != frame.full_size:
+            raise ModelContractError(
+                f"the model subsamples its data plate {self.data_plate!r} itself ({frame.size} of "
+                f"{frame.full_size} rows): every E-step needs every row, so drop the plate's "
+                "subsample_size / subsample and bound memory with em's chunk_size= instead"
+            )
+        rows = len(chunk[0])
+        if frame.size != rows:
+            raise ModelContractError(
+                f"the data plate {self.data_plate!r} has size {frame.size}, but the model was "
+                f"called with {rows} rows of x: em calls the model on the rows of x (in chunks with "
+                f"chunk_size=), so the plate must be pyro.plate({self.data_plate!r}, len(x)) over "
+                "the first dimension of x; or pass data_plate= naming the plate over the rows"
+            )
+        if split:
+            outside = [
+                name for name, fs in watch_model.frames.items()
+                if name not in watch_guide.frames and all(f.name != self.data_plate for f in fs)
+            ]
+            if outside:
+                raise ModelContractError(
+                    f"site(s) {outside} are outside the data plate {self.data_plate!r}, so a chunk "
+                    "or shard of rows would count them once per piece: move them inside "
+                    f"pyro.plate({self.data_plate!r}, len(x)), or leave chunk_size=None and "
+                    "distributed=False"
+                )
 
     def _local(self, data: tuple) -> tuple:
         return data if self.group is None else self.group.shard(data)
@@ -380,12 +486,12 @@ class _EnumRoute:
         return list(zip(*(t.split(self.rows) for t in data)))
 
     def _trace(self, chunk: tuple) -> _EnumTrace:
-        tr = _trace_enum(self.program, chunk, self.nesting)
+        tr = _trace_enum(self.program, chunk, self.nesting, self.data_plate)
         if len(chunk[0]) < self.n:
             global_sites = [n for n, (_, o, _) in tr.enum_sites.items() if tr.data_symbol not in o]
             if global_sites:
                 raise ConfigurationError(
-                    f"site(s) {global_sites} are enumerated outside the plate {DATA_PLATE!r}, so "
+                    f"site(s) {global_sites} are enumerated outside the plate {self.data_plate!r}, so "
                     "their posterior needs all the data at once: leave chunk_size=None and "
                     "distributed=False"
                 )
@@ -415,7 +521,8 @@ class _EnumRoute:
     def reseed(self, data: tuple, posts, gen) -> list:
         return []
 
-    def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> None:
+    def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> bool:
+        """Take the M-step; False when it left the parameters where they were (a stall)."""
         if self.closed_m_step is not None:
             marginals = {
                 name: torch.cat([p.marginals[name] for p in posts], dim=-2) for name in posts[0].marginals
@@ -423,8 +530,8 @@ class _EnumRoute:
             if self.group is not None:  # the model's M-step sees every row's posterior
                 marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
             self.closed_m_step(*data, marginals)
-        else:
-            self._gradient_m_step(self._local(data), posts)
+            return True
+        return self._gradient_m_step(self._local(data), posts)
 
     def _q(self, local: tuple, posts, backward: bool) -> float:
         """This process's share of Q; its gradient (of -Q / N) accumulates in the parameters."""
@@ -450,7 +557,7 @@ class _EnumRoute:
         """The module's parameters and every pyro.param the model and guide touch, once each."""
         with poutine.trace(param_only=True) as capture, torch.no_grad():
             chunk = self._chunks(local)[0]
-            _expected_log_joint(_trace_enum(self.program, chunk, self.nesting), posts[0])
+            _expected_log_joint(_trace_enum(self.program, chunk, self.nesting, self.data_plate), posts[0])
         module = self.program.module
         candidates = list(module.parameters()) if module is not None else []
         for site in capture.trace.nodes.values():
@@ -464,21 +571,27 @@ class _EnumRoute:
             )
         return params
 
-    def _gradient_m_step(self, local: tuple, posts) -> None:
+    def _gradient_m_step(self, local: tuple, posts) -> bool:
+        """Adam steps on Q, keeping the best parameters seen (the start included), so Q never
+        decreases. Returns whether Q rose above its value at the start (False: a stall)."""
         if self.params is None:
             self.params = self._collect_params(local, posts)
             self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
-        best_q, best = -math.inf, None
-        for _ in range(self.steps):
+        start_q, best_q, best = -math.inf, -math.inf, None
+        for step in range(self.steps):
             self.optimizer.zero_grad()
             q = self._sum_q(self._q(local, posts, backward=True), backward=True)
+            if step == 0:
+                start_q = q
             if q > best_q:
                 best_q, best = q, [p.detach().clone() for p in self.params]
             self.optimizer.step()
         with torch.no_grad():
-            if self._sum_q(self._q(local, posts, backward=False), backward=False) < best_q:
+            final_q = self._sum_q(self._q(local, posts, backward=False), backward=False)
+            if final_q < best_q:
                 for p, b in zip(self.params, best):
                     p.copy_(b)
+        return max(final_q, best_q) > start_q
 
     @torch.no_grad()
     def random_start(self, data: tuple, gen) -> None:
@@ -512,22 +625,103 @@ def _user_data(data: tuple):
 # --------------------------------------------------------------------------- em
 
 
-def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr) -> None:
-    if not isinstance(max_iter, int) or max_iter < 0:
-        raise ConfigurationError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    if not isinstance(n_init, int) or n_init < 1:
-        raise ConfigurationError(f"n_init must be a positive integer, got {n_init!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ConfigurationError(f"tol must be a non-negative number, got {tol!r}")
-    if not callable(init) and init not in INITS:
-        raise ConfigurationError(f"init must be one of {INITS} or a callable, got {init!r}")
-    if e_step not in E_STEPS:
-        raise ConfigurationError(f"e_step must be one of {E_STEPS}, got {e_step!r}")
-    if not isinstance(m_step_steps, int) or m_step_steps < 1 or not m_step_lr > 0:
-        raise ConfigurationError("m_step_steps must be a positive integer and m_step_lr positive")
+def _integer(value, name: str, minimum: int, hint: str, optional: bool = False) -> int | None:
+    """An integer >= minimum (numpy integers too; bool refused), or None where allowed."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a non-negative" if minimum == 0 else "a positive" if minimum == 1 else "an"
+        allowed = " or None" if optional else ""
+        raise ConfigurationError(f"{name} must be {kind} integer{allowed}, got {value!r}: {hint}")
+    return int(value)
 
 
-def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group):
+def _number(value, name: str, hint: str, *, positive: bool) -> float:
+    """A finite real number, > 0 (``positive``) or >= 0."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigurationError(f"{name} must be a finite {kind} number, got {value!r}: {hint}")
+    return float(value)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _choice(value, name: str, choices: tuple, allow_callable: bool = False) -> None:
+    if allow_callable and callable(value):
+        return
+    if not isinstance(value, str) or value not in choices:
+        extra = " or a callable" if allow_callable else ""
+        raise ConfigurationError(f"{name} must be one of {choices}{extra}, got {value!r}")
+
+
+def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr, *, chunk_size=None,
+                  seed=None, data_plate=DATA_PLATE, callbacks=(), progress=False,
+                  canonical_order=True, distributed=False, guide=None) -> dict:
+    """Every argument of ``em`` checked before it reaches torch; returns the numbers, normalized."""
+    out = dict(
+        max_iter=_integer(max_iter, "max_iter", 0, "the number of EM iterations (0 only evaluates)"),
+        n_init=_integer(n_init, "n_init", 1, "the number of starts, e.g. n_init=3"),
+        tol=_number(tol, "tol", "the per-point change of the objective that counts as "
+                    "convergence (0 runs all max_iter iterations)", positive=False),
+        m_step_steps=_integer(m_step_steps, "m_step_steps", 1,
+                              "Adam steps per generalized M-step, e.g. 20"),
+        m_step_lr=_number(m_step_lr, "m_step_lr", "the Adam learning rate of the generalized "
+                          "M-step, e.g. 0.05", positive=True),
+        chunk_size=_integer(chunk_size, "chunk_size", 1, "rows per E-step chunk; None takes them "
+                            "all at once", optional=True),
+    )
+    _choice(init, "init", INITS, allow_callable=True)
+    _choice(e_step, "e_step", E_STEPS)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**63):
+        raise ConfigurationError(f"seed must be an integer in [0, 2**63) or None, got {seed!r}")
+    out["seed"] = None if seed is None else int(seed)
+    if not isinstance(data_plate, str) or not data_plate:
+        raise ConfigurationError(
+            f"data_plate must be the name of the model's plate over the rows of x (a non-empty "
+            f"string such as 'data' or 'sequences'), got {data_plate!r}"
+        )
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise ConfigurationError(
+            f"callbacks must be a list of callables (pass callbacks=[f] for one), got {callbacks!r}"
+        )
+    callbacks = list(callbacks)
+    bad = [cb for cb in callbacks if not callable(cb)]
+    if bad:
+        raise ConfigurationError(f"every callback must be callable (a function of EMState), got {bad[0]!r}")
+    out["callbacks"] = callbacks
+    _flag(progress, "progress")
+    _flag(canonical_order, "canonical_order")
+    _flag(distributed, "distributed")
+    if guide is not None and not callable(guide):
+        raise ConfigurationError(
+            f"guide must be a callable Pyro program (e.g. pyro.infer.autoguide.AutoDelta(model)) "
+            f"or None, got {guide!r}"
+        )
+    return out
+
+
+def _empty_guide(*args, **kwargs) -> None:
+    """The guide of a model whose parameters are all ``pyro.param``s and latents all discrete."""
+
+
+def _program(model, guide) -> Program:
+    """``as_program``, with an empty guide for a plain model callable that has none (all its
+    latents are enumerated and its parameters are ``pyro.param``s)."""
+    plain = (
+        guide is None and callable(model) and not isinstance(model, (tuple, Program))
+        and not (hasattr(model, "model") and hasattr(model, "guide"))
+    )
+    return as_program(model, _empty_guide if plain else guide)
+
+
+def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group,
+                data_plate: str = DATA_PLATE):
     source = program.source
     closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
     if e_step == "closed_form" and not closed:
@@ -536,13 +730,18 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
             "m_step_from_statistics(); use e_step='enum' (Pyro's enumeration)"
         )
     if closed and e_step != "enum":
+        if data_plate != DATA_PLATE:
+            raise ModelContractError(
+                f"{type(source).__name__} keeps its rows in the plate {DATA_PLATE!r}, not "
+                f"{data_plate!r}: leave data_plate={DATA_PLATE!r}"
+            )
         if len(data) > 1:
             raise ConfigurationError(
                 f"{type(source).__name__} takes the data x alone, but data is a tuple of "
                 f"{len(data)} tensors: pass x, not (x, condition, ...)"
             )
         return _ClosedFormRoute(source, data, chunk_size, group)
-    return _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group)
+    return _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group, data_plate)
 
 
 def _resolve_init(init, source, n_init: int):
@@ -585,18 +784,24 @@ def em(
     m_step_lr: float = 0.05,
     canonical_order: bool = True,
     distributed: bool = False,
+    data_plate: str = DATA_PLATE,
 ) -> EMResult:
     """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
 
     Args:
         model: a model with enumerable discrete latent sites (see the module docstring): a
-            ``LatentVariableModel``, an object with ``model``/``guide``, or a (model, guide)
-            pair whose guide point-estimates the global parameters.
+            ``LatentVariableModel``, an object with ``model``/``guide``, a (model, guide)
+            pair whose guide point-estimates the global parameters, or a model callable alone
+            when every latent site is discrete and every parameter a ``pyro.param`` (as in
+            Pyro's ``examples/hmm.py``): it then runs with an empty guide.
         data: x, an (N, ...) tensor, array or nested list; or a tuple (x, condition, ...)
             of per-row tensors, passed to the model and guide as ``model(x, condition, ...)``
             (a model's own ``m_step`` then receives ``m_step(x, condition, ..., posterior)``).
         max_iter, tol: at most max_iter iterations; stop when the per-point objective
-            changes by less than tol (scikit-learn's rule; tol=0 runs all iterations).
+            changes by less than tol (scikit-learn's rule; tol=0 runs all iterations). A
+            generalized M-step that finds no higher Q while the objective still moves by tol
+            or more is a stall, not convergence: ``stop_reason="stalled"``, a warning, and
+            ``converged=False``.
         n_init: number of starts; the one with the highest final objective is kept.
         init: "auto" (k-means++ for models with ``initialize_``, else the current parameters,
             or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
@@ -611,6 +816,10 @@ def em(
         callbacks: callables receiving an :class:`EMState` after every iteration.
         e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration).
         m_step_steps, m_step_lr: Adam steps and learning rate of the generalized M-step.
+        data_plate: the name of the model's plate over the rows of x (as in ``fit``), e.g.
+            "sequences" for a model written like Pyro's HMM example. Chunks (``chunk_size``)
+            and shards (``distributed``) split the rows of this plate; a name given here must
+            exist in the model.
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
         distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
             on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
@@ -621,8 +830,8 @@ def em(
             rounding. Starts are drawn on all rows from a seed shared by the processes.
 
     Raises DataError (bad data, fewer points than components), ConfigurationError,
-    ModelContractError (no enumerable site, a continuous latent outside the guide) and
-    DivergenceError (non-finite log-likelihood).
+    ModelContractError (no enumerable site, a continuous latent outside the guide, no plate
+    named ``data_plate`` where one is needed) and DivergenceError (non-finite log-likelihood).
 
     Example:
         >>> from lvm_pyro.models.gmm import GaussianMixtureModel
@@ -632,8 +841,14 @@ def em(
         (True, [-4, 4])
     """
     started = time.perf_counter()
-    _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr)
-    program = as_program(model, guide)
+    checked = _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr,
+                            chunk_size=chunk_size, seed=seed, data_plate=data_plate,
+                            callbacks=callbacks, progress=progress, canonical_order=canonical_order,
+                            distributed=distributed, guide=guide)
+    max_iter, n_init, tol = checked["max_iter"], checked["n_init"], checked["tol"]
+    m_step_steps, m_step_lr, chunk_size = checked["m_step_steps"], checked["m_step_lr"], checked["chunk_size"]
+    seed, callbacks = checked["seed"], checked["callbacks"]
+    program = _program(model, guide)
     source = program.source
     dev = resolve_device(device)
     group, dev = join_group(dev, distributed)
@@ -655,7 +870,7 @@ def em(
         claim_module_params(program.module)
     if hasattr(source, "check_fit_data") and (group is None or group.is_main):
         source.check_fit_data(x)
-    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group)
+    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate)
     init = _resolve_init(init, source, n_init)
     seed_value = seed if seed is not None else int(torch.randint(0, 2**62, ()))
     if group is not None:  # one seed, so every process draws the same starts
@@ -673,11 +888,14 @@ def em(
         dtype=str(x.dtype),
         e_step=route.e_step_name,
         m_step=route.m_step_name,
+        m_step_steps=m_step_steps,
+        m_step_lr=m_step_lr,
+        data_plate=data_plate,
         world_size=1 if group is None else group.world_size,
     )
 
     best = None
-    scores, all_reseeds = [], []
+    scores, all_reseeds, reasons = [], [], []
     for start in range(n_init):
         if hasattr(route, "reset"):
             route.reset()
@@ -693,12 +911,25 @@ def em(
         run = _run(route, source, batch, start, max_iter, tol, gen, show, callbacks)
         all_reseeds.extend(run["reseeded"])
         scores.append(run["objective"][-1])
+        reasons.append(run["stop_reason"])
         if best is None or scores[-1] > best["objective"][-1]:
             best = run
             best["init"] = start
             best["state"] = _snapshot(program) if n_init > 1 else None
     if best["state"] is not None:
         _restore(program, best["state"])
+    if best["stop_reason"] == "stalled" and (group is None or group.is_main):
+        stalled = sum(r == "stalled" for r in reasons)
+        warnings.warn(
+            f"em stopped without converging: at iteration {best['n_iter']} of start {best['init']} "
+            f"({stalled} of {n_init} start(s) stalled) the generalized M-step ({m_step_steps} Adam "
+            f"steps at m_step_lr={m_step_lr}) found no parameters with a higher expected "
+            "log-likelihood while the objective was still changing by tol or more. Raise "
+            "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
+            "crawl); result.stop_reason is 'stalled' and result.converged is False",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if canonical_order and hasattr(source, "canonicalize_"):
         source.canonicalize_()
     return EMResult(
@@ -715,6 +946,7 @@ def em(
         m_step=route.m_step_name,
         wall_time=time.perf_counter() - started,
         config=config,
+        stop_reason=best["stop_reason"],
     )
 
 
@@ -728,17 +960,24 @@ def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
     group.broadcast_(tensors)
 
 
-def _snapshot(program: Program):
-    if program.module is not None:
-        return copy.deepcopy(program.module.state_dict())
-    return copy.deepcopy(pyro.get_param_store().get_state())
+def _snapshot(program: Program) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """Every parameter of a start: the module's state and the (unconstrained) values of Pyro's
+    param store, which holds the ``pyro.param``s of the model and guide outside the module."""
+    module = copy.deepcopy(program.module.state_dict()) if program.module is not None else None
+    store = {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+    return module, store
 
 
-def _restore(program: Program, state) -> None:
-    if program.module is not None:
-        program.module.load_state_dict(state)
-    else:
-        pyro.get_param_store().set_state(state)
+@torch.no_grad()
+def _restore(program: Program, state: tuple[dict | None, dict[str, torch.Tensor]]) -> None:
+    """Copy a snapshot back in place, so the tensors the model, guide and optimizer hold stay
+    the ones the param store and module hold."""
+    module, store = state
+    if module is not None:
+        program.module.load_state_dict(module)
+    for name, p in pyro.get_param_store().named_parameters():
+        if name in store:
+            p.copy_(store[name])
 
 
 def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) -> dict:
@@ -755,14 +994,14 @@ def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) ->
         lls.append(ll)
         objs.append(ll + route.log_prior() / n)
 
-    converged, n_iter, previous = False, 0, -math.inf
+    converged, n_iter, previous, reason = False, 0, -math.inf, "max_iter"
     bar = tqdm(total=max_iter, disable=not progress, desc=f"em start {start}", leave=False)
     state = EMState(model=source, init=start, iteration=0, log_likelihood=lls, objective=objs)
     try:
         for it in range(1, max_iter + 1):
             total, posterior = route.e_step(data)
             evaluate(total)
-            route.m_step(data, posterior)
+            moved = route.m_step(data, posterior)
             events = route.reseed(data, posterior, gen)
             reseeded += [ReseedEvent(start, it, k, c) for k, c in events]
             n_iter = it
@@ -771,15 +1010,21 @@ def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) ->
                 callback(state)
             bar.update(1)
             bar.set_postfix(log_lik=f"{objs[-1]:.5g}")
+            # objs[-1] - previous is what the previous M-step (which moved) gained
             change = objs[-1] - previous
             if abs(change) < tol and not events:
-                converged = True
+                converged, reason = True, "converged"
+                break
+            if not moved:
+                reason = "stalled"
                 break
             previous = objs[-1]
             if state.stop:
+                reason = "callback" + (f": {state.stop_reason}" if state.stop_reason else "")
                 break
     finally:
         bar.close()
     with torch.no_grad():
         evaluate(route.log_likelihood(data))
-    return dict(log_likelihood=lls, objective=objs, converged=converged, n_iter=n_iter, reseeded=reseeded)
+    return dict(log_likelihood=lls, objective=objs, converged=converged, n_iter=n_iter,
+                reseeded=reseeded, stop_reason=reason)

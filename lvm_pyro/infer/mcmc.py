@@ -121,6 +121,15 @@ def _check_count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_seed(seed, name: str = "seed", span: int = 1) -> int | None:
+    """None, or an integer seed such that seed .. seed + span - 1 are all valid RNG seeds (< 2**32)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - span:
+        raise ConfigurationError(f"{name} must be None or an integer in [0, {2**32 - span}], got {seed!r}")
+    return int(seed)
+
+
 def mcmc(
     model,
     data,
@@ -174,6 +183,18 @@ def mcmc(
     num_samples = _check_count(num_samples, "num_samples")
     warmup_steps = num_samples if warmup_steps is None else _check_count(warmup_steps, "warmup_steps", 0)
     num_chains = _check_count(num_chains, "num_chains")
+    max_tree_depth = _check_count(max_tree_depth, "max_tree_depth")
+    seed = check_seed(seed, span=num_chains)
+    numeric = isinstance(target_accept_prob, (int, float)) and not isinstance(target_accept_prob, bool)
+    if not numeric or not 0 < target_accept_prob < 1:
+        raise ConfigurationError(
+            f"target_accept_prob must be a number strictly between 0 and 1 (e.g. 0.8; higher for "
+            f"smaller steps), got {target_accept_prob!r}"
+        )
+    if max_plate_nesting is not None:
+        max_plate_nesting = _check_count(max_plate_nesting, "max_plate_nesting", 0)
+    if not isinstance(jit_compile, bool):
+        raise ConfigurationError(f"jit_compile must be True or False, got {jit_compile!r}")
     fn = getattr(model, "model", model)
     if not callable(fn):
         raise ConfigurationError(

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
-from lvm_pyro.models.vae import VAE
+from lvm_pyro.models.vae import VAE, check_flag
 
 
 class BlackBoxVI(LatentVariableModel):
@@ -55,12 +55,16 @@ class BlackBoxVI(LatentVariableModel):
             raise ConfigurationError(
                 f"BlackBoxVI needs a VAE (or a subclass such as MixturePriorVAE), got {type(vae).__name__}"
             )
+        train_decoder = check_flag(train_decoder, "train_decoder")
         self.vae = vae if train_decoder else copy.deepcopy(vae).requires_grad_(False).eval()
         self.num_data = check_latent_size(num_data, "num_data")
         self.train_decoder = bool(train_decoder)
         self.input_shape = vae.input_shape
         self.data_support = vae.data_support
-        self.min_scale = min_scale
+        numeric = isinstance(min_scale, (int, float)) and not isinstance(min_scale, bool)
+        if not numeric or not math.isfinite(min_scale) or min_scale < 0:
+            raise ConfigurationError(f"min_scale={min_scale!r}: pass a finite non-negative number")
+        self.min_scale = float(min_scale)
         d = vae.latent_dim
         ref = next(vae.parameters())
         self.full = vae.encoder_type == "full"

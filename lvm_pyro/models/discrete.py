@@ -25,7 +25,15 @@ from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP
 from lvm_pyro.models.registry import register_model
-from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, check_levels, flatten_example
+from lvm_pyro.models.vae import (
+    Decoder,
+    as_shape,
+    as_sizes,
+    check_flag,
+    check_levels,
+    flatten_example,
+    latent_codes,
+)
 
 #: Largest latent size for which ``exact_log_likelihood`` enumerates all 2^K states.
 MAX_ENUMERATED_LATENT = 16
@@ -69,7 +77,7 @@ class SigmoidBeliefNet(LatentVariableModel):
         self.encoder = MLP(math.prod(self.input_shape), as_sizes(encoder_hidden, "encoder_hidden"),
                            self.latent_dim, activation)
         logits = torch.zeros(self.latent_dim)
-        if learn_prior:
+        if check_flag(learn_prior, "learn_prior"):
             self.prior_logits = nn.Parameter(logits)
         else:
             self.register_buffer("prior_logits", logits)
@@ -107,8 +115,7 @@ class SigmoidBeliefNet(LatentVariableModel):
     @torch.no_grad()
     def decode(self, z) -> dist.TorchDistribution:
         """p(x | z) for binary codes z of shape (N, latent_dim)."""
-        ref = next(self.parameters())
-        return self.decoder(torch.as_tensor(z, device=ref.device, dtype=ref.dtype))
+        return self.decoder(latent_codes(z, self.latent_dim, next(self.parameters()), binary=True))
 
     @torch.no_grad()
     def reconstruct(self, x) -> torch.Tensor:

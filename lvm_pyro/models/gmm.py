@@ -43,10 +43,12 @@ and the estimator apply it at the end of fitting.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -55,6 +57,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroParam, pyro_method
 from torch.distributions import constraints
 
+from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.registry import register_model
@@ -71,6 +74,13 @@ _ILL_DEFINED = (
     "have ill-defined empirical covariance (a singleton or collapsed sample): increase "
     "reg_covar, decrease n_components, or scale the input data"
 )
+
+
+def _is_number(value, low: float | None = None) -> bool:
+    """A finite real number (not a bool), above ``low`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and (low is None or value > low)
 
 
 def _check_covariance_type(covariance_type: str) -> str:
@@ -125,11 +135,19 @@ class GMMPrior:
     def __post_init__(self) -> None:
         for name in ("weight_concentration", "mean_scale", "precision_df"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigurationError(f"GMMPrior.{name} must be positive or None, got {value!r}")
-        if not self.covariance_scale > 0:
+            if value is not None and not _is_number(value, low=0.0):
+                raise ConfigurationError(
+                    f"GMMPrior.{name} must be a finite positive number or None, got {value!r}"
+                )
+        if not _is_number(self.covariance_scale, low=0.0):
             raise ConfigurationError(
-                f"GMMPrior.covariance_scale must be positive, got {self.covariance_scale!r}"
+                f"GMMPrior.covariance_scale must be a finite positive number, got {self.covariance_scale!r}"
+            )
+        locs = self.mean_loc if isinstance(self.mean_loc, (tuple, list)) else (self.mean_loc,)
+        if not locs or not all(_is_number(v) for v in locs):
+            raise ConfigurationError(
+                f"GMMPrior.mean_loc must be a finite number or a sequence of them (one per feature), "
+                f"got {self.mean_loc!r}"
             )
 
     @property
@@ -248,8 +266,15 @@ class GaussianMixtureModel(LatentVariableModel):
         self.n_components = check_latent_size(n_components, "n_components")
         self.n_features = check_latent_size(n_features, "n_features")
         self.covariance_type = _check_covariance_type(covariance_type)
-        if not reg_covar >= 0:
-            raise ConfigurationError(f"reg_covar must be non-negative, got {reg_covar!r}")
+        if not (_is_number(reg_covar) and reg_covar >= 0):
+            raise ConfigurationError(f"reg_covar must be non-negative and finite, got {reg_covar!r}")
+        if not (_is_number(min_count) and min_count >= 0):
+            raise ConfigurationError(f"min_count must be non-negative and finite, got {min_count!r}")
+        if prior is not None and not isinstance(prior, GMMPrior):
+            raise ConfigurationError(
+                f"prior must be a GMMPrior (or None for maximum likelihood), got {type(prior).__name__}: "
+                "pass prior=GMMPrior(weight_concentration=..., mean_scale=..., precision_df=...)"
+            )
         self.reg_covar = float(reg_covar)
         self.prior = prior if prior is not None else GMMPrior()
         df = self.prior.precision_df
@@ -347,7 +372,11 @@ class GaussianMixtureModel(LatentVariableModel):
         K, D = self.n_components, self.n_features
 
         def tensor(value, shape, name):
-            t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+            try:
+                t = torch.as_tensor(np.asarray(value, dtype=float) if not torch.is_tensor(value) else value,
+                                    dtype=like.dtype, device=like.device)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ConfigurationError(f"{name} must be numbers of shape {shape}: {exc}") from exc
             if tuple(t.shape) != shape:
                 raise ConfigurationError(
                     f"{name} has shape {tuple(t.shape)}, expected {shape} for "
@@ -618,6 +647,11 @@ class GaussianMixtureModel(LatentVariableModel):
         y = phi[:, : self.n_features] @ coef.tied_factor
         return phi, lj, -0.5 * torch.linalg.vecdot(y, y)
 
+    def _rows(self, x, name: str = "x") -> torch.Tensor:
+        """User data as (N, n_features) rows in the parameters' dtype and device, validated once."""
+        return validate_data(x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype,
+                             device=self.loc.device)
+
     def _n_columns(self) -> int:
         return self._n_features_phi() + 1 + self.n_components
 
@@ -653,7 +687,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.log_joint(torch.zeros(3, 1)).shape
             torch.Size([3, 2])
         """
-        return self._per_chunk(x, chunk_size, lambda lj: lj.T.clone())
+        return self._per_chunk(self._rows(x), chunk_size, lambda lj: lj.T.clone())
 
     def log_prob(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n) = logsumexp_k log p(x_n, z_n = k), shape (N,).
@@ -663,7 +697,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(float(gmm.log_prob(torch.zeros(1, 1))), 4)
             -0.9189
         """
-        return self._per_chunk(x, chunk_size, _log_sum_exp_columns_)
+        return self._per_chunk(self._rows(x), chunk_size, _log_sum_exp_columns_)
 
     def posterior(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Responsibilities r_nk = p(z_n = k | x_n) = w_k N(x_n; k) / sum_j w_j N(x_n; j), (N, K).
@@ -673,7 +707,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.posterior(torch.zeros(1, 1)).tolist()
             [[0.5, 0.5]]
         """
-        return self._per_chunk(x, chunk_size, lambda lj: torch.softmax(lj, 0).T)
+        return self._per_chunk(self._rows(x), chunk_size, lambda lj: torch.softmax(lj, 0).T)
 
     def map_z(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Hard clustering: argmax_k p(z_n = k | x_n), shape (N,).
@@ -684,7 +718,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.map_z(torch.tensor([[4.0]])).tolist()
             [1]
         """
-        return self._per_chunk(x, chunk_size, lambda lj: lj.argmax(0))
+        return self._per_chunk(self._rows(x), chunk_size, lambda lj: lj.argmax(0))
 
     @torch.no_grad()
     def expected_statistics(
@@ -1049,7 +1083,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> x.shape, z.tolist()
             (torch.Size([5, 2]), [1, 1, 1, 1, 1])
         """
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigurationError(f"the number of samples must be a positive integer, got {n!r}")
         K = self.n_components
         w, loc = self.weights, self.loc
@@ -1057,7 +1091,7 @@ class GaussianMixtureModel(LatentVariableModel):
         if component is None:
             z = torch.multinomial(w.cpu().double(), n, replacement=True, generator=gen)
         else:
-            if not isinstance(component, int) or not 0 <= component < K:
+            if isinstance(component, bool) or not isinstance(component, int) or not 0 <= component < K:
                 raise ConfigurationError(f"component must be an integer in [0, {K}), got {component!r}")
             z = torch.full((n,), component, dtype=torch.long)
         eps = torch.randn(n, self.n_features, generator=gen, dtype=loc.dtype).to(loc.device)

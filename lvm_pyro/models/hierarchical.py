@@ -22,11 +22,11 @@ import torch
 from pyro.nn import pyro_method
 from torch import nn
 
-from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import DiagNormalHead
 from lvm_pyro.models.registry import register_model
-from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, body, check_levels, flatten_example
+from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, body, check_levels, flatten_example, latent_codes
 
 GUIDES = ("markov", "ladder")
 
@@ -210,13 +210,7 @@ class HierarchicalVAE(LatentVariableModel):
     @torch.no_grad()
     def decode(self, z1: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z_1) for bottom-layer latents of shape (N, latent_dims[0])."""
-        ref = next(self.parameters())
-        z1 = torch.as_tensor(z1, device=ref.device, dtype=ref.dtype)
-        if z1.dim() < 1 or z1.shape[-1] != self.latent_dims[0]:
-            raise DataError(
-                f"z1 has shape {tuple(z1.shape)} but the bottom layer has {self.latent_dims[0]} "
-                f"dimensions: pass z1 of shape (N, {self.latent_dims[0]})"
-            )
+        z1 = latent_codes(z1, self.latent_dims[0], next(self.parameters()), "z1")
         return self.decoder(z1)
 
     @torch.no_grad()

@@ -30,9 +30,10 @@ from pyro.nn import pyro_method
 from torch import nn
 from torch.nn import functional as F
 
+from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import check_latent_size
 from lvm_pyro.models.registry import register_model
-from lvm_pyro.models.vae import VAE
+from lvm_pyro.models.vae import VAE, check_flag
 
 
 class MixturePriorVAE(VAE):
@@ -68,8 +69,12 @@ class MixturePriorVAE(VAE):
         super().__init__(input_shape, latent_dim, hidden, likelihood=likelihood, encoder=encoder,
                          gaussian_scale=gaussian_scale, n_levels=n_levels, activation=activation)
         self.n_components = check_latent_size(n_components, "n_components")
-        self.enumerate_component = bool(enumerate_component)
-        self.min_scale = min_scale
+        self.enumerate_component = check_flag(enumerate_component, "enumerate_component")
+        if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) or not 0 <= min_scale < 1:
+            raise ConfigurationError(
+                f"min_scale={min_scale!r}: pass a number in [0, 1) (the components' scales start at 1)"
+            )
+        self.min_scale = float(min_scale)
         self.component_logits = nn.Parameter(torch.zeros(self.n_components))
         self.component_locs = nn.Parameter(torch.randn(self.n_components, self.latent_dim))
         unit_scale = math.log(math.expm1(1.0 - min_scale))  # softplus(unit_scale) + min_scale = 1

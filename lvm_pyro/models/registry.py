@@ -14,14 +14,18 @@ A model module registers itself at import time::
 val and test splits) and the user's ``--option key=value`` pairs, and returns a model.
 ``prepare(split)`` turns one split into what the trainer takes (default: ``split.x``; a
 conditional model returns a tuple such as ``(x_top, x_bottom)``).
-``data_options`` are passed to ``lvm_pyro.data.load_dataset`` (how the digits are prepared
-for this likelihood); ``fit_options`` are defaults for ``fit`` (or ``em`` when
-``trainer="em"``) that command-line flags override.
+``data_options`` are passed to ``lvm_pyro.data.load_dataset`` for the embedded digits (how
+their grey levels 0..16 are prepared for this likelihood, e.g. ``{"binarize": 8}``); a user's
+file is never transformed by them: the command line uses it as stored, or as ``--binarize``
+says. ``fit_options`` are defaults for ``fit`` (or ``em`` when ``trainer="em"``) that
+command-line flags override. The command line seeds every random number generator before
+``build``, so a model's initialization is part of a reproducible run.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,3 +96,21 @@ def get_model(name: str) -> ModelEntry:
         valid = ", ".join(models) or "(none registered)"
         raise ConfigurationError(f"unknown model {name!r}; available models: {valid}")
     return models[name]
+
+
+def accepted_options(entry: ModelEntry) -> tuple[str, ...] | None:
+    """The ``--option`` names ``entry.build`` takes after the data, or None when it forwards
+    ``**options`` to the model (which then refuses an unknown one itself).
+
+    Example:
+        >>> accepted_options(ModelEntry("demo", lambda data, scale=1.0: None, "a demo"))
+        ('scale',)
+    """
+    try:
+        parameters = list(inspect.signature(entry.build).parameters.values())[1:]
+    except (TypeError, ValueError):  # a callable without a signature (a C function)
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind in named)

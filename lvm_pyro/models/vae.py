@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -17,7 +18,7 @@ from pyro.nn import pyro_method
 from torch import nn
 from torch.nn import functional as F
 
-from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
 from lvm_pyro.models.registry import register_model
@@ -45,6 +46,44 @@ def as_sizes(sizes: Sequence[int], name: str = "hidden") -> tuple[int, ...]:
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ConfigurationError(f"{name}={sizes!r}: every layer size must be a positive integer")
     return tuple(sizes)
+
+
+def check_positive(value, name: str) -> float:
+    """A finite positive number (a learning rate, a scale), refused otherwise with its name."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def latent_codes(z, size: int, like: torch.Tensor, name: str = "z", *, binary: bool = False) -> torch.Tensor:
+    """User latent codes of shape (..., size) on ``like``'s device and dtype, refused when they are
+    not real numbers, not finite, of another size, or (``binary``) not all 0 or 1."""
+    if not isinstance(z, torch.Tensor):
+        arr = np.asarray(z)
+        if arr.dtype.kind not in "biuf":
+            raise DataTypeError(f"{name} has dtype {arr.dtype}: pass real numbers (a float tensor or array)")
+        z = torch.from_numpy(arr)
+    if z.is_complex():
+        raise DataTypeError(f"{name} is complex ({z.dtype}); pass real-valued latent codes")
+    z = z.to(device=like.device, dtype=like.dtype)
+    if z.dim() < 1 or z.shape[-1] != size:
+        raise DataError(
+            f"{name} has shape {tuple(z.shape)} but the latent size is {size}: pass {name} of "
+            f"shape (N, {size})"
+        )
+    bad = ~torch.isfinite(z)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise DataError(
+            f"{name} has {int(bad.sum())} NaN/inf value(s), the first at index {list(first)}: "
+            "pass finite codes"
+        )
+    if binary and bool(((z != 0) & (z != 1)).any()):
+        raise DataError(
+            f"{name} must be binary codes (every entry exactly 0 or 1): round probabilities first, "
+            f"e.g. ({name} > 0.5).float()"
+        )
+    return z
 
 
 def flatten_example(x: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
@@ -94,6 +133,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.likelihood = check_likelihood(likelihood)
+        check_activation(activation)
         self.input_shape = tuple(input_shape)
         self.features = math.prod(self.input_shape)
         self.n_levels = check_latent_size(n_levels, "n_levels") if likelihood == "categorical" else 1
@@ -106,11 +146,12 @@ class Decoder(nn.Module):
             if scale == "learned":
                 self.learn_scale = True
                 self.raw_scale = nn.Parameter(torch.zeros(self.features))
-            elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+            elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf:
                 self.register_buffer("fixed_scale", torch.full((self.features,), float(scale)))
             else:
                 raise ConfigurationError(
-                    f"gaussian_scale={scale!r}: pass a positive number (a fixed noise scale) or 'learned'"
+                    f"gaussian_scale={scale!r}: pass a finite positive number (a fixed noise scale) or "
+                    "'learned'"
                 )
 
     @property
@@ -152,6 +193,22 @@ def check_likelihood(likelihood: str) -> str:
             "data, gaussian for real values, categorical for a few integer levels)"
         )
     return likelihood
+
+
+def check_flag(value, name: str) -> bool:
+    """A True/False option, refused when it is anything else (a string "no" is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_activation(activation) -> None:
+    """Refuse an activation that is not a torch module class (or a factory of modules)."""
+    if isinstance(activation, nn.Module) or not callable(activation):
+        raise ConfigurationError(
+            f"activation={activation!r}: pass a torch module class such as torch.nn.ReLU (the class, "
+            "not an instance or a name), or a function returning a new module"
+        )
 
 
 def check_levels(x: torch.Tensor, decoder: Decoder, name: str) -> torch.Tensor:
@@ -294,11 +351,13 @@ class VAE(LatentVariableModel):
     def map_z(self, x, *, steps: int = 200, lr: float = 0.05) -> torch.Tensor:
         """argmax_z log p(x, z) per example, by Adam from the encoder mean; parameters are unchanged."""
         x = self._prepare(x)
+        steps = check_latent_size(steps, "steps")
+        lr = check_positive(lr, "lr")
         with torch.no_grad():
             z0 = self._encode(x).mean
         z = z0.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(check_latent_size(steps, "steps")):
+        for _ in range(steps):
             opt.zero_grad()
             loss = -self.log_joint(x, z).sum()
             (grad,) = torch.autograd.grad(loss, z)
@@ -307,14 +366,7 @@ class VAE(LatentVariableModel):
         return z.detach()
 
     def _latent(self, z) -> torch.Tensor:
-        ref = next(self.parameters())
-        z = torch.as_tensor(z, device=ref.device, dtype=ref.dtype)
-        if z.dim() < 1 or z.shape[-1] != self.latent_dim:
-            raise DataError(
-                f"z has shape {tuple(z.shape)} but the latent size is {self.latent_dim}: pass z of "
-                f"shape (N, {self.latent_dim})"
-            )
-        return z
+        return latent_codes(z, self.latent_dim, next(self.parameters()))
 
 
 register_model(

@@ -45,7 +45,10 @@ class Setup:
     parameters (None when the model has global latents); ``exact_total()``: exact log p(x) of the
     whole data set (global latents integrated out), None when not available; ``exact_pair``: a
     (model, guide) pair whose guide is the exact posterior (ELBO == log p(x)); ``estimators``:
-    the ``fit`` estimators that apply; ``discrete``: em applies; ``observed``: observed site names.
+    the ``fit`` estimators the suite runs (every one that applies; "iwae" is refused for global
+    latents, tested apart; "score" runs where its variance lets a short run improve: the
+    discrete-latent switch, the VAE, one global and one grouped model); ``discrete``: em
+    applies; ``observed``: observed site names.
     """
 
     name: str
@@ -371,7 +374,7 @@ def group_regression(dtype: torch.dtype) -> Setup:
         (group_regression_model, guide),
         (y, u, group),
         ("y",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "score"),
         exact_total=exact_total,
         global_latents=("alpha", "beta"),
     )
@@ -423,10 +426,11 @@ def poisson_mixture(dtype: torch.dtype) -> Setup:
 # ------------------------------------------------------------------------------------------
 
 FA_D, FA_K = 4, 2
+FA_W0 = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.5], [0.0, -1.0]]
 
 
 def fa_model(x):
-    w = pyro.param("W", x.new_tensor([[1.0, 0.0], [0.5, 1.0], [-0.5, 0.5], [0.0, -1.0]]))
+    w = pyro.param("W", x.new_tensor(FA_W0))
     psi = pyro.param("psi", x.new_full((FA_D,), 0.5), constraint=constraints.positive)
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), FA_K), 1.0).to_event(1))
@@ -447,7 +451,9 @@ def fa_posterior(w: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def fa_exact_guide(x):
-    w, psi = pyro.param("W").detach(), pyro.param("psi").detach()
+    # the guide runs first: it creates the model's parameters with the model's initial values
+    w = pyro.param("W", x.new_tensor(FA_W0)).detach()
+    psi = pyro.param("psi", x.new_full((FA_D,), 0.5), constraint=constraints.positive).detach()
     m, s = fa_posterior(w, psi)
     with pyro.plate("data", len(x)):
         pyro.sample("z", dist.MultivariateNormal(x @ m.T, covariance_matrix=s))
@@ -470,7 +476,7 @@ def factor_analysis(dtype: torch.dtype) -> Setup:
         (fa_model, fa_guide),
         x,
         ("x",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "iwae"),
         exact_point=exact_point,
         exact_pair=(fa_model, fa_exact_guide),
     )
@@ -510,7 +516,7 @@ def two_observed(dtype: torch.dtype) -> Setup:
         (two_obs_model, two_obs_guide),
         x,
         ("a", "b"),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "iwae"),
         exact_point=lambda: dist.MultivariateNormal(
             torch.zeros(2, dtype=torch.float64), covariance_matrix=cov
         ).log_prob(x.double()),
@@ -541,7 +547,7 @@ def nested_guide(x):
 
 
 def nested_exact_guide(x):
-    m = pyro.param("m").detach()
+    m = pyro.param("m", x.new_zeros(NEST_D)).detach()
     with pyro.plate("data", x.shape[0], dim=-2):
         pyro.sample("z", dist.Normal((x - m).sum(-1, keepdim=True) / (NEST_D + 1), (NEST_D + 1) ** -0.5))
 
@@ -564,7 +570,7 @@ def nested_plates(dtype: torch.dtype) -> Setup:
         (nested_model, nested_guide),
         x,
         ("x",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "iwae"),
         exact_point=exact_point,
         exact_pair=(nested_model, nested_exact_guide),
     )
@@ -608,7 +614,7 @@ def normal_normal(dtype: torch.dtype) -> Setup:
         (normal_normal_model, normal_normal_guide),
         x,
         ("x",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "score"),
         exact_total=lambda: _mvn_logpdf(x, cov),
         exact_pair=(normal_normal_model, normal_normal_exact_guide),
         global_latents=("mu",),
@@ -653,7 +659,7 @@ def linreg_lowrank(dtype: torch.dtype) -> Setup:
         (linreg_model, guide),
         (x, y),
         ("y",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield"),
         exact_total=_linreg_exact(x, y, lambda: LIN_NOISE),
         global_latents=("w", "b"),
     )
@@ -690,7 +696,7 @@ def pyromodule_regression(dtype: torch.dtype) -> Setup:
         (model, guide),
         (x, y),
         ("obs",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield"),
         exact_total=_linreg_exact(x, y, lambda: float(model.sigma)),
         global_latents=("linear.weight", "linear.bias"),
         extra={"module": model},
@@ -790,7 +796,7 @@ def masked(dtype: torch.dtype) -> Setup:
         (masked_model, masked_guide),
         (x, present),
         ("x",),
-        ("reparam", "meanfield", "score", "iwae"),
+        ("reparam", "meanfield", "iwae"),
         exact_point=exact_point,
         exact_pair=(masked_model, masked_exact_guide),
     )
@@ -874,3 +880,38 @@ def build(name: str, dtype: torch.dtype) -> Setup:
     """The setup of case ``name`` in ``dtype``. Parameters are created by the first wrapper that
     runs the model (as for a user); the exact functions read them afterwards."""
     return CASES[name](dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared by the conformance tests
+# ------------------------------------------------------------------------------------------
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def plate_kw(setup: Setup) -> dict:
+    """``data_plate=`` for a model whose data plate is not named "data" (else nothing)."""
+    return {} if setup.data_plate == "data" else {"data_plate": setup.data_plate}
+
+
+def atol(dtype: torch.dtype, value: float = 1.0) -> float:
+    """Tolerance for an exact value: 1e-6 in float64, float32 rounding (relative) in float32."""
+    return 1e-6 if dtype == torch.float64 else 2e-4 * (1.0 + abs(value))
+
+
+def names(kind: str) -> list[str]:
+    """Case names with a property: "discrete" (em applies), "sampled" (the guide samples latents),
+    "exact_pair" (an exact-posterior guide exists), "point" (exact per-point log p(x_i | theta))."""
+    out = []
+    for name, make in CASES.items():
+        s = make(torch.float32)
+        keep = {
+            "discrete": s.discrete,
+            "sampled": s.sampled_latents,
+            "exact_pair": s.exact_pair is not None,
+            "point": s.exact_point is not None,
+            "global": s.exact_total is not None,
+        }[kind]
+        if keep:
+            out.append(name)
+    return out
