@@ -217,10 +217,11 @@ class _Replayer:
         st = self.st
         if self.source.guide is None:  # stored draws: condition on their local latents
             w = logdensity.point_log_weights(traces, by_site=True, observed_only=True)
-            return w.by_site
+            return logdensity.sequential_conditionals(w.by_site)
         fixed = logdensity.global_values(latent, st.plate)
         if not logdensity.has_local_latents(traces):
-            return logdensity.point_log_weights(traces, by_site=True).by_site
+            w = logdensity.point_log_weights(traces, by_site=True)
+            return logdensity.sequential_conditionals(w.by_site)
         if not fixed and self._cache is not None:  # every draw shares theta: one estimate serves all
             return self._cache[1]
         names = st.observed
@@ -232,7 +233,7 @@ class _Replayer:
 
         chunk = max(1, 2**16 // max(self.n, 1))
         value, _ = logdensity.logmeanexp_chunks(weights, self.local_samples, chunk)
-        out = {name: value[:, 1 + i] for i, name in enumerate(names)}
+        out = logdensity.sequential_conditionals({name: value[:, 1 + i] for i, name in enumerate(names)})
         if not fixed:
             self._cache = ({}, out)
         return out
@@ -806,7 +807,8 @@ def loo(result, data=None, *, pointwise: bool = True, var_name: str | None = Non
 
     ``result`` is an InferenceData or anything :func:`to_inference_data` accepts (``kwargs``
     are passed to it). The per-point Pareto k of the returned object flags influential points.
-    ``var_name`` picks the observed site of a model with several. LOO from a single point
+    ``var_name`` picks one observed site of a model with several; by default their joint
+    log p(x_i | theta) is used (data point i left out with all its sites). LOO from a single point
     estimate of the global parameters is refused (it would only be the in-sample fit).
 
     Example:
@@ -820,11 +822,28 @@ def loo(result, data=None, *, pointwise: bool = True, var_name: str | None = Non
         >>> bool(loo((model, guide), torch.randn(30), num_samples=200).elpd_loo < 0)
         True
     """
-    idata = _as_idata(result, data, **kwargs)
-    _check_loo(idata)
+    idata = _joint_log_likelihood(_as_idata(result, data, **kwargs), var_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return az.loo(idata, pointwise=pointwise, var_name=var_name)
+
+
+def _joint_log_likelihood(idata: az.InferenceData, var_name: str | None) -> az.InferenceData:
+    """Checked for LOO; with several observed sites and no ``var_name``, a copy whose
+    log_likelihood is their sum, log p(x_i | theta) over every site of data point i (the export's
+    variables are the chain-rule terms of that joint)."""
+    _check_loo(idata)
+    names = list(idata.log_likelihood.data_vars)
+    if var_name is not None:
+        if var_name not in names:
+            raise ConfigurationError(f"var_name {var_name!r} is not in the log_likelihood group; it holds {names}")
+        return idata
+    if len(names) == 1:
+        return idata
+    joint = sum(idata.log_likelihood[n] for n in names[1:]) + idata.log_likelihood[names[0]]
+    out = idata.copy()
+    out.log_likelihood = xr.Dataset({"joint": joint}, attrs=idata.log_likelihood.attrs)
+    return out
 
 
 def _check_loo(idata: az.InferenceData) -> None:
@@ -871,9 +890,7 @@ def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwar
         raise ConfigurationError("compare needs a dict {name: result or InferenceData} of models")
     if ic not in ("loo", "waic"):
         raise ConfigurationError(f"ic must be 'loo' or 'waic', got {ic!r}")
-    idatas = {name: _as_idata(r, data, **kwargs) for name, r in results.items()}
-    for idata in idatas.values():
-        _check_loo(idata)
+    idatas = {name: _joint_log_likelihood(_as_idata(r, data, **kwargs), None) for name, r in results.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("ignore", message="The inplace keyword")

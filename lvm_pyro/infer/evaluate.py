@@ -46,11 +46,13 @@ def elbo(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
+    data_plate: str = DATA_PLATE,
 ) -> float:
     """ELBO per data point, (1/N) sum_i E_q[log p(x_i, z) - log q(z | x_i)], on ``data``.
 
     With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles
-    (default 5). The guide must match the model (every latent site sampled, no extra site).
+    (default 5). The guide must match the model (every latent site sampled, no extra site);
+    ``data_plate`` names the model's plate over data points.
     The model keeps its device unless ``device`` is given; no parameter is changed.
 
     Example:
@@ -67,6 +69,7 @@ def elbo(
     """
     program = as_program(model, guide)
     seed = check_seed(seed)
+    check_plate_name(data_plate)
     objective = make_objective(
         estimator, num_particles=num_particles, max_plate_nesting=program.max_plate_nesting
     )
@@ -75,7 +78,7 @@ def elbo(
                   enumerable_ok=False)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    return -dataset_loss(program, objective, batches)
+    return -dataset_loss(program, objective, batches, plate=data_plate)
 
 
 def _device(program: Program, device) -> torch.device:
@@ -96,8 +99,9 @@ def _cast(batch: tuple, module: torch.nn.Module | None) -> tuple:
 
 
 @torch.no_grad()
-def dataset_loss(program: Program, objective: Objective, batches) -> float:
-    """Negative ELBO (or bound) per data point over every batch, modules in eval mode."""
+def dataset_loss(program: Program, objective: Objective, batches, plate: str = DATA_PLATE) -> float:
+    """Negative ELBO (or bound) per data point over every batch, modules in eval mode; sites in
+    the plate named ``plate`` count each batch's points once."""
     module = program.module
     was_training = module.training if module is not None else False
     if module is not None:
@@ -106,7 +110,7 @@ def dataset_loss(program: Program, objective: Objective, batches) -> float:
         total = 0.0
         for batch in batches.epoch():
             batch = _cast(batch, module)
-            unscaled = TrainingScale(num_data=batch[0].shape[0])
+            unscaled = TrainingScale(num_data=batch[0].shape[0], plate=plate)
             total += objective.loss(unscaled(program.model), unscaled(program.guide), *batch)
     finally:
         if module is not None:

@@ -280,8 +280,11 @@ class PointLogWeights:
     ``local`` (particles, N): log sum_d p(x_i, d_i, z_i | theta) - log q(z_i | x_i) over the
     sites inside the data plate (N only when the run had no particle plate). ``global_``
     (particles,) or (): the same for the sites outside it (0 where they were held fixed).
-    ``by_site``: for each observed site, its own ``local`` with the other observed sites left
-    out (the marginal of that site alone), when asked for.
+    ``by_site`` (when asked for): for the k-th observed site in the model's order, ``local``
+    with only the first k observed sites included (the others left out, i.e. summed out):
+    cumulative weights, whose :func:`sequential_conditionals` split log p(x_i) by the chain
+    rule into log p(x_i^(1)) + log p(x_i^(2) | x_i^(1)) + ... (for an HMM: the one-step-ahead
+    predictive log p(y_t | y_<t) of each time step).
     """
 
     local: torch.Tensor
@@ -372,11 +375,10 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
     everything = [n for n, _ in local]
     total = contract(everything)
     sites = {}
-    if by_site and len(observed) > 1:
-        for name in observed:
-            sites[name] = contract(n for n in everything if n == name or n not in observed)
-    elif by_site:
-        sites[observed[0]] = total
+    if by_site:
+        for k, name in enumerate(observed[:-1]):
+            sites[name] = contract(n for n in everything if n not in observed[k + 1:])
+        sites[observed[-1]] = total
     if log_q_local is not None:
         total = total - log_q_local
         sites = {k: v - log_q_local for k, v in sites.items()}
@@ -386,6 +388,16 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
     if log_q_global is not None:
         global_w = global_w - log_q_global
     return PointLogWeights(total, global_w, sites)
+
+
+def sequential_conditionals(cumulative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cumulative log densities log p(x^(1..k)) -> per site log p(x^(k) | x^(1..k-1)): differences
+    of consecutive entries, so the values add up exactly to the joint (the last entry)."""
+    out, previous = {}, None
+    for name, value in cumulative.items():
+        out[name] = value if previous is None else value - previous
+        previous = value
+    return out
 
 
 def _add(a, b):
@@ -524,6 +536,7 @@ __all__: list[str] = [
     "plate_nesting",
     "point_log_weights",
     "run_guide",
+    "sequential_conditionals",
     "trace_pair",
 ]
 
