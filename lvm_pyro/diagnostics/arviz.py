@@ -776,6 +776,14 @@ def psis_khat(
     with _eval_mode(program.module):
         for _ in range(num_samples):
             traces = replayer.traces(replayer.latent(0, 0))
+            if not joint and all(logdensity.point_mass(site["fn"])
+                                 for site in logdensity.sample_sites(traces.guide)):
+                raise ConfigurationError(
+                    "psis_khat diagnoses a guide as an importance proposal, but this guide samples "
+                    "nothing (point estimates only, discrete sites enumerated in the model), so every "
+                    "weight is the same and there is nothing to diagnose: use log_likelihood / em's "
+                    "log-likelihood for such a model, or give the guide distributions to sample"
+                )
             w = logdensity.point_log_weights(traces)
             has_local = has_local or logdensity.has_local_latents(traces)
             joint.append(float(w.global_ + w.local.sum()))
@@ -809,7 +817,8 @@ def loo(result, data=None, *, pointwise: bool = True, var_name: str | None = Non
     are passed to it). The per-point Pareto k of the returned object flags influential points.
     ``var_name`` picks one observed site of a model with several; by default their joint
     log p(x_i | theta) is used (data point i left out with all its sites). LOO from a single point
-    estimate of the global parameters is refused (it would only be the in-sample fit).
+    estimate is refused, and LOO where every draw shares one point estimate of the globals
+    warns (``DiagnosticWarning``): it is then the in-sample fit, not a leave-one-out estimate.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -836,7 +845,7 @@ def _joint_log_likelihood(idata: az.InferenceData, var_name: str | None) -> az.I
     names = list(idata.log_likelihood.data_vars)
     if var_name is not None:
         if var_name not in names:
-            raise ConfigurationError(f"var_name {var_name!r} is not in the log_likelihood group; it holds {names}")
+            raise ConfigurationError(f"var_name {var_name!r} is not in the log_likelihood group: {names}")
         return idata
     if len(names) == 1:
         return idata
@@ -854,14 +863,21 @@ def _check_loo(idata: az.InferenceData) -> None:
             "lvm_pyro.to_inference_data(result, data)"
         )
     draws = idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"]
-    if draws < 2 or idata.attrs.get("lvm_pyro_point_estimate"):
+    if draws < 2:
         raise ConfigurationError(
-            "LOO needs posterior draws of the global parameters, but every draw of this "
-            "InferenceData shares one point estimate (an em fit, a Delta guide, or a model whose "
-            "globals are parameters), so PSIS-LOO would only return the in-sample fit: fit a "
-            "posterior over the globals by SVI (e.g. AutoNormal) or NUTS, compare mixtures with "
-            "select_components(..., criterion='loo'), or compare on held-out data with "
-            "lvm_pyro.log_likelihood"
+            "LOO needs posterior draws, but this InferenceData holds one (a point estimate, e.g. "
+            "from em), so PSIS-LOO cannot be computed: fit a posterior over the globals by SVI "
+            "(e.g. AutoNormal) or NUTS, compare mixtures with select_components(..., "
+            "criterion='loo'), or compare on held-out data with lvm_pyro.log_likelihood"
+        )
+    if idata.attrs.get("lvm_pyro_point_estimate"):
+        warnings.warn(
+            "every draw shares one point estimate of the global parameters, so this elpd_loo is "
+            "the in-sample sum of log p(x_i | theta_hat), not a leave-one-out estimate (optimistic "
+            "for a model that overfits): compare such models on held-out data with "
+            "lvm_pyro.log_likelihood, or fit a posterior over the globals (AutoNormal, NUTS)",
+            DiagnosticWarning,
+            stacklevel=3,
         )
 
 

@@ -23,6 +23,7 @@ from lvm_pyro.data import resolve_device
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.logdensity import (
+    broadcasts_over_particles,
     check_per_point,
     check_program,
     local_log_weights,
@@ -52,7 +53,8 @@ def elbo(
 
     With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles
     (default 5). The guide must match the model (every latent site sampled, no extra site);
-    ``data_plate`` names the model's plate over data points.
+    ``data_plate`` names the model's plate over data points. Several particles are drawn in one
+    vectorized pass where the model broadcasts over a particle dim, else in sequence.
     The model keeps its device unless ``device`` is given; no parameter is changed.
 
     Example:
@@ -70,12 +72,14 @@ def elbo(
     program = as_program(model, guide)
     seed = check_seed(seed)
     check_plate_name(data_plate)
-    objective = make_objective(
-        estimator, num_particles=num_particles, max_plate_nesting=program.max_plate_nesting
-    )
     batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
-    check_program(program, _cast(next(iter(batches.epoch())), program.module),
-                  enumerable_ok=False)
+    first = _cast(next(iter(batches.epoch())), program.module)
+    check_program(program, first, enumerable_ok=False)
+    vectorize = None
+    if (num_particles or (5 if estimator == "iwae" else 1)) > 1 and estimator != "iwae":
+        vectorize = broadcasts_over_particles(program, first, program.max_plate_nesting)
+    objective = make_objective(estimator, num_particles=num_particles, vectorize_particles=vectorize,
+                               max_plate_nesting=program.max_plate_nesting)
     if seed is not None:
         pyro.set_rng_seed(seed)
     return -dataset_loss(program, objective, batches, plate=data_plate)
@@ -200,8 +204,6 @@ def log_likelihood(
             check_count(value, label)
     seed = check_seed(seed)
     check_plate_name(data_plate)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
     if batch_size is None and not isinstance(data, DataLoader):
         n = len(data[0] if isinstance(data, tuple) else data)
         batch_size = max(1, min(n, max_elements // num_samples))
@@ -214,12 +216,13 @@ def log_likelihood(
         module.eval()
     per_example, ess = [], []
     try:
-        nesting = None
+        first = _cast(next(iter(batches.epoch())), module)
+        nesting = plate_nesting(program, first)
+        check_per_point(program, first, plate=data_plate, nesting=nesting)
+        if seed is not None:  # after the checks, so the estimate depends on the seed alone
+            pyro.set_rng_seed(seed)
         for batch in batches.epoch():
             batch = _cast(batch, module)
-            if nesting is None:
-                nesting = plate_nesting(program, batch)
-                check_per_point(program, batch, plate=data_plate, nesting=nesting)
             def weights(s: int, batch=batch, nesting=nesting) -> torch.Tensor:
                 return _log_weights(program, batch, s, nesting, data_plate)
 

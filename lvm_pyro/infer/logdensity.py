@@ -131,6 +131,24 @@ def check_per_point(program: Program, args: tuple, *, plate: str, nesting: int) 
     point_log_weights(traces)
 
 
+def broadcasts_over_particles(program: Program, args: tuple, nesting: int | None) -> bool:
+    """Whether guide and model run with a vectorized particle dim left of their plates.
+
+    Models written for one draw (``alpha[group]``, ``x @ w``, as Pyro's regression tutorials
+    write them) do not; Pyro's own ELBOs then draw particles in sequence.
+    """
+    rank = (nesting if nesting is not None else plate_nesting(program, args)) + 1
+    particles = pyro.plate(PARTICLE_PLATE, 2, dim=-rank)
+    try:
+        with poutine.block():
+            guide_trace = poutine.trace(particles(program.guide)).get_trace(*args)
+            model = poutine.enum(particles(config_enumerate(program.model)), first_available_dim=-rank - 1)
+            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        return False
+    return True
+
+
 def plate_nesting(program: Program, args: tuple) -> int:
     """The model's ``max_plate_nesting``, else the deepest vectorized plate in one run of guide
     and model (at least 1)."""
@@ -527,6 +545,7 @@ __all__: list[str] = [
     "HoldGlobals",
     "PointLogWeights",
     "WeightedTraces",
+    "broadcasts_over_particles",
     "check_guide",
     "check_per_point",
     "check_program",
