@@ -50,7 +50,9 @@ def run_case(case: Case) -> None:
         case.call()
     except errors.LVMError as exc:
         assert isinstance(exc, case.error), f"{case.id}: {type(exc).__name__} is not {case.error.__name__}"
-        assert re.search(case.match, str(exc), re.I | re.S), f"{case.id}: {exc!s} does not match {case.match!r}"
+        assert re.search(case.match, str(exc), re.I | re.S), (
+            f"{case.id}: {exc!s} does not match {case.match!r}"
+        )
         return
     except Exception as exc:  # a traceback from inside a dependency: the defect this table hunts
         pytest.fail(f"{case.id}: raised {type(exc).__name__} from outside lvm_pyro.errors: {exc}")
@@ -75,4 +77,6 @@ def assert_cli_refuses(argv: list[str], match: str) -> None:
     code, out, err = run_cli(argv)
     assert code != 0, f"lvm-pyro {' '.join(argv)}: accepted silently (exit 0)\n{out}"
     assert "Traceback" not in err + out, f"lvm-pyro {' '.join(argv)}: printed a traceback\n{err}"
-    assert re.search(match, err + out, re.I | re.S), f"lvm-pyro {' '.join(argv)}: {err!r} does not match {match!r}"
+    assert re.search(match, err + out, re.I | re.S), (
+        f"lvm-pyro {' '.join(argv)}: {err!r} does not match {match!r}"
+    )
