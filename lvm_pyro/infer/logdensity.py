@@ -225,6 +225,7 @@ class WeightedTraces:
     particles: int | None
     rank: int
     num_data: int
+    data_dim: int
 
 
 def trace_pair(
@@ -269,11 +270,12 @@ def trace_pair(
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     if check:
         check_guide(model_trace, guide_trace, enumerable_ok=True)
-    n = _num_data(model_trace, plate)
-    return WeightedTraces(model_trace, guide_trace, plate, particles, rank, n)
+    n, dim = _data_plate_frame(model_trace, plate)
+    return WeightedTraces(model_trace, guide_trace, plate, particles, rank, n, dim)
 
 
-def _num_data(trace: poutine.Trace, plate: str) -> int:
+def _data_plate_frame(trace: poutine.Trace, plate: str) -> tuple[int, int]:
+    """The data plate's size and dim."""
     for site in sample_sites(trace):
         frame = data_frame(site, plate)
         if frame is not None:
@@ -283,7 +285,7 @@ def _num_data(trace: poutine.Trace, plate: str) -> int:
                     f"pyro.plate); per-data-point log densities need a vectorized plate: write "
                     f"`with pyro.plate({plate!r}, N, dim=...)`"
                 )
-            return int(frame.size)
+            return int(frame.size), frame.dim
     raise ModelContractError(
         f"no sample site of the model is inside a plate named {plate!r}: put the observations "
         f"inside pyro.plate({plate!r}, len(x)), or name the model's plate over data points with "
@@ -422,49 +424,39 @@ def _add(a, b):
     return b if a is None else a + b
 
 
-def _reduce(term: torch.Tensor, site: dict, traces: WeightedTraces, *, keep_data: bool) -> torch.Tensor:
-    """A site's log-density summed over every dim but the particle dim and (``keep_data``) the
-    data plate's: shape (particles, N), (particles,), (N,) or ()."""
-    rank = traces.rank
+def to_points(term: torch.Tensor, rank: int, *, particles: bool, data_dim: int | None) -> torch.Tensor:
+    """A log-density summed over every plate dim but the particle dim (the leftmost of ``rank``,
+    kept when ``particles``) and the data plate's dim ``data_dim`` (kept unless None): shape
+    (particles, N), (particles,), (N,) or (), each kept dim of size 1 where it was broadcast."""
     term = term.reshape((1,) * (rank - term.dim()) + term.shape) if term.dim() < rank else term
-    if term.dim() > rank:
+    keep = ([0] if particles else []) + ([rank + data_dim] if data_dim is not None else [])
+    others = [d for d in range(rank) if d not in keep]
+    if others:
+        term = term.sum(others, keepdim=True)
+    return term.reshape([term.shape[d] for d in keep])
+
+
+def _points_shape(traces: WeightedTraces, data: bool) -> list[int]:
+    return ([traces.particles] if traces.particles is not None else []) + ([traces.num_data] if data else [])
+
+
+def _reduce(term: torch.Tensor, site: dict, traces: WeightedTraces, *, keep_data: bool) -> torch.Tensor:
+    """A site's log-density as (particles, N), (particles,), (N,) or () (see :func:`to_points`)."""
+    if term.dim() > traces.rank:
         raise ModelContractError(
             f"site {site['name']!r} has a batch dim left of the model's plates (shape "
             f"{tuple(term.shape)}): declare max_plate_nesting, or enumerate that site in the model"
         )
     frame = data_frame(site, traces.plate) if keep_data else None
-    keep = []
-    if traces.particles is not None:
-        keep.append(0)
-    if frame is not None:
-        keep.append(rank + frame.dim)
-    others = [d for d in range(rank) if d not in keep]
-    if others:
-        term = term.sum(others, keepdim=True)
-    shape = []
-    if traces.particles is not None:
-        shape.append(traces.particles)
-    if frame is not None:
-        shape.append(traces.num_data)
-    return term.reshape([term.shape[d] for d in keep]).expand(shape)
+    out = to_points(term, traces.rank, particles=traces.particles is not None,
+                    data_dim=frame.dim if frame is not None else None)
+    return out.expand(_points_shape(traces, frame is not None))
 
 
 def _to_points(term: torch.Tensor, traces: WeightedTraces) -> torch.Tensor:
     """An unpacked contraction (only particle and data dims left) as (particles, N) or (N,)."""
-    rank = traces.rank
-    term = term.reshape((1,) * (rank - term.dim()) + term.shape)
-    frame_dim = None
-    for site in sample_sites(traces.model):
-        frame = data_frame(site, traces.plate)
-        if frame is not None:
-            frame_dim = frame.dim
-            break
-    keep = ([0] if traces.particles is not None else []) + [rank + frame_dim]
-    others = [d for d in range(rank) if d not in keep]
-    if others:
-        term = term.sum(others, keepdim=True)
-    shape = ([traces.particles] if traces.particles is not None else []) + [traces.num_data]
-    return term.reshape([term.shape[d] for d in keep]).expand(shape)
+    out = to_points(term, traces.rank, particles=traces.particles is not None, data_dim=traces.data_dim)
+    return out.expand(_points_shape(traces, True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -556,6 +548,7 @@ __all__: list[str] = [
     "point_log_weights",
     "run_guide",
     "sequential_conditionals",
+    "to_points",
     "trace_pair",
 ]
 

@@ -29,6 +29,7 @@ from pyro.poutine.messenger import Messenger
 
 from lvm_pyro.checks import check_count
 from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.infer.logdensity import to_points
 from lvm_pyro.models.base import DATA_PLATE
 
 ESTIMATORS = ("reparam", "meanfield", "score", "iwae", "enum")
@@ -189,13 +190,7 @@ class ImportanceWeightedELBO(ELBO):
                 f"pyro.plate({self.plate!r}, len(x)), or use estimator='reparam' for models "
                 "with global latent variables"
             )
-        rank = self.max_plate_nesting
-        term = term.reshape((1,) * (rank - term.dim()) + term.shape)
-        data_dim = rank + frame.dim
-        keep = {0, data_dim}
-        dims = [d for d in range(rank) if d not in keep]
-        term = term.sum(dims, keepdim=True) if dims else term
-        term = term.reshape(term.shape[0], term.shape[data_dim])
+        term = to_points(term, self.max_plate_nesting, particles=True, data_dim=frame.dim)
         scale = site["scale"]
         scale = float(scale) if not torch.is_tensor(scale) else float(scale.max())
         return term, scale
