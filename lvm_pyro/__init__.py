@@ -21,7 +21,7 @@ from lvm_pyro.infer.evaluate import LogLikelihood, amortization_gap, elbo, log_l
 from lvm_pyro.infer.mcmc import MCMCResult, mcmc
 from lvm_pyro.infer.objectives import ESTIMATORS, make_objective
 from lvm_pyro.infer.svi import FitResult, fit
-from lvm_pyro.models.base import LatentVariableModel
+from lvm_pyro.models.base import LatentVariableModel, empty_guide
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.conditional import ConditionalBaseline, ConditionalVAE
 from lvm_pyro.models.discrete import SigmoidBeliefNet
@@ -72,6 +72,7 @@ __all__ = [
     "KLWarmup",
     "LRScheduler",
     "LatentVariableModel",
+    "empty_guide",
     "LogLikelihood",
     "MCMCResult",
     "MixturePriorVAE",

@@ -43,3 +43,7 @@ class NotFittedError(LVMError, ValueError, AttributeError):
 class DiagnosticWarning(UserWarning):
     """A diagnostic was computed, but it cannot mean what its name suggests here (say, LOO from one
     point estimate); the message says why and what to use instead."""
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """An iterative fit stopped without converging (a stalled M-step, the iteration limit)."""

@@ -35,7 +35,7 @@ from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.em import EMResult
 from lvm_pyro.infer.mcmc import MCMCResult
 from lvm_pyro.infer.svi import FitResult
-from lvm_pyro.models.base import DATA_PLATE, LatentVariableModel, Program, as_program
+from lvm_pyro.models.base import DATA_PLATE, LatentVariableModel, Program, as_program, empty_guide
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -347,7 +347,9 @@ def _source(result, data, num_samples: int) -> _Source:
                        max_plate_nesting=kernel._max_plate_nesting,
                        sample_stats={"diverging": diverging})
     if isinstance(result, EMResult):
-        program = as_program(result.model)
+        model = result.model
+        bare = callable(model) and not hasattr(model, "guide")  # em ran it with no guide
+        program = as_program(model, empty_guide) if bare else as_program(model)
         args = _prepare_args(program.validate, data, _fitted_like(program, None))
         return _Source("em", program.model, args, 1, 1, guide=program.guide,
                        module=program.module, max_plate_nesting=program.max_plate_nesting,

@@ -286,11 +286,13 @@ def _data_plate_frame(trace: poutine.Trace, plate: str) -> tuple[int, int]:
                     f"`with pyro.plate({plate!r}, N, dim=...)`"
                 )
             return int(frame.size), frame.dim
-    raise ModelContractError(
-        f"no sample site of the model is inside a plate named {plate!r}: put the observations "
-        f"inside pyro.plate({plate!r}, len(x)), or name the model's plate over data points with "
-        "data_plate=..."
+    found = sorted({f.name for site in sample_sites(trace) for f in site["cond_indep_stack"]
+                    if f.vectorized and f.name != PARTICLE_PLATE})
+    hint = f"the model's plates are {found}: pass data_plate=" + repr(found[0]) if len(found) == 1 else (
+        f"the model's plates are {found}: name the one over data points with data_plate=..." if found
+        else f"the model has no plate: put the observations inside pyro.plate({plate!r}, len(x))"
     )
+    raise ModelContractError(f"no sample site of the model is inside a plate named {plate!r}; {hint}")
 
 
 @dataclass

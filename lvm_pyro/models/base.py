@@ -108,6 +108,16 @@ class Program:
         return validate_data(x, name=name, event_shape=shape[1:] if shape else None)
 
 
+def empty_guide(*args, **kwargs) -> None:
+    """The guide of a model with no latent site to sample: every latent site is discrete and
+    summed out by enumeration, and the parameters are ``pyro.param``s (Pyro's HMM example).
+
+    Example:
+        >>> empty_guide(None) is None
+        True
+    """
+
+
 def as_program(model, guide: Callable | None = None) -> Program:
     """Accept a LatentVariableModel, any object with ``model``/``guide`` methods, a
     ``(model, guide)`` tuple, or a model callable with ``guide=``.
@@ -139,7 +149,8 @@ def as_program(model, guide: Callable | None = None) -> Program:
     if not callable(model) or not callable(guide):
         raise ConfigurationError(
             "a model needs a guide: pass a LatentVariableModel, a (model, guide) pair of "
-            "callables, or guide=... (for example pyro.infer.autoguide.AutoNormal(model))"
+            "callables, or guide=... (for example pyro.infer.autoguide.AutoNormal(model), or "
+            "lvm_pyro.empty_guide for a model whose latent sites are all enumerated)"
         )
     parts: list[torch.nn.Module] = []
     for fn in (model, guide):
