@@ -656,8 +656,9 @@ def _label(k: float) -> str:
 class PSISResult:
     """Pareto k-hat of a guide q as an importance proposal for the posterior p(z | x).
 
-    A k-hat of -inf means the weights are constant up to rounding: q equals the posterior
-    (an exact guide), the best possible verdict ("good").
+    A k-hat of -inf means the largest weights are tied up to rounding: constant weights (q
+    equals the posterior, an exact guide) or weights taking a few values (a discrete guide);
+    the weights are then bounded and the verdict is "good".
     ``khat``: for the joint weights w_s = p(x, z_s) / q(z_s | x); ``khat_per_point``: for
     each data point's weights p(x_i, z_i,s | theta_s) / q(z_i,s | x_i) over the draws (guides
     with local latents; None otherwise). k < 0.5 good, 0.5 <= k < 0.7 ok (slower
@@ -689,7 +690,8 @@ class PSISResult:
         lines = [
             f"PSIS k-hat of the guide ({self.num_samples} draws): joint {self.khat:.3f} -> "
             f"{self.label} (good < {KHAT_GOOD}, ok < {KHAT_OK})"
-            + (" [-inf: constant weights, the guide is exact]" if self.khat == -math.inf else "")
+            + (" [-inf: the largest weights are tied (exact or discrete guide): bounded, reliable]"
+               if self.khat == -math.inf else "")
         ]
         if self.khat_per_point is not None:
             c = self.counts()
@@ -702,9 +704,17 @@ class PSISResult:
 
 
 def _khat(log_w: np.ndarray) -> np.ndarray:
-    """Pareto k-hat per row of (rows, draws) log weights; -inf for (numerically) constant rows."""
+    """Pareto k-hat per row of (rows, draws) log weights.
+
+    -inf where the largest weights are tied to rounding (constant weights, or weights taking a
+    few values, as for a discrete guide): the tail is bounded, so importance sampling is
+    reliable, but a generalized Pareto distribution cannot be fitted to it (ArviZ returns inf).
+    """
     log_w = np.asarray(log_w, dtype=np.float64)
-    spread = log_w.max(-1) - log_w.min(-1)
+    draws = log_w.shape[-1]
+    tail = int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+    top = np.sort(log_w, axis=-1)[..., -tail - 1:]
+    spread = top.max(-1) - top.min(-1)
     tol = 1e3 * np.finfo(np.float32).eps * (1.0 + np.abs(log_w).max(-1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
