@@ -605,10 +605,16 @@ def _objective_kind(result) -> tuple[str, bool]:
     if not hasattr(result, "val_elbo"):
         return "mean log-likelihood per point (EM, exact)", False
     warmup = float(result.config.get("kl_warmup") or 0.0)
-    done = result.steps / max(result.config.get("steps_per_epoch") or 1, 1)
-    if warmup > 0 and done < warmup:
-        return (f"annealed ELBO per point (KL weight {done / warmup:.2g} < 1: the run ended inside the "
-                f"{warmup:g}-epoch KL warm-up)"), True
+    betas = getattr(result, "betas", None)  # the KL weight of each step, where fit records it
+    if betas:
+        last = float(betas[-1])
+    elif warmup > 0:
+        last = min(1.0, result.steps / max(result.config.get("steps_per_epoch") or 1, 1) / warmup)
+    else:
+        last = 1.0
+    if warmup > 0 and last < 1:
+        return (f"annealed ELBO per point (KL weight {last:.2g} < 1 at the last step: the run ended inside "
+                f"the {warmup:g}-epoch KL warm-up)"), True
     if warmup > 0:
         return f"ELBO per point (after a {warmup:g}-epoch KL warm-up)", False
     return "ELBO per point", False
