@@ -207,6 +207,12 @@ def plot_mixture(
         raise DataError(
             f"plot_mixture draws 2-D data, got x of shape {X.shape}: project it to two features first"
         )
+    if not np.isfinite(X).all():
+        bad = ~np.isfinite(X)
+        raise DataError(
+            f"x has {int(bad.sum())} NaN/inf value(s), the first at index "
+            f"{[int(i) for i in np.argwhere(bad)[0]]}: drop or impute those rows"
+        )
     if hasattr(means, "means_"):
         fitted = means
         means, covariances, weights = fitted.means_, fitted.covariances_, fitted.weights_
@@ -222,9 +228,13 @@ def plot_mixture(
     if means is None or covariances is None:
         raise ConfigurationError("plot_mixture needs the means and covariances, or a fitted mixture")
     mu = _array(means, "means")
+    if mu.ndim != 2 or mu.shape[1] != 2:
+        raise DataError(f"means have shape {mu.shape}: pass (K, 2) component means for 2-D data")
     k = mu.shape[0]
     cov = _full_covariances(_array(covariances, "covariances"), k, 2)
-    w = np.full(k, 1.0 / k) if weights is None else _array(weights, "weights").reshape(k)
+    w = np.full(k, 1.0 / k) if weights is None else _array(weights, "weights").reshape(-1)
+    if w.shape != (k,):
+        raise DataError(f"{w.size} weights for {k} components: pass one weight per component")
     palette = np.array([_tab10(i) for i in range(k)])
     fig, ax = _figure(ax, (5, 5))
     if responsibilities is not None:

@@ -65,6 +65,17 @@ def positive_model(x):
         pyro.sample("x", dist.Normal(0.0, s), obs=x)
 
 
+def cond_model(x, scale):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, scale), obs=x)
+
+
+@functools.cache
+def mcmc_result():
+    return mcmc(model, X, num_samples=3, warmup_steps=3, num_chains=1)
+
+
 def with_nan(x: torch.Tensor = X) -> torch.Tensor:
     x = x.clone()
     x.view(-1)[3] = float("nan")
@@ -323,6 +334,25 @@ CASES = [
     Case("plot-khat-strings", lambda: plots.plot_khat(["a", "b"]), DTE, r"numeric|number"),
     Case("plot-khat-2d", lambda: plots.plot_khat(np.zeros((2, 2))), DE, r"khat|shape|1-D"),
     Case(
+        "plot-mixture-weights-wrong-count",
+        lambda: plots.plot_mixture(np.zeros((5, 2)), np.zeros((2, 2)), np.ones((2, 2)), weights=[1.0]),
+        DE,
+        r"weights",
+    ),
+    Case(
+        "plot-mixture-means-3-features",
+        lambda: plots.plot_mixture(np.zeros((5, 2)), np.zeros((2, 3)), np.ones((2, 3))),
+        DE,
+        r"means",
+    ),
+    Case(
+        "plot-mixture-nan-points",
+        lambda: plots.plot_mixture(np.full((5, 2), np.nan), np.zeros((1, 2)), np.ones((1, 2))),
+        DE,
+        r"nan",
+    ),
+    Case("sel-strings", sel(data=np.array([["a", "b"]] * 5)), DTE, r"numeric|number|str"),
+    Case(
         "plot-completions-mismatch",
         lambda: plots.plot_completions(np.zeros((3, 4)), np.zeros((2, 1, 4)), (4, 2)),
         DE,
@@ -355,6 +385,18 @@ CASES = [
     Case("mcmc-seed-negative", mc(seed=-3), CE, r"seed"),
     Case("mcmc-max-plate-nesting-negative", mc(max_plate_nesting=-1), CE, r"max_plate_nesting"),
     Case("mcmc-jit-compile-string", mc(jit_compile="yes"), CE, r"jit_compile"),
+    Case(
+        "mcmc-condition-rows-differ",
+        mc(model=cond_model, data=(X, torch.ones(5))),
+        DE,
+        r"rows|12|5",
+    ),
+    Case(
+        "mcmc-result-validate-wrong-shape",
+        lambda: mcmc_result().validate(torch.zeros(4, 3)),
+        DE,
+        r"shape",
+    ),
     Case(
         "mcmc-loo-single-draw",
         lambda: loo(mcmc(model, X, num_samples=1, warmup_steps=2, num_chains=1)),
