@@ -23,6 +23,12 @@ Two routes run the E-step, and ``EMResult.e_step`` says which one ran:
   with N=100,000, D=8, K=16 (full) it is about 8x faster than the enumeration route
   (``benchmarks/gmm_em.py`` prints both).
 
+The model is any Pyro program: a ``LatentVariableModel``, a (model, guide) pair, or a model
+callable alone when every latent site is discrete and every parameter a ``pyro.param`` (the
+style of Pyro's ``examples/hmm.py``; it runs with an empty guide). ``data_plate`` names its
+plate over the rows of x ("data" by default, "sequences" in Pyro's HMM example); chunks
+(``chunk_size``) and shards (``distributed``) call the model on slices of those rows.
+
 A model may also define ``check_fit_data(x)`` (warnings about the data worth giving once,
 at fit time: the mixture flags constant features). The M-step is the model's own where it
 has one: ``m_step_from_statistics`` (closed_form
@@ -30,6 +36,9 @@ route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated s
 marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
+An M-step whose steps find no higher Q before the objective has converged is a stall, reported
+as such (``EMResult.stop_reason == "stalled"``, a warning, ``converged=False``), never as
+convergence.
 """
 
 from __future__ import annotations
@@ -467,6 +476,15 @@ class _EnumRoute:
                 "the first dimension of x; or pass data_plate= naming the plate over the rows"
             )
         if split:
+            local_points = [name for name, fs in watch_guide.frames.items()
+                            if any(f.name == self.data_plate for f in fs)]
+            if local_points:
+                raise ModelContractError(
+                    f"the guide samples site(s) {local_points} inside the data plate "
+                    f"{self.data_plate!r}: em treats guide sites as global point estimates, counted "
+                    "once, so chunks or shards of rows cannot split them. Enumerate these sites in "
+                    "the model (discrete), or leave chunk_size=None and distributed=False"
+                )
             outside = [
                 name for name, fs in watch_model.frames.items()
                 if name not in watch_guide.frames and all(f.name != self.data_plate for f in fs)
@@ -924,7 +942,7 @@ def em(
             f"em stopped without converging: at iteration {best['n_iter']} of start {best['init']} "
             f"({stalled} of {n_init} start(s) stalled) the generalized M-step ({m_step_steps} Adam "
             f"steps at m_step_lr={m_step_lr}) found no parameters with a higher expected "
-            "log-likelihood while the objective was still changing by tol or more. Raise "
+            "log-likelihood before the objective had converged (changed by less than tol). Raise "
             "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
             "crawl); result.stop_reason is 'stalled' and result.converged is False",
             RuntimeWarning,
@@ -955,8 +973,7 @@ def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
     tensors = []
     if program.module is not None:
         tensors += [t for t in program.module.state_dict().values() if t.is_floating_point()]
-    store = pyro.get_param_store()
-    tensors += [store._params[name] for name in sorted(store._params)]
+    tensors += [p for _, p in sorted(pyro.get_param_store().named_parameters())]
     group.broadcast_(tensors)
 
 

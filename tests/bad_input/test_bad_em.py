@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from harness import Case, run_case
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch.distributions import constraints
 
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, ModelContractError
@@ -105,6 +105,13 @@ def continuous_local(x):
 def sampled_global(x):
     loc = pyro.sample("loc", dist.Normal(x.new_tensor(0.0), 10.0))
     with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Bernoulli(x.new_tensor(0.5)))
+        pyro.sample("obs", dist.Normal(loc + z, 1.0), obs=x[:, 0])
+
+
+def local_point_estimate(x):
+    with pyro.plate("data", len(x)):
+        loc = pyro.sample("loc", dist.Normal(x.new_zeros(()), 10.0))
         z = pyro.sample("z", dist.Bernoulli(x.new_tensor(0.5)))
         pyro.sample("obs", dist.Normal(loc + z, 1.0), obs=x[:, 0])
 
@@ -299,6 +306,10 @@ CASES = [
         ModelContractError,
         r"\['shift'\] are outside the data plate.*chunk_size=None",
     ),
+    Case("guide site inside the data plate, chunked",
+         lambda: em(local_point_estimate, _x(), device="cpu", chunk_size=5,
+                    guide=AutoDelta(pyro.poutine.block(local_point_estimate, expose=["loc"]))),
+         ModelContractError, r"guide samples site\(s\) \['loc'\] inside the data plate.*chunk_size=None"),
     # ---- seed, callbacks, flags, guide, device
     Case(
         "seed negative",
