@@ -690,6 +690,7 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
         compiled = CompiledLoss(loss_fn, param_list, backend="inductor" if jit == "inductor" else "script")
         with pyro.validation_enabled(False):
             compiled.prepare(first, check, beta_input)
+    config["compiled"] = compiled is not None and compiled.active and bool(compiled.graphs)
 
     val_seed = (shuffle_seed + 1) % 2**63
 
