@@ -14,6 +14,7 @@ unfinished epoch.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -143,10 +144,32 @@ def _check_optimizer(optimizer) -> None:
                 f"({', '.join(OPTIMIZERS)}), a torch.optim class such as torch.optim.Adam, or a "
                 "callable params -> optimizer"
             )
+        _check_steps_without_closure(optimizer)
     elif not callable(optimizer):
         raise ConfigurationError(
             f"optimizer must be a name ({', '.join(OPTIMIZERS)}), a torch.optim class or a callable "
             f"params -> optimizer, got {optimizer!r}"
+        )
+    else:
+        try:
+            inspect.signature(optimizer).bind([])
+        except TypeError:
+            raise ConfigurationError(
+                "the optimizer factory must take one argument, the list of parameters, and return an "
+                "optimizer: e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9)"
+            ) from None
+        except ValueError:  # no signature to inspect (a builtin): let the call tell
+            pass
+
+
+def _check_steps_without_closure(cls: type) -> None:
+    """fit calls ``opt.step()``: an optimizer whose step needs a closure (LBFGS) cannot be used."""
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigurationError(
+            f"optimizer {cls.__name__} needs a closure at every step (it re-evaluates the loss), which "
+            "stochastic minibatch training does not provide: use 'adam', 'adamw', 'sgd', 'rmsprop' or "
+            "'adagrad'"
         )
 
 
@@ -164,6 +187,7 @@ def _make_optimizer(optimizer, params: list[torch.Tensor], lr: float) -> torch.o
             f"the optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer: "
             "return one built on the parameters it is given, e.g. lambda ps: torch.optim.SGD(ps, lr=0.01)"
         )
+    _check_steps_without_closure(type(opt))
     return opt
 
 
