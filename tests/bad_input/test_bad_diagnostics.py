@@ -12,7 +12,7 @@ import pytest
 import torch
 from harness import Case, run_case
 
-from lvm_pyro import GaussianMixtureModel, em, errors, fit, mcmc
+from lvm_pyro import VAE, GaussianMixtureModel, em, errors, fit, mcmc
 from lvm_pyro.diagnostics import plots
 from lvm_pyro.diagnostics.arviz import compare, loo, plot_ppc, psis_khat, to_inference_data
 from lvm_pyro.diagnostics.gradients import gradient_variance
@@ -227,6 +227,18 @@ CASES = [
         lambda: gradient_variance(svi_result(), X, guide=guide, num_draws=3),
         CE,
         r"guide",
+    ),
+    Case(
+        "gv-vae-wrong-features",
+        lambda: gradient_variance(VAE((6,), latent_dim=2, hidden=(4,)), torch.ones(4, 5), num_draws=2),
+        DE,
+        r"shape|feature",
+    ),
+    Case(
+        "mcmc-vae-nonbinary",
+        lambda: mcmc(VAE((6,), latent_dim=2, hidden=(4,)), torch.full((4, 6), 0.5), num_samples=2),
+        DE,
+        r"binary|0 or 1",
     ),
     Case("gv-seed-string", gv(seed="s"), CE, r"seed"),
     # --- select_components ------------------------------------------------------------------------
