@@ -577,6 +577,13 @@ def test_a_generalized_m_step_without_progress_is_a_stall_not_convergence():
     good = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=20, m_step_lr=1.0, device="cpu")
     assert (good.converged, good.stop_reason) == (True, "converged")
     assert good.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
+    # restarted at that fixed point, an M-step without progress is convergence, not a stall
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        again = em(unit_variance_mixture, x, max_iter=50, tol=1e-6, m_step_steps=20, m_step_lr=1.0,
+                   device="cpu")
+    assert (again.converged, again.stop_reason, again.n_iter) == (True, "converged", 1)
+    assert again.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- starts

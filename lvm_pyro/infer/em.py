@@ -36,7 +36,8 @@ route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated s
 marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
-An M-step whose steps find no higher Q before the objective has converged is a stall, reported
+An M-step whose steps find no higher Q where one exists (a small gradient step gains more than
+``tol`` per point) is a stall, reported
 as such (``EMResult.stop_reason == "stalled"``, a warning, ``converged=False``), never as
 convergence.
 """
@@ -114,9 +115,11 @@ class EMResult:
     ``init_objectives``: the final objective of every start. ``reseeded``: re-seeding
     events. ``e_step`` / ``m_step``: the routes that ran ("closed_form" or "enum";
     "closed_form", "model" or "gradient"). ``stop_reason``: why the winning start stopped:
-    "converged" (the objective changed by less than ``tol`` after an M-step that moved),
-    "stalled" (a generalized M-step found no higher Q while the objective still changed by
-    ``tol`` or more: not converged; raise ``m_step_steps`` or change ``m_step_lr``),
+    "converged" (the objective changed by less than ``tol`` after an M-step that moved, or
+    an M-step found no higher Q and no gradient step gains more than ``tol`` per point: a
+    fixed point), "stalled" (a generalized M-step found no higher Q although gradient steps
+    gain more than ``tol`` per point: not converged; raise ``m_step_steps`` or change
+    ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
     """
 
@@ -423,6 +426,7 @@ class _EnumRoute:
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
         self.params: list[torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.possible_gain = 0.0  # per point, after an M-step without progress
         self._log_prior = 0.0
         self._check_data_plate(data)
 
@@ -609,7 +613,33 @@ class _EnumRoute:
             if final_q < best_q:
                 for p, b in zip(self.params, best):
                     p.copy_(b)
-        return max(final_q, best_q) > start_q
+        moved = max(final_q, best_q) > start_q
+        self.possible_gain = 0.0 if moved else self._probe_gain(local, posts)
+        return moved
+
+    def _probe_gain(self, local: tuple, posts) -> float:
+        """After an M-step without progress: the largest rise of Q per point that plain gradient
+        steps of sizes m_step_lr * 4**-k (k = 0..11) find, the parameters left unchanged.
+
+        About zero at a fixed point of EM (converged); clearly positive when Adam's steps
+        missed an ascent that exists (a stall)."""
+        self.optimizer.zero_grad()
+        start_q = self._sum_q(self._q(local, posts, backward=True), backward=True)
+        start = [p.detach().clone() for p in self.params]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params]
+        best = 0.0
+        with torch.no_grad():
+            for k in range(12):
+                eta = self.lr * 4.0**-k
+                for p, p0, g in zip(self.params, start, grads):
+                    p.copy_(p0 - eta * g)  # g is the gradient of -Q / N
+                q = self._sum_q(self._q(local, posts, backward=False), backward=False)
+                if math.isfinite(q):
+                    best = max(best, (q - start_q) / self.n)
+            for p, p0 in zip(self.params, start):
+                p.copy_(p0)
+        self.optimizer.zero_grad()
+        return best
 
     @torch.no_grad()
     def random_start(self, data: tuple, gen) -> None:
@@ -817,9 +847,9 @@ def em(
             (a model's own ``m_step`` then receives ``m_step(x, condition, ..., posterior)``).
         max_iter, tol: at most max_iter iterations; stop when the per-point objective
             changes by less than tol (scikit-learn's rule; tol=0 runs all iterations). A
-            generalized M-step that finds no higher Q while the objective still moves by tol
-            or more is a stall, not convergence: ``stop_reason="stalled"``, a warning, and
-            ``converged=False``.
+            generalized M-step that finds no higher Q while gradient steps still gain more
+            than tol per point is a stall, not convergence: ``stop_reason="stalled"``, a
+            warning, and ``converged=False``.
         n_init: number of starts; the one with the highest final objective is kept.
         init: "auto" (k-means++ for models with ``initialize_``, else the current parameters,
             or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
@@ -942,7 +972,7 @@ def em(
             f"em stopped without converging: at iteration {best['n_iter']} of start {best['init']} "
             f"({stalled} of {n_init} start(s) stalled) the generalized M-step ({m_step_steps} Adam "
             f"steps at m_step_lr={m_step_lr}) found no parameters with a higher expected "
-            "log-likelihood before the objective had converged (changed by less than tol). Raise "
+            "log-likelihood, although small gradient steps still gain more than tol per point. Raise "
             "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
             "crawl); result.stop_reason is 'stalled' and result.converged is False",
             RuntimeWarning,
@@ -1033,7 +1063,11 @@ def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) ->
                 converged, reason = True, "converged"
                 break
             if not moved:
-                reason = "stalled"
+                # no progress: converged if no step finds more than tol per point, else stalled
+                if getattr(route, "possible_gain", math.inf) <= tol:
+                    converged, reason = True, "converged"
+                else:
+                    reason = "stalled"
                 break
             previous = objs[-1]
             if state.stop:
