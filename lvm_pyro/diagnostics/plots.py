@@ -10,6 +10,7 @@ device) or arrays; they are moved to the CPU here.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -157,7 +158,7 @@ def covariance_ellipse(mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
         >>> round(e.width, 6), round(e.height, 6)
         (4.0, 2.0)
     """
-    if isinstance(n_std, bool) or not isinstance(n_std, (int, float)) or not 0 < n_std < math.inf:
+    if isinstance(n_std, bool) or not isinstance(n_std, numbers.Real) or not 0 < n_std < math.inf:
         raise ConfigurationError(f"n_std must be a finite positive number, got {n_std!r}")
     m, c = _array(mean, "mean"), _array(cov, "cov")
     if m.shape != (2,) or c.shape != (2, 2):
@@ -168,7 +169,8 @@ def covariance_ellipse(mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     if not (np.isfinite(m).all() and np.isfinite(c).all()):
         raise DataError("mean and cov must be finite (they hold NaN or inf)")
     vals, vecs = np.linalg.eigh(c)
-    if vals[0] < -1e-8 * max(abs(vals[1]), 1.0) or not np.allclose(c, c.T):
+    scale = float(np.abs(c).max())
+    if vals[0] < -1e-5 * scale or not np.allclose(c, c.T, rtol=1e-5, atol=1e-6 * scale):
         raise DataError(f"cov is not a covariance matrix (symmetric positive semi-definite): {c.tolist()}")
     vals = np.clip(vals, 0.0, None)
     angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
