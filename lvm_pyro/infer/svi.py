@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 
 from lvm_pyro.data import _check_int as check_int
 from lvm_pyro.data import resolve_device
-from lvm_pyro.errors import CheckpointError, ConfigurationError, DivergenceError, ModelContractError
+from lvm_pyro.errors import (
+    CheckpointError,
+    ConfigurationError,
+    DivergenceError,
+    LVMError,
+    ModelContractError,
+)
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.callbacks import Callback, KLWarmup, KLWarmupWarning, TrainState
 from lvm_pyro.infer.checkpoint import (
@@ -337,12 +343,23 @@ def _latent_sites_missing_from_guide(model_trace, guide_trace) -> list[str]:
 
 def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator: str):
     """Run guide then model once (validation on); check the contract; collect parameters."""
-    with pyro.validation_enabled(True), poutine.trace() as guide_tape:
-        scale(program.guide)(*batch)
-    guide_trace = guide_tape.trace
-    with pyro.validation_enabled(True), poutine.trace() as model_tape:
-        poutine.replay(scale(program.model), trace=guide_trace)(*batch)
-    model_trace = model_tape.trace
+    try:
+        with pyro.validation_enabled(True), poutine.trace() as guide_tape:
+            scale(program.guide)(*batch)
+        guide_trace = guide_tape.trace
+        with pyro.validation_enabled(True), poutine.trace() as model_tape:
+            poutine.replay(scale(program.model), trace=guide_trace)(*batch)
+        model_trace = model_tape.trace
+    except LVMError:
+        raise
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelContractError(
+            f"the guide and model fail when run once on the first batch (x of shape "
+            f"{tuple(batch[0].shape)}): {type(exc).__name__}: {first_line}. Check that the model "
+            "and guide accept this data (shape, dtype, number of conditions) and that their "
+            "distributions get valid (finite, in-support) parameters; the cause is chained below"
+        ) from exc
     missing = _latent_sites_missing_from_guide(model_trace, guide_trace)
     if missing:
         raise ModelContractError(
@@ -833,6 +850,9 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     finally:
         bar.close()
     last_beta = state.betas[-1] if state.betas else 1.0
+    # the final, partial epoch (if any): in the result, not in the checkpoint's history, and
+    # validated on the parameters training ended with (before callbacks restore others)
+    partial_val = validate() if partial["count"] and val_batches is not None else None
     for cb in callbacks:
         cb.on_fit_end(state)
     if not state.stop_reason:
@@ -841,11 +861,11 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     if compiled is not None and not compiled.active:
         config["compile_fallback"] = compiled.fallback_reason
     result = _result(model, program, state, config, started, params)
-    if partial["count"]:  # the final, partial epoch: in the result, not in the checkpoint's history
+    if partial["count"]:
         result.epoch_losses.append(partial["sum"] / partial["count"])
         result.epoch_betas.append(partial["beta_sum"] / partial["count"])
-        if val_batches is not None:
-            result.val_elbo.append(validate())
+        if partial_val is not None:
+            result.val_elbo.append(partial_val)
         result.partial_epoch = True
     done = state.progress
     if warmup_cb is not None and last_beta < 1.0 and done < warmup_cb.epochs:

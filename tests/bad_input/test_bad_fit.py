@@ -141,6 +141,22 @@ class _Pickled:
     pass
 
 
+def _nan_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc + math.nan, 1.0), obs=x)
+
+
+def _matmul_model(x):
+    w = pyro.param("w", torch.zeros(3, 4))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal((x @ w).sum(-1), 1.0), obs=x[:, 0])
+
+
+def _no_guide(x):
+    pass
+
+
 class _Dicts(torch.utils.data.Dataset):
     def __len__(self):
         return 4
@@ -274,6 +290,11 @@ CASES = [
          CE, r"a model needs a guide"),
     Case("plate-not-in-model", _bad(data_plate="rows"), errors.ModelContractError,
          r"observations inside pyro.plate\('rows', len\(x\)\)"),
+    Case("model-nan-parameter",
+         lambda: lvm_pyro.fit((_nan_model, _no_guide), X[:, 0], steps=1, progress=False),
+         errors.ModelContractError, r"fail when run once on the first batch.*ValueError.*valid \(finite"),
+    Case("model-shape-mismatch", lambda: lvm_pyro.fit((_matmul_model, _no_guide), X, steps=1, progress=False),
+         errors.ModelContractError, r"fail when run once.*RuntimeError: mat1 and mat2 shapes"),
     # checkpoint directories
     Case("checkpoint-dir-number", _bad(checkpoint_dir=123), CE, r"checkpoint_dir=123: pass a folder path"),
     Case("checkpoint-dir-empty", _bad(checkpoint_dir=""), CE, r"checkpoint_dir=''"),
