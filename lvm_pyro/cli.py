@@ -235,14 +235,14 @@ class DirectoryLock:
         self.directory = Path(directory)
         self._fd: int | None = None
 
-    def acquire(self, what: str = "run") -> DirectoryLock:
+    def acquire(self) -> DirectoryLock:
         if fcntl is None:  # pragma: no cover
             return self
         try:
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise CheckpointError(
-                f"{what} {str(self.directory)!r} cannot be locked ({exc.strerror}): check that the folder "
+                f"run {str(self.directory)!r} cannot be locked ({exc.strerror}): check that the folder "
                 "exists and is writable"
             ) from None
         try:
@@ -250,7 +250,7 @@ class DirectoryLock:
         except OSError:
             os.close(fd)
             raise CheckpointError(
-                f"{what} {str(self.directory)!r} is in use by another lvm-pyro command (fit, run or "
+                f"run {str(self.directory)!r} is in use by another lvm-pyro command (fit, run or "
                 "resume): wait for it to finish; two writers would mix their results"
             ) from None
         self._fd = fd
@@ -713,10 +713,9 @@ def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrid
     _say_data(model_name, config, data)
     with new_run_directory(directory, {**config, "versions": versions()}):
         run = Run(directory, entry, model, data, config)
-        with _captured_warnings() as caught:
+        with _captured_warnings() as run.notes:
             result = _train(run, args)
-        run.notes = caught
-        return _finish(run, result, args)
+            return _finish(run, result, args)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -746,11 +745,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if "steps" in extra:
             overrides.pop("epochs", None)
         run.config["overrides"] = {**overrides, **extra}
-        with _captured_warnings() as caught:
+        with _captured_warnings() as run.notes:
             result = _train(run, args, resume=True)
-        run.notes = caught
-        _write_json(path / "config.json", {**run.config, "versions": versions()})
-        metrics = _finish(run, result, args)
+            _write_json(path / "config.json", {**run.config, "versions": versions()})
+            metrics = _finish(run, result, args)
     print(f"{_summary(run.config['model'], metrics)}; run {run.directory} updated")
     return 0
 
@@ -800,8 +798,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with new_run_directory(root):
         for model_name in ("gmm", "vae"):
             sub = argparse.Namespace(**vars(args))
-            if model_name == "gmm":
-                sub.kl_warmup = None  # --kl-warmup is the VAE's
+            if model_name == "gmm":  # --option, --binarize and --kl-warmup are the VAE's
+                sub.kl_warmup, sub.option, sub.binarize = None, [], None
             metrics = _fit_new(model_name, sub, root / model_name, quick if model_name == "vae" else {})
             print(_summary(model_name, metrics))
             run_dir = root / model_name
@@ -869,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report")
+    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report",
+                       description="A Gaussian mixture by EM and a VAE on the data, one report. --option, "
+                                   "--binarize and --kl-warmup apply to the VAE.")
     _add_run_options(p)
     _add_common(p)
     p.add_argument("--quick", action="store_true",
