@@ -569,6 +569,11 @@ def fit(
         score_baseline=score_baseline, vectorize_particles=vectorize_particles, data_plate=data_plate,
         jit=jit, distributed=distributed,
     )
+    # plain Python numbers from here on (numpy scalars are accepted; configs are JSON-ready)
+    lr = float(lr)
+    clip_norm = None if clip_norm is None else float(clip_norm)
+    seed = None if seed is None else int(seed)
+    kl_warmup = kl_warmup if kl_warmup == "auto" else float(kl_warmup)
     program = as_program(model, guide)
     dev = resolve_device(device)
     group, dev = join_group(dev, distributed)
