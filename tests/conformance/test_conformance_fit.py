@@ -22,7 +22,7 @@ def _module(s):
 
 
 @torch.no_grad()
-def reference_elbo(s, particles: int = 16, seed: int = 123) -> float:
+def reference_elbo(s, particles: int = 12, seed: int = 123) -> float:
     """ELBO per data point by Pyro's Trace_ELBO (TraceEnum_ELBO for enumerated models), sequential
     particles, a fixed seed. A user module stays in its own dtype: the data is cast to it."""
     args = s.data if isinstance(s.data, tuple) else (s.data,)
