@@ -735,8 +735,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise ConfigurationError("EM runs are not resumable (EM is fast): run `lvm-pyro fit` again")
     extra = _fit_overrides(entry, args, RESUME_OVERRIDES)
     if not (path / CHECKPOINT_NAME).is_file():
-        raise CheckpointError(f"{str(path)!r} holds no {CHECKPOINT_NAME}: it cannot be resumed; start "
-                              "it again with `lvm-pyro fit`")
+        raise CheckpointError(f"{str(path)!r} holds no {CHECKPOINT_NAME} (it stopped before its first "
+                              "checkpoint): it cannot be resumed; delete the folder and `lvm-pyro fit` again")
     with locked_run(path):
         run = _open_run(path, trained=False)
         overrides = dict(run.config.get("overrides", {}))
@@ -880,10 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a registered model name (see `lvm-pyro models`)")
     _add_run_options(p)
     _add_common(p)
-    p.add_argument("--estimator", choices=ESTIMATORS, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--steps", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                   help="gradient estimator (default: the model's)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training data")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per step")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (> 0)")
     p.set_defaults(func=cmd_fit)
 
