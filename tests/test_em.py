@@ -527,6 +527,27 @@ def test_em_chunks_split_the_users_plate_and_change_nothing_but_memory():
     assert runs[1][0][-1] == pytest.approx(runs[1][1], abs=1e-9)
 
 
+def test_a_chunk_of_one_row_and_data_of_one_row_are_right():
+    # the plate of a one-row chunk is packed away by Pyro; em's E-step and M-steps still run
+    sequences = _hmm_sequences("categorical", n=5)
+    lls = []
+    for chunk_size in (None, 2):  # chunks of 2, 2, 1
+        pyro.clear_param_store()
+        lls.append(em(hmm_categorical, sequences, data_plate="sequences", chunk_size=chunk_size,
+                      max_iter=2, tol=0.0, m_step_steps=3, device="cpu").log_likelihood)
+    np.testing.assert_allclose(lls[0], lls[1], rtol=1e-10)
+    pyro.clear_param_store()
+    one = em(hmm_categorical, sequences[:1], data_plate="sequences", max_iter=2, tol=0.0, m_step_steps=3,
+             device="cpu")
+    assert one.log_likelihood[-1] == pytest.approx(float(_hmm_exact("categorical", sequences[:1])), abs=1e-9)
+    # a model's own m_step receives (rows, values) marginals whatever the chunking
+    x = torch.tensor([[2.0], [12.0], [3.0], [11.0], [5.0]])
+    runs = [em(PoissonMixture([1.0, 5.0]), x, max_iter=3, tol=0.0, chunk_size=c, device="cpu")
+            for c in (None, 2)]
+    np.testing.assert_allclose(runs[0].log_likelihood, runs[1].log_likelihood, rtol=1e-6)
+    assert runs[1].m_step == "model"
+
+
 def test_chunks_of_a_plate_em_cannot_find_name_data_plate():
     pyro.clear_param_store()
     with pytest.raises(ModelContractError, match=r"no plate named 'data'.*\['sequences'\].*data_plate="):

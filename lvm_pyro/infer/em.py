@@ -266,18 +266,26 @@ def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
     prior of z and the likelihood of x need the same posterior p(z_n | x_n)).
     """
     done: dict = {}
+    # a plate of size 1 (one row, or a last chunk of one row) is packed away: no factor has its
+    # dim, so it is dropped from the ordinals (a plate of one element is no plate)
+    present = {d for terms in tr.factors.values() for t in terms for d in t._pyro_dims}
+    absent = {s for o in tr.factors for s in o} - present
+    factors = OrderedDict()
+    for o, terms in tr.factors.items():
+        factors.setdefault(o - absent, []).extend(terms)
 
     def posterior(ordinal: frozenset, symbols: set) -> torch.Tensor:
+        ordinal = ordinal - absent
         key = (ordinal, frozenset(symbols))
         if key not in done:
             log_q = contract_to_tensor(
-                tr.factors, tr.sum_dims, target_ordinal=ordinal, target_dims=set(symbols), cache=cache
+                factors, tr.sum_dims, target_ordinal=ordinal, target_dims=set(symbols), cache=cache
             )
             done[key] = _normalize(log_q, symbols)
         return done[key]
 
     with shared_intermediates() as cache:
-        total = contract_to_tensor(tr.factors, tr.sum_dims, cache=cache)
+        total = contract_to_tensor(factors, tr.sum_dims, cache=cache)
         weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
         marginals = {
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
@@ -546,9 +554,7 @@ class _EnumRoute:
     def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> bool:
         """Take the M-step; False when it left the parameters where they were (a stall)."""
         if self.closed_m_step is not None:
-            marginals = {
-                name: torch.cat([p.marginals[name] for p in posts], dim=-2) for name in posts[0].marginals
-            }
+            marginals = {name: _cat_rows([p.marginals[name] for p in posts]) for name in posts[0].marginals}
             if self.group is not None:  # the model's M-step sees every row's posterior
                 marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
             self.closed_m_step(*data, marginals)
@@ -663,6 +669,13 @@ class _EnumRoute:
 
     def reset(self) -> None:
         self.params, self.optimizer = None, None
+
+
+def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Chunks' marginals (rows, values) joined over rows; a chunk of one row, whose row dim the
+    marginal squeezed away, gets it back."""
+    dim = max(2, *(p.dim() for p in parts))
+    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=-2)
 
 
 def _user_data(data: tuple):
