@@ -548,6 +548,40 @@ def test_a_chunk_of_one_row_and_data_of_one_row_are_right():
     assert runs[1].m_step == "model"
 
 
+def padded_hmm(sequences, lengths):
+    """Pyro's examples/hmm.py padding: steps past a sequence's length masked."""
+    init = pyro.param("phmm_init", torch.tensor([0.6, 0.4], dtype=sequences.dtype),
+                      constraint=constraints.simplex)
+    trans = pyro.param("phmm_trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=sequences.dtype),
+                       constraint=constraints.simplex)
+    loc = pyro.param("phmm_loc", torch.tensor([-0.5, 0.5], dtype=sequences.dtype))
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        lengths = lengths[batch]
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            with pyro.poutine.mask(mask=(t < lengths).unsqueeze(-1)):
+                z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
+                                infer={"enumerate": "parallel"})
+                pyro.sample(f"y_{t}", dist.Normal(loc[z], 1.0), obs=sequences[batch, t].unsqueeze(-1))
+
+
+def test_padded_sequences_warn_and_differ_from_the_forward_algorithm_by_log_k_per_padded_step():
+    sequences = _hmm_sequences("gaussian", n=5)
+    lengths = torch.tensor([5, 3, 4, 5, 2])
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match=r"masked.*log K per masked value"):
+        result = em(padded_hmm, (sequences, lengths), data_plate="sequences", chunk_size=2, max_iter=2,
+                    tol=0.0, m_step_steps=3, device="cpu")
+    p = {name: pyro.param(name).detach() for name in ("phmm_init", "phmm_trans", "phmm_loc")}
+    exact = sum(
+        float(forward_algorithm(p["phmm_init"].log(), p["phmm_trans"].log(),
+                                dist.Normal(p["phmm_loc"], 1.0).log_prob(sequences[i, :n, None])[None]))
+        for i, n in enumerate(lengths.tolist())
+    ) / 5
+    padded_steps = int((5 - lengths).sum())
+    assert result.log_likelihood[-1] - exact == pytest.approx(padded_steps * math.log(2) / 5, abs=1e-9)
+
+
 def test_chunks_of_a_plate_em_cannot_find_name_data_plate():
     pyro.clear_param_store()
     with pytest.raises(ModelContractError, match=r"no plate named 'data'.*\['sequences'\].*data_plate="):

@@ -351,15 +351,23 @@ def _model_errors(rows: int, data_plate: str):
 
 
 class _SiteFrames(Messenger):
-    """Records the plates (``cond_indep_stack``) of every sample site a program runs."""
+    """Records the plates (``cond_indep_stack``) of every sample site a program runs, and the
+    enumerated sites that are masked somewhere (``poutine.mask`` with a False entry)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frames: dict[str, tuple] = {}
+        self.masked_enumerated: list[str] = []
 
     def _pyro_post_sample(self, msg: dict) -> None:
-        if not site_is_subsample(msg):
-            self.frames[msg["name"]] = tuple(msg["cond_indep_stack"])
+        if site_is_subsample(msg):
+            return
+        self.frames[msg["name"]] = tuple(msg["cond_indep_stack"])
+        mask = msg["mask"]
+        if msg["infer"].get("_enumerate_dim") is not None and mask is not None and (
+            mask is False or (isinstance(mask, torch.Tensor) and not bool(mask.all()))
+        ):
+            self.masked_enumerated.append(msg["name"])
 
 
 # --------------------------------------------------------------------------- the two routes
@@ -453,6 +461,18 @@ class _EnumRoute:
         with poutine.block(), _model_errors(len(chunk[0]), self.data_plate):
             guide_tr = poutine.trace(watch_guide(self.program.guide)).get_trace(*chunk)
             poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*chunk)
+        if watch_model.masked_enumerated:
+            names = watch_model.masked_enumerated
+            warnings.warn(
+                f"em: the enumerated site(s) {names[:5]}{' ...' if len(names) > 5 else ''} are "
+                "masked (poutine.mask) for some rows. Pyro gives a masked discrete site weight 1 "
+                "for each of its K values, so where its observations are masked too (padded "
+                "sequences), log_likelihood and objective include log K per masked value, a "
+                "constant that leaves the EM updates unchanged; to report log p(x) of the "
+                "unpadded data, subtract it, or pass sequences without padding",
+                UserWarning,
+                stacklevel=5,
+            )
         plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
         frames = [f for fs in watch_model.frames.values() for f in fs if f.name == self.data_plate]
         if not frames:

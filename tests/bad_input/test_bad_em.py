@@ -116,6 +116,13 @@ def local_point_estimate(x):
         pyro.sample("obs", dist.Normal(loc + z, 1.0), obs=x[:, 0])
 
 
+def padded(x, lengths):
+    w = pyro.param("bad_em_w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    with pyro.plate("data", len(x)), pyro.poutine.mask(mask=lengths > 0):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("obs", dist.Normal(x.new_tensor([-1.0, 1.0])[z], 1.0), obs=x[:, 0])
+
+
 def no_params(x):
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Categorical(x.new_tensor([0.5, 0.5])))
@@ -226,6 +233,9 @@ CASES = [
         RuntimeWarning,
         r"stopped without converging.*raise m_step_steps.*m_step_lr",
     ),
+    Case("masked enumerated site warns",
+         lambda: em(padded, (_x(), torch.arange(20) % 3), device="cpu", max_iter=1),
+         UserWarning, r"masked.*log K per masked value.*subtract"),
     # ---- chunk_size, data_plate
     Case(
         "chunk_size zero",
