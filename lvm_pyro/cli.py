@@ -235,14 +235,14 @@ class DirectoryLock:
         self.directory = Path(directory)
         self._fd: int | None = None
 
-    def acquire(self, what: str = "run") -> DirectoryLock:
+    def acquire(self) -> DirectoryLock:
         if fcntl is None:  # pragma: no cover
             return self
         try:
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise CheckpointError(
-                f"{what} {str(self.directory)!r} cannot be locked ({exc.strerror}): check that the folder "
+                f"run {str(self.directory)!r} cannot be locked ({exc.strerror}): check that the folder "
                 "exists and is writable"
             ) from None
         try:
@@ -250,7 +250,7 @@ class DirectoryLock:
         except OSError:
             os.close(fd)
             raise CheckpointError(
-                f"{what} {str(self.directory)!r} is in use by another lvm-pyro command (fit, run or "
+                f"run {str(self.directory)!r} is in use by another lvm-pyro command (fit, run or "
                 "resume): wait for it to finish; two writers would mix their results"
             ) from None
         self._fd = fd
@@ -605,10 +605,16 @@ def _objective_kind(result) -> tuple[str, bool]:
     if not hasattr(result, "val_elbo"):
         return "mean log-likelihood per point (EM, exact)", False
     warmup = float(result.config.get("kl_warmup") or 0.0)
-    done = result.steps / max(result.config.get("steps_per_epoch") or 1, 1)
-    if warmup > 0 and done < warmup:
-        return (f"annealed ELBO per point (KL weight {done / warmup:.2g} < 1: the run ended inside the "
-                f"{warmup:g}-epoch KL warm-up)"), True
+    betas = getattr(result, "betas", None)  # the KL weight of each step, where fit records it
+    if betas:
+        last = float(betas[-1])
+    elif warmup > 0:
+        last = min(1.0, result.steps / max(result.config.get("steps_per_epoch") or 1, 1) / warmup)
+    else:
+        last = 1.0
+    if warmup > 0 and last < 1:
+        return (f"annealed ELBO per point (KL weight {last:.2g} < 1 at the last step: the run ended inside "
+                f"the {warmup:g}-epoch KL warm-up)"), True
     if warmup > 0:
         return f"ELBO per point (after a {warmup:g}-epoch KL warm-up)", False
     return "ELBO per point", False
@@ -707,10 +713,9 @@ def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrid
     _say_data(model_name, config, data)
     with new_run_directory(directory, {**config, "versions": versions()}):
         run = Run(directory, entry, model, data, config)
-        with _captured_warnings() as caught:
+        with _captured_warnings() as run.notes:
             result = _train(run, args)
-        run.notes = caught
-        return _finish(run, result, args)
+            return _finish(run, result, args)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -730,8 +735,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise ConfigurationError("EM runs are not resumable (EM is fast): run `lvm-pyro fit` again")
     extra = _fit_overrides(entry, args, RESUME_OVERRIDES)
     if not (path / CHECKPOINT_NAME).is_file():
-        raise CheckpointError(f"{str(path)!r} holds no {CHECKPOINT_NAME}: it cannot be resumed; start "
-                              "it again with `lvm-pyro fit`")
+        raise CheckpointError(f"{str(path)!r} holds no {CHECKPOINT_NAME} (it stopped before its first "
+                              "checkpoint): it cannot be resumed; delete the folder and `lvm-pyro fit` again")
     with locked_run(path):
         run = _open_run(path, trained=False)
         overrides = dict(run.config.get("overrides", {}))
@@ -740,11 +745,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if "steps" in extra:
             overrides.pop("epochs", None)
         run.config["overrides"] = {**overrides, **extra}
-        with _captured_warnings() as caught:
+        with _captured_warnings() as run.notes:
             result = _train(run, args, resume=True)
-        run.notes = caught
-        _write_json(path / "config.json", {**run.config, "versions": versions()})
-        metrics = _finish(run, result, args)
+            _write_json(path / "config.json", {**run.config, "versions": versions()})
+            metrics = _finish(run, result, args)
     print(f"{_summary(run.config['model'], metrics)}; run {run.directory} updated")
     return 0
 
@@ -794,8 +798,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with new_run_directory(root):
         for model_name in ("gmm", "vae"):
             sub = argparse.Namespace(**vars(args))
-            if model_name == "gmm":
-                sub.kl_warmup = None  # --kl-warmup is the VAE's
+            if model_name == "gmm":  # --option, --binarize and --kl-warmup are the VAE's
+                sub.kl_warmup, sub.option, sub.binarize = None, [], None
             metrics = _fit_new(model_name, sub, root / model_name, quick if model_name == "vae" else {})
             print(_summary(model_name, metrics))
             run_dir = root / model_name
@@ -863,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report")
+    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report",
+                       description="A Gaussian mixture by EM and a VAE on the data, one report. --option, "
+                                   "--binarize and --kl-warmup apply to the VAE.")
     _add_run_options(p)
     _add_common(p)
     p.add_argument("--quick", action="store_true",
@@ -874,10 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a registered model name (see `lvm-pyro models`)")
     _add_run_options(p)
     _add_common(p)
-    p.add_argument("--estimator", choices=ESTIMATORS, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--steps", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                   help="gradient estimator (default: the model's)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training data")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per step")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (> 0)")
     p.set_defaults(func=cmd_fit)
 

@@ -135,6 +135,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("weights_init", "means_init", "precisions_init"):
+            value = getattr(self, name)
+            if value is not None and not _is_torch(value):
+                try:
+                    np.asarray(value, dtype=float)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigurationError(f"{name} must be an array of numbers: {exc}") from exc
         for name in ("warm_start", "sort_components"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -171,7 +171,11 @@ def _label_loss(fig: Figure, result) -> None:
     if warmup <= 0 or not per_epoch or not result.losses:
         ax.set_title("training: -ELBO per point (batch estimate); validation: -ELBO", fontsize=9)
         return
-    end = min(warmup * per_epoch, len(result.losses))
+    betas = getattr(result, "betas", None)  # the KL weight of each step, where fit records it
+    if betas and len(betas) == len(result.losses):
+        end = next((i for i, b in enumerate(betas) if b >= 1.0), len(betas))
+    else:
+        end = min(warmup * per_epoch, len(result.losses))
     ax.axvspan(0, end, color="0.85", alpha=0.6, lw=0, label=f"KL warm-up ({warmup:g} epochs)")
     ax.legend()
     ax.set_ylabel("loss per point")

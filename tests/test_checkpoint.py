@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -17,8 +18,8 @@ from models_for_tests import LocalGaussian
 
 import lvm_pyro
 from lvm_pyro import errors
-from lvm_pyro.infer.callbacks import EarlyStopping
-from lvm_pyro.infer.checkpoint import load_checkpoint, save_checkpoint
+from lvm_pyro.infer.callbacks import Callback, EarlyStopping
+from lvm_pyro.infer.checkpoint import RunLock, load_checkpoint, save_checkpoint
 
 TESTS = Path(__file__).parent
 
@@ -138,3 +139,44 @@ def test_sigkill_during_training_resumes_from_last_checkpoint(tmp_path):
     # the compiled loss's path is chosen by a fixed rule, not by timing: bit for bit
     for name, value in straight["params"].items():
         torch.testing.assert_close(resumed["params"][name], value, rtol=0, atol=0)
+
+
+def test_a_refused_pickle_does_not_pass_on_torchs_unsafe_advice(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "lvm_pyro.checkpoint/2", "evil": EarlyStopping()}, path)
+    with pytest.raises(errors.CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "not a checkpoint lvm_pyro wrote" in message and "unsafe" in message
+    assert "weights_only=False" not in message and "trust" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # nor in a chained traceback
+
+
+def test_the_lock_is_released_when_fit_fails(tmp_path):
+    x, _ = _data()
+    flag = {"nan": False}
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", pyro.distributions.Normal(loc + (math.nan if flag["nan"] else 0.0), 1.0),
+                        obs=x[:, 0])
+
+    class Poison(Callback):
+        def on_step_end(self, state):
+            flag["nan"] = True
+
+    with pytest.raises(errors.DivergenceError, match="step 2"):
+        lvm_pyro.fit((model, lambda x: None), x, steps=3, progress=False, checkpoint_dir=tmp_path, jit=False,
+                     callbacks=[Poison()])
+    RunLock(tmp_path).acquire().release()  # free again: no process holds it
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"]["step"] == 1
+
+
+def test_resume_of_a_finished_run_returns_its_history(tmp_path):
+    x, val = _data()
+    first = _fit(LocalGaussian(2), x, val, 2, checkpoint_dir=tmp_path)
+    pyro.clear_param_store()
+    again = _fit(LocalGaussian(2), x, val, 2, checkpoint_dir=tmp_path, resume=True)
+    assert again.losses == first.losses and again.epoch_losses == first.epoch_losses
+    assert again.val_elbo == first.val_elbo and again.steps == first.steps == 6

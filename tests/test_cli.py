@@ -267,3 +267,47 @@ def test_options_are_literals_or_words():
         "hidden": (64, 64), "likelihood": "gaussian", "scale": "learned", "flag": True}
     with pytest.raises(errors.ConfigurationError, match="not a literal"):
         cli.parse_options(["prior=GMMPrior()"])
+
+
+def _holds_flock(path: Path) -> bool:
+    """Whether some process holds a flock on ``path`` (Linux: /proc/locks lists it by inode)."""
+    inode = f":{path.stat().st_ino} "
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("FLOCK" in line and inode in line + " " for line in lines)
+
+
+SMALL_VAE = ["--option", "hidden=(8,)", "--option", "latent_dim=2", "--quiet", "--num-samples", "5"]
+
+
+@pytest.mark.slow  # three processes of lvm-pyro (minutes on a loaded machine); the default run has
+# test_run_directories_are_created_atomically and the locked-run cases of tests/bad_input
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_two_processes_one_run_one_writer(tmp_path, capsys):
+    # two `fit --name same` started together: exactly one gets the folder
+    fit_cmd = [sys.executable, "-m", "lvm_pyro.cli", "fit", "vae", "--out", str(tmp_path), "--name", "same",
+               "--epochs", "1", *SMALL_VAE]
+    procs = [subprocess.Popen(fit_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = sorted((p.wait(), p.stderr.read()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "exists: pass another --name" in outcomes[1][1] and "Traceback" not in outcomes[1][1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+    # two `resume` at once: the second is refused while the first writes, which finishes intact
+    run = tmp_path / "same"
+    lock_file = run / cli.LOCK_NAME
+    resume_cmd = [sys.executable, "-m", "lvm_pyro.cli", "resume", str(run), "--epochs", "40", "--quiet",
+                  "--num-samples", "5"]
+    first = subprocess.Popen(resume_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _holds_flock(lock_file):
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cli.main(["resume", str(run), "--epochs", "40", "--quiet", "--num-samples", "5"]) == 2
+        assert "in use by another lvm-pyro command" in capsys.readouterr().err
+    finally:
+        code = first.wait()
+    assert code == 0, first.stderr.read()
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 40
+    assert az.from_netcdf(str(run / "inference_data.nc")).log_likelihood["x"].shape[-1] == 300

@@ -549,3 +549,36 @@ def test_load_dataset_refusals(tmp_path):
     np.save(tmp_path / "tiny.npy", np.ones((2, 2)))
     with pytest.raises(ConfigurationError, match="summing to 2"):
         load_dataset(tmp_path / "tiny.npy", split=(1, 1, 1))
+
+
+def test_load_dataset_states_its_preprocessing(tmp_path):
+    assert load_digits(binarize=8).preprocessing == "binarized at >= 8 of the grey levels 0..16"
+    assert load_digits().preprocessing == "scaled: grey level / 16, in [0, 1]"
+    assert load_digits(scale=False).preprocessing == "none: raw grey levels 0..16"
+    x = np.linspace(-1.0, 3.0, 40).reshape(20, 2)
+    np.save(tmp_path / "x.npy", x)
+    assert load_dataset(tmp_path / "x.npy").preprocessing == "none"
+    data = load_dataset(tmp_path / "x.npy", binarize=1.0)
+    assert data.preprocessing == "binarized at >= 1 of values in [-1, 3]"
+    allx = torch.cat([data.train.x, data.val.x, data.test.x])
+    assert int(allx.sum()) == int((x >= 1.0).sum()) and data.values == "binary"
+
+
+def test_load_dataset_refuses_non_finite_values_and_destructive_thresholds(tmp_path):
+    x = np.ones((12, 3))
+    x[5, 2] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(DataError, match=r"1 NaN.*row 5, column 2"):
+        load_dataset(tmp_path / "nan.npy", binarize=0.5)  # refused before binarizing turns it into 0
+    np.save(tmp_path / "unit.npy", np.linspace(0, 1, 36).reshape(12, 3))
+    with pytest.raises(ConfigurationError, match=r"every value of unit\.npy 0 .*0 < t <= 1"):
+        load_dataset(tmp_path / "unit.npy", binarize=8)
+
+
+def test_value_kind():
+    from lvm_pyro.data import value_kind
+
+    assert value_kind(torch.tensor([[0.0, 1.0], [1.0, 1.0]])) == "binary"
+    assert value_kind(torch.tensor([[0.0, 16.0], [3.0, 1.0]])) == "count"
+    assert value_kind(torch.tensor([[0.0, 0.5]])) == "real"
+    assert value_kind(torch.tensor([[-1.0, 2.0]])) == "real"

@@ -8,6 +8,7 @@ import itertools
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,274 @@ def test_a_condition_with_the_wrong_length_names_the_fix():
     y, u = regression_mixture_data(n=40)
     with pytest.raises(DataError, match="one condition per example"):
         em(RegressionMixture(2), (y, u[:30]), device="cpu")
+
+
+# --------------------------------------------------------------------------- Pyro-style models
+#
+# Written the way Pyro's examples/hmm.py writes them: pyro.markov over time, the plate
+# "sequences" at dim -2 (its indices used to pick rows), parameters as pyro.param with
+# constraints, every latent discrete, and no guide at all.
+
+HMM_K, HMM_V = 3, 4
+
+
+def hmm_categorical(sequences):
+    init = pyro.param("hmm_init", torch.tensor([0.5, 0.3, 0.2], dtype=sequences.dtype),
+                      constraint=constraints.simplex)
+    trans = pyro.param("hmm_trans", 0.6 * torch.eye(HMM_K, dtype=sequences.dtype) + 0.4 / HMM_K,
+                       constraint=constraints.simplex)
+    emit = pyro.param("hmm_emit", torch.linspace(1.0, 2.0, HMM_K * HMM_V, dtype=sequences.dtype)
+                      .reshape(HMM_K, HMM_V) ** torch.arange(1.0, HMM_K + 1, dtype=sequences.dtype)[:, None],
+                      constraint=constraints.simplex)
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
+                            infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{t}", dist.Categorical(emit[z]), obs=sequences[batch, t].unsqueeze(-1))
+
+
+def hmm_gaussian(sequences):
+    init = pyro.param("ghmm_init", torch.tensor([0.6, 0.4], dtype=sequences.dtype),
+                      constraint=constraints.simplex)
+    trans = pyro.param("ghmm_trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=sequences.dtype),
+                       constraint=constraints.simplex)
+    loc = pyro.param("ghmm_loc", torch.tensor([-0.5, 0.5], dtype=sequences.dtype))
+    scale = pyro.param("ghmm_scale", torch.tensor([1.5, 1.5], dtype=sequences.dtype),
+                       constraint=constraints.positive)
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
+                            infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{t}", dist.Normal(loc[z], scale[z]), obs=sequences[batch, t].unsqueeze(-1))
+
+
+def forward_algorithm(log_init, log_trans, log_emission):
+    """log p(y_1..T) per sequence by the forward recursion; log_emission is (N, T, K)."""
+    alpha = log_init + log_emission[:, 0]
+    for t in range(1, log_emission.shape[1]):
+        alpha = torch.logsumexp(alpha[:, :, None] + log_trans, 1) + log_emission[:, t]
+    return torch.logsumexp(alpha, 1)
+
+
+def _hmm_sequences(kind, n=6, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.zeros(n, t, dtype=torch.long)
+    states[:, 0] = torch.randint(2, (n,), generator=g)
+    for i in range(1, t):
+        stay = torch.rand(n, generator=g) < 0.8
+        states[:, i] = torch.where(stay, states[:, i - 1], 1 - states[:, i - 1])
+    if kind == "categorical":
+        flip = torch.randint(HMM_V, (n, t), generator=g)
+        keep = torch.rand(n, t, generator=g) < 0.7
+        return torch.where(keep, 3 * states, flip).double()
+    return (torch.tensor([-2.0, 2.0], dtype=torch.float64)[states]
+            + torch.randn(n, t, generator=g, dtype=torch.float64))
+
+
+def _hmm_exact(kind, sequences):
+    p = {name: pyro.param(name).detach() for name in pyro.get_param_store().keys()}
+    if kind == "categorical":
+        init, trans, emit = p["hmm_init"], p["hmm_trans"], p["hmm_emit"]
+        log_emission = emit.log().T[sequences.long()]
+    else:
+        init, trans = p["ghmm_init"], p["ghmm_trans"]
+        log_emission = dist.Normal(p["ghmm_loc"], p["ghmm_scale"]).log_prob(sequences[..., None])
+    return forward_algorithm(init.log(), trans.log(), log_emission)
+
+
+@pytest.mark.parametrize("kind, model", [("categorical", hmm_categorical), ("gaussian", hmm_gaussian)])
+def test_em_on_a_pyro_style_hmm_without_a_guide_equals_the_forward_algorithm(kind, model):
+    sequences = _hmm_sequences(kind)
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no stall: every M-step moved
+        result = em(model, sequences, data_plate="sequences", max_iter=4, tol=0.0, m_step_steps=8,
+                    m_step_lr=0.05, device="cpu")
+    assert (result.e_step, result.m_step, result.stop_reason) == ("enum", "gradient", "max_iter")
+    ll = np.array(result.log_likelihood)
+    assert len(ll) == 5
+    assert np.all(np.diff(ll) >= -1e-10), np.diff(ll)
+    assert ll[-1] > ll[0] + 1e-3
+    # the returned parameters: em's log-likelihood is the forward algorithm's, per sequence
+    exact = _hmm_exact(kind, sequences)
+    assert exact.dtype == torch.float64
+    assert ll[-1] == pytest.approx(float(exact.mean()), abs=1e-6)
+
+
+def test_em_chunks_split_the_users_plate_and_change_nothing_but_memory():
+    sequences = _hmm_sequences("categorical", n=6)
+    runs = []
+    for chunk_size in (None, 4):
+        pyro.clear_param_store()
+        result = em(hmm_categorical, sequences, data_plate="sequences", chunk_size=chunk_size,
+                    max_iter=2, tol=0.0, m_step_steps=5, device="cpu")
+        runs.append((result.log_likelihood, float(_hmm_exact("categorical", sequences).mean())))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10)
+    assert runs[1][0][-1] == pytest.approx(runs[1][1], abs=1e-9)
+
+
+def test_a_chunk_of_one_row_and_data_of_one_row_are_right():
+    # the plate of a one-row chunk is packed away by Pyro; em's E-step and M-steps still run
+    sequences = _hmm_sequences("categorical", n=5)
+    lls = []
+    for chunk_size in (None, 2):  # chunks of 2, 2, 1
+        pyro.clear_param_store()
+        lls.append(em(hmm_categorical, sequences, data_plate="sequences", chunk_size=chunk_size,
+                      max_iter=2, tol=0.0, m_step_steps=3, device="cpu").log_likelihood)
+    np.testing.assert_allclose(lls[0], lls[1], rtol=1e-10)
+    pyro.clear_param_store()
+    one = em(hmm_categorical, sequences[:1], data_plate="sequences", max_iter=2, tol=0.0, m_step_steps=3,
+             device="cpu")
+    assert one.log_likelihood[-1] == pytest.approx(float(_hmm_exact("categorical", sequences[:1])), abs=1e-9)
+    # a model's own m_step receives (rows, values) marginals whatever the chunking
+    x = torch.tensor([[2.0], [12.0], [3.0], [11.0], [5.0]])
+    runs = [em(PoissonMixture([1.0, 5.0]), x, max_iter=3, tol=0.0, chunk_size=c, device="cpu")
+            for c in (None, 2)]
+    np.testing.assert_allclose(runs[0].log_likelihood, runs[1].log_likelihood, rtol=1e-6)
+    assert runs[1].m_step == "model"
+
+
+def padded_hmm(sequences, lengths):
+    """Pyro's examples/hmm.py padding: steps past a sequence's length masked."""
+    init = pyro.param("phmm_init", torch.tensor([0.6, 0.4], dtype=sequences.dtype),
+                      constraint=constraints.simplex)
+    trans = pyro.param("phmm_trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=sequences.dtype),
+                       constraint=constraints.simplex)
+    loc = pyro.param("phmm_loc", torch.tensor([-0.5, 0.5], dtype=sequences.dtype))
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        lengths = lengths[batch]
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            with pyro.poutine.mask(mask=(t < lengths).unsqueeze(-1)):
+                z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
+                                infer={"enumerate": "parallel"})
+                pyro.sample(f"y_{t}", dist.Normal(loc[z], 1.0), obs=sequences[batch, t].unsqueeze(-1))
+
+
+def test_padded_sequences_warn_and_differ_from_the_forward_algorithm_by_log_k_per_padded_step():
+    sequences = _hmm_sequences("gaussian", n=5)
+    lengths = torch.tensor([5, 3, 4, 5, 2])
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match=r"masked.*log K per masked value"):
+        result = em(padded_hmm, (sequences, lengths), data_plate="sequences", chunk_size=2, max_iter=2,
+                    tol=0.0, m_step_steps=3, device="cpu")
+    p = {name: pyro.param(name).detach() for name in ("phmm_init", "phmm_trans", "phmm_loc")}
+    exact = sum(
+        float(forward_algorithm(p["phmm_init"].log(), p["phmm_trans"].log(),
+                                dist.Normal(p["phmm_loc"], 1.0).log_prob(sequences[i, :n, None])[None]))
+        for i, n in enumerate(lengths.tolist())
+    ) / 5
+    padded_steps = int((5 - lengths).sum())
+    assert result.log_likelihood[-1] - exact == pytest.approx(padded_steps * math.log(2) / 5, abs=1e-9)
+
+
+def test_chunks_of_a_plate_em_cannot_find_name_data_plate():
+    pyro.clear_param_store()
+    with pytest.raises(ModelContractError, match=r"no plate named 'data'.*\['sequences'\].*data_plate="):
+        em(hmm_categorical, _hmm_sequences("categorical"), chunk_size=3, device="cpu")
+    with pytest.raises(ModelContractError, match=r"no plate named 'seqs'"):
+        em(hmm_categorical, _hmm_sequences("categorical"), data_plate="seqs", device="cpu")
+
+
+# --------------------------------------------------------------------------- stalls
+
+
+def _two_gaussians(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randint(2, (n,), generator=g)
+    noise = torch.randn(n, generator=g, dtype=torch.float64)
+    return (torch.tensor([-2.0, 3.0], dtype=torch.float64)[z] + noise)[:, None]
+
+
+def unit_variance_mixture(x):
+    w = pyro.param("uvm_w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    loc = pyro.param("uvm_loc", x.new_tensor([-0.5, 0.5]))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("obs", dist.Normal(loc[z], 1.0), obs=x[:, 0])
+
+
+def _closed_form_optimum(x):
+    """EM with the exact M-step from the same start, run to its fixed point."""
+    w, loc = x.new_tensor([0.5, 0.5]), x.new_tensor([-0.5, 0.5])
+    for _ in range(500):
+        r = (w.log() + dist.Normal(loc, 1.0).log_prob(x)).softmax(1)
+        w, loc = r.mean(0), (r * x).sum(0) / r.sum(0)
+    return float((w.log() + dist.Normal(loc, 1.0).log_prob(x)).logsumexp(1).mean())
+
+
+def test_a_generalized_m_step_without_progress_is_a_stall_not_convergence():
+    x = _two_gaussians()
+    optimum = _closed_form_optimum(x)
+    pyro.clear_param_store()
+    with pytest.warns(RuntimeWarning, match=r"stopped without converging.*Raise m_step_steps.*m_step_lr"):
+        stalled = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=5, m_step_lr=0.5,
+                     device="cpu")
+    assert (stalled.converged, stalled.stop_reason) == (False, "stalled")
+    # short of the optimum by more than tol: calling this convergence would be wrong
+    assert optimum - stalled.log_likelihood[-1] > 1e-5
+    assert np.all(np.diff(stalled.log_likelihood) >= -1e-12)
+    pyro.clear_param_store()
+    good = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=20, m_step_lr=1.0, device="cpu")
+    assert (good.converged, good.stop_reason) == (True, "converged")
+    assert good.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
+    # restarted at that fixed point, an M-step without progress is convergence, not a stall
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        again = em(unit_variance_mixture, x, max_iter=50, tol=1e-6, m_step_steps=20, m_step_lr=1.0,
+                   device="cpu")
+    assert (again.converged, again.stop_reason, again.n_iter) == (True, "converged", 1)
+    assert again.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- starts
+
+
+def mixture_with_globals(x):
+    """pyro.params (weights, scale) in the model, the locations a global site point-estimated by
+    an AutoDelta guide (its parameters live in the guide module)."""
+    w = pyro.param("mg_w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    scale = pyro.param("mg_scale", x.new_tensor(1.0), constraint=constraints.positive)
+    loc = pyro.sample("loc", dist.Normal(x.new_zeros(2), 10.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("obs", dist.Normal(loc[z], scale), obs=x[:, 0])
+
+
+def _mixture_objective(x, guide):
+    w, scale = pyro.param("mg_w").detach(), pyro.param("mg_scale").detach()
+    loc = guide.median(x)["loc"].detach()
+    log_px = (w.log() + dist.Normal(loc, scale).log_prob(x)).logsumexp(1).sum()
+    return float((log_px + dist.Normal(x.new_zeros(()), 10.0).log_prob(loc).sum()) / len(x))
+
+
+def _scattered_start(source, x, generator):
+    """A start far from the others: locations at two random data points, random weights and scale."""
+    _, guide = source
+    rows = torch.randperm(len(x), generator=generator)[:2]
+    u = torch.rand(2, generator=generator, dtype=x.dtype)
+    with torch.no_grad():
+        guide.loc.copy_(x[rows, 0])
+        pyro.param("mg_w").unconstrained().copy_(u.log())
+        pyro.param("mg_scale").unconstrained().copy_((0.3 + 2 * u[0]).log())
+
+
+@pytest.mark.filterwarnings("ignore:em stopped without converging")
+def test_the_best_of_n_init_starts_is_returned_whole_module_and_param_store():
+    from pyro.infer.autoguide import AutoDelta
+
+    x = _two_gaussians(n=120, seed=1)
+    pyro.clear_param_store()
+    guide = AutoDelta(pyro.poutine.block(mixture_with_globals, expose=["loc"]))
+    guide(x)  # its parameters exist before the starts set them
+    result = em(mixture_with_globals, x, guide=guide, n_init=3, init=_scattered_start, seed=4, max_iter=3,
+                tol=0.0, m_step_steps=5, m_step_lr=0.1, device="cpu")
+    assert len(result.init_objectives) == 3
+    assert max(result.init_objectives) - min(result.init_objectives) > 1e-3  # the starts differ
+    assert result.objective[-1] == pytest.approx(max(result.init_objectives), abs=1e-12)
+    # recomputed at the returned parameters: by hand, and by em itself (no iteration)
+    assert _mixture_objective(x, guide) == pytest.approx(result.objective[-1], abs=1e-10)
+    again = em(mixture_with_globals, x, guide=guide, max_iter=0, init="current", device="cpu")
+    assert again.objective[0] == pytest.approx(result.objective[-1], abs=1e-10)

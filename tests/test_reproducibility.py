@@ -134,7 +134,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run_bitwise(tmp_path):
     subprocess.run([sys.executable, str(script), str(straight_dir), str(target), "0", "0"], check=True)
     resumed, straight = load_checkpoint(ckpt), load_checkpoint(straight_dir / "checkpoint.pt")
     assert resumed["counters"] == straight["counters"] == {"step": 4 * target, "epoch": target}
-    assert resumed["config"]["jit"] == "auto"  # default settings, compiled graph included
+    assert resumed["config"]["jit"] == "auto" and resumed["config"]["compiled"] is True  # the default path
     _assert_bitwise(resumed["params"], straight["params"])
     _assert_bitwise(resumed["module"], straight["module"])
     assert resumed["history"]["losses"] == straight["history"]["losses"]

@@ -10,6 +10,7 @@ device) or arrays; they are moved to the CPU here.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -157,7 +158,7 @@ def covariance_ellipse(mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
         >>> round(e.width, 6), round(e.height, 6)
         (4.0, 2.0)
     """
-    if isinstance(n_std, bool) or not isinstance(n_std, (int, float)) or not 0 < n_std < math.inf:
+    if isinstance(n_std, bool) or not isinstance(n_std, numbers.Real) or not 0 < n_std < math.inf:
         raise ConfigurationError(f"n_std must be a finite positive number, got {n_std!r}")
     m, c = _array(mean, "mean"), _array(cov, "cov")
     if m.shape != (2,) or c.shape != (2, 2):
@@ -168,7 +169,8 @@ def covariance_ellipse(mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     if not (np.isfinite(m).all() and np.isfinite(c).all()):
         raise DataError("mean and cov must be finite (they hold NaN or inf)")
     vals, vecs = np.linalg.eigh(c)
-    if vals[0] < -1e-8 * max(abs(vals[1]), 1.0) or not np.allclose(c, c.T):
+    scale = float(np.abs(c).max())
+    if vals[0] < -1e-5 * scale or not np.allclose(c, c.T, rtol=1e-5, atol=1e-6 * scale):
         raise DataError(f"cov is not a covariance matrix (symmetric positive semi-definite): {c.tolist()}")
     vals = np.clip(vals, 0.0, None)
     angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
@@ -207,6 +209,12 @@ def plot_mixture(
         raise DataError(
             f"plot_mixture draws 2-D data, got x of shape {X.shape}: project it to two features first"
         )
+    if not np.isfinite(X).all():
+        bad = ~np.isfinite(X)
+        raise DataError(
+            f"x has {int(bad.sum())} NaN/inf value(s), the first at index "
+            f"{[int(i) for i in np.argwhere(bad)[0]]}: drop or impute those rows"
+        )
     if hasattr(means, "means_"):
         fitted = means
         means, covariances, weights = fitted.means_, fitted.covariances_, fitted.weights_
@@ -222,9 +230,13 @@ def plot_mixture(
     if means is None or covariances is None:
         raise ConfigurationError("plot_mixture needs the means and covariances, or a fitted mixture")
     mu = _array(means, "means")
+    if mu.ndim != 2 or mu.shape[1] != 2:
+        raise DataError(f"means have shape {mu.shape}: pass (K, 2) component means for 2-D data")
     k = mu.shape[0]
     cov = _full_covariances(_array(covariances, "covariances"), k, 2)
-    w = np.full(k, 1.0 / k) if weights is None else _array(weights, "weights").reshape(k)
+    w = np.full(k, 1.0 / k) if weights is None else _array(weights, "weights").reshape(-1)
+    if w.shape != (k,):
+        raise DataError(f"{w.size} weights for {k} components: pass one weight per component")
     palette = np.array([_tab10(i) for i in range(k)])
     fig, ax = _figure(ax, (5, 5))
     if responsibilities is not None:

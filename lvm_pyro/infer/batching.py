@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from lvm_pyro.data import _check_int as check_int
 from lvm_pyro.data import validate_with_conditions
-from lvm_pyro.errors import ConfigurationError
+from lvm_pyro.errors import DataError, DataTypeError
 from lvm_pyro.models.base import Program
 
 DEFAULT_BATCH_SIZE = 128
@@ -121,16 +122,22 @@ def make_batches(
     min(N, ``max_batch_size``).
     """
     if isinstance(data, DataLoader):
-        first = next(iter(data))
+        first = next(iter(data), None)
+        if first is None:
+            raise DataError(f"{name} is a DataLoader that yields no batches: give it a non-empty dataset")
         first = first if isinstance(first, (tuple, list)) else (first,)
+        if not first or not all(torch.is_tensor(t) for t in first):
+            raise DataTypeError(
+                f"{name} is a DataLoader whose batches are {type(first[0] if first else first).__name__}, "
+                "not tensors: yield x or a tuple (x, cond, ...) of tensors (e.g. a TensorDataset)"
+            )
         program.validate(first[0], name=f"first batch of {name}")
         return LoaderBatches(data, device)
     x, *conds = (t.to(device) for t in validate_with_conditions(data, program.validate, name=name))
     n = x.shape[0]
     if batch_size is None:
         batch_size = min(n, max_batch_size)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1)
     if batch_size > n:
         warnings.warn(
             f"batch_size={batch_size} is larger than the {n} data points; using batch_size={n}",

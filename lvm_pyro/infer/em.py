@@ -23,6 +23,12 @@ Two routes run the E-step, and ``EMResult.e_step`` says which one ran:
   with N=100,000, D=8, K=16 (full) it is about 8x faster than the enumeration route
   (``benchmarks/gmm_em.py`` prints both).
 
+The model is any Pyro program: a ``LatentVariableModel``, a (model, guide) pair, or a model
+callable alone when every latent site is discrete and every parameter a ``pyro.param`` (the
+style of Pyro's ``examples/hmm.py``; it runs with an empty guide). ``data_plate`` names its
+plate over the rows of x ("data" by default, "sequences" in Pyro's HMM example); chunks
+(``chunk_size``) and shards (``distributed``) call the model on slices of those rows.
+
 A model may also define ``check_fit_data(x)`` (warnings about the data worth giving once,
 at fit time: the mixture flags constant features). The M-step is the model's own where it
 has one: ``m_step_from_statistics`` (closed_form
@@ -30,6 +36,10 @@ route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated s
 marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
+An M-step whose steps find no higher Q where one exists (a small gradient step gains more than
+``tol`` per point) is a stall, reported
+as such (``EMResult.stop_reason == "stalled"``, a warning, ``converged=False``), never as
+convergence.
 """
 
 from __future__ import annotations
@@ -105,9 +115,11 @@ class EMResult:
     ``init_objectives``: the final objective of every start. ``reseeded``: re-seeding
     events. ``e_step`` / ``m_step``: the routes that ran ("closed_form" or "enum";
     "closed_form", "model" or "gradient"). ``stop_reason``: why the winning start stopped:
-    "converged" (the objective changed by less than ``tol`` after an M-step that moved),
-    "stalled" (a generalized M-step found no higher Q while the objective still changed by
-    ``tol`` or more: not converged; raise ``m_step_steps`` or change ``m_step_lr``),
+    "converged" (the objective changed by less than ``tol`` after an M-step that moved, or
+    an M-step found no higher Q and no gradient step gains more than ``tol`` per point: a
+    fixed point), "stalled" (a generalized M-step found no higher Q although gradient steps
+    gain more than ``tol`` per point: not converged; raise ``m_step_steps`` or change
+    ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
     """
 
@@ -254,18 +266,26 @@ def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
     prior of z and the likelihood of x need the same posterior p(z_n | x_n)).
     """
     done: dict = {}
+    # a plate of size 1 (one row, or a last chunk of one row) is packed away: no factor has its
+    # dim, so it is dropped from the ordinals (a plate of one element is no plate)
+    present = {d for terms in tr.factors.values() for t in terms for d in t._pyro_dims}
+    absent = {s for o in tr.factors for s in o} - present
+    factors = OrderedDict()
+    for o, terms in tr.factors.items():
+        factors.setdefault(o - absent, []).extend(terms)
 
     def posterior(ordinal: frozenset, symbols: set) -> torch.Tensor:
+        ordinal = ordinal - absent
         key = (ordinal, frozenset(symbols))
         if key not in done:
             log_q = contract_to_tensor(
-                tr.factors, tr.sum_dims, target_ordinal=ordinal, target_dims=set(symbols), cache=cache
+                factors, tr.sum_dims, target_ordinal=ordinal, target_dims=set(symbols), cache=cache
             )
             done[key] = _normalize(log_q, symbols)
         return done[key]
 
     with shared_intermediates() as cache:
-        total = contract_to_tensor(tr.factors, tr.sum_dims, cache=cache)
+        total = contract_to_tensor(factors, tr.sum_dims, cache=cache)
         weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
         marginals = {
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
@@ -331,15 +351,23 @@ def _model_errors(rows: int, data_plate: str):
 
 
 class _SiteFrames(Messenger):
-    """Records the plates (``cond_indep_stack``) of every sample site a program runs."""
+    """Records the plates (``cond_indep_stack``) of every sample site a program runs, and the
+    enumerated sites that are masked somewhere (``poutine.mask`` with a False entry)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frames: dict[str, tuple] = {}
+        self.masked_enumerated: list[str] = []
 
     def _pyro_post_sample(self, msg: dict) -> None:
-        if not site_is_subsample(msg):
-            self.frames[msg["name"]] = tuple(msg["cond_indep_stack"])
+        if site_is_subsample(msg):
+            return
+        self.frames[msg["name"]] = tuple(msg["cond_indep_stack"])
+        mask = msg["mask"]
+        if msg["infer"].get("_enumerate_dim") is not None and mask is not None and (
+            mask is False or (isinstance(mask, torch.Tensor) and not bool(mask.all()))
+        ):
+            self.masked_enumerated.append(msg["name"])
 
 
 # --------------------------------------------------------------------------- the two routes
@@ -414,6 +442,7 @@ class _EnumRoute:
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
         self.params: list[torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.possible_gain = 0.0  # per point, after an M-step without progress
         self._log_prior = 0.0
         self._check_data_plate(data)
 
@@ -432,6 +461,18 @@ class _EnumRoute:
         with poutine.block(), _model_errors(len(chunk[0]), self.data_plate):
             guide_tr = poutine.trace(watch_guide(self.program.guide)).get_trace(*chunk)
             poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*chunk)
+        if watch_model.masked_enumerated:
+            names = watch_model.masked_enumerated
+            warnings.warn(
+                f"em: the enumerated site(s) {names[:5]}{' ...' if len(names) > 5 else ''} are "
+                "masked (poutine.mask) for some rows. Pyro gives a masked discrete site weight 1 "
+                "for each of its K values, so where its observations are masked too (padded "
+                "sequences), log_likelihood and objective include log K per masked value, a "
+                "constant that leaves the EM updates unchanged; to report log p(x) of the "
+                "unpadded data, subtract it, or pass sequences without padding",
+                UserWarning,
+                stacklevel=5,
+            )
         plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
         frames = [f for fs in watch_model.frames.values() for f in fs if f.name == self.data_plate]
         if not frames:
@@ -467,6 +508,15 @@ class _EnumRoute:
                 "the first dimension of x; or pass data_plate= naming the plate over the rows"
             )
         if split:
+            local_points = [name for name, fs in watch_guide.frames.items()
+                            if any(f.name == self.data_plate for f in fs)]
+            if local_points:
+                raise ModelContractError(
+                    f"the guide samples site(s) {local_points} inside the data plate "
+                    f"{self.data_plate!r}: em treats guide sites as global point estimates, counted "
+                    "once, so chunks or shards of rows cannot split them. Enumerate these sites in "
+                    "the model (discrete), or leave chunk_size=None and distributed=False"
+                )
             outside = [
                 name for name, fs in watch_model.frames.items()
                 if name not in watch_guide.frames and all(f.name != self.data_plate for f in fs)
@@ -524,9 +574,7 @@ class _EnumRoute:
     def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> bool:
         """Take the M-step; False when it left the parameters where they were (a stall)."""
         if self.closed_m_step is not None:
-            marginals = {
-                name: torch.cat([p.marginals[name] for p in posts], dim=-2) for name in posts[0].marginals
-            }
+            marginals = {name: _cat_rows([p.marginals[name] for p in posts]) for name in posts[0].marginals}
             if self.group is not None:  # the model's M-step sees every row's posterior
                 marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
             self.closed_m_step(*data, marginals)
@@ -591,7 +639,33 @@ class _EnumRoute:
             if final_q < best_q:
                 for p, b in zip(self.params, best):
                     p.copy_(b)
-        return max(final_q, best_q) > start_q
+        moved = max(final_q, best_q) > start_q
+        self.possible_gain = 0.0 if moved else self._probe_gain(local, posts)
+        return moved
+
+    def _probe_gain(self, local: tuple, posts) -> float:
+        """After an M-step without progress: the largest rise of Q per point that plain gradient
+        steps of sizes m_step_lr * 4**-k (k = 0..11) find, the parameters left unchanged.
+
+        About zero at a fixed point of EM (converged); clearly positive when Adam's steps
+        missed an ascent that exists (a stall)."""
+        self.optimizer.zero_grad()
+        start_q = self._sum_q(self._q(local, posts, backward=True), backward=True)
+        start = [p.detach().clone() for p in self.params]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params]
+        best = 0.0
+        with torch.no_grad():
+            for k in range(12):
+                eta = self.lr * 4.0**-k
+                for p, p0, g in zip(self.params, start, grads):
+                    p.copy_(p0 - eta * g)  # g is the gradient of -Q / N
+                q = self._sum_q(self._q(local, posts, backward=False), backward=False)
+                if math.isfinite(q):
+                    best = max(best, (q - start_q) / self.n)
+            for p, p0 in zip(self.params, start):
+                p.copy_(p0)
+        self.optimizer.zero_grad()
+        return best
 
     @torch.no_grad()
     def random_start(self, data: tuple, gen) -> None:
@@ -615,6 +689,13 @@ class _EnumRoute:
 
     def reset(self) -> None:
         self.params, self.optimizer = None, None
+
+
+def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Chunks' marginals (rows, values) joined over rows; a chunk of one row, whose row dim the
+    marginal squeezed away, gets it back."""
+    dim = max(2, *(p.dim() for p in parts))
+    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=-2)
 
 
 def _user_data(data: tuple):
@@ -799,9 +880,9 @@ def em(
             (a model's own ``m_step`` then receives ``m_step(x, condition, ..., posterior)``).
         max_iter, tol: at most max_iter iterations; stop when the per-point objective
             changes by less than tol (scikit-learn's rule; tol=0 runs all iterations). A
-            generalized M-step that finds no higher Q while the objective still moves by tol
-            or more is a stall, not convergence: ``stop_reason="stalled"``, a warning, and
-            ``converged=False``.
+            generalized M-step that finds no higher Q while gradient steps still gain more
+            than tol per point is a stall, not convergence: ``stop_reason="stalled"``, a
+            warning, and ``converged=False``.
         n_init: number of starts; the one with the highest final objective is kept.
         init: "auto" (k-means++ for models with ``initialize_``, else the current parameters,
             or random posteriors when n_init > 1), "kmeans++", "kmeans", "random_from_data",
@@ -924,7 +1005,7 @@ def em(
             f"em stopped without converging: at iteration {best['n_iter']} of start {best['init']} "
             f"({stalled} of {n_init} start(s) stalled) the generalized M-step ({m_step_steps} Adam "
             f"steps at m_step_lr={m_step_lr}) found no parameters with a higher expected "
-            "log-likelihood while the objective was still changing by tol or more. Raise "
+            "log-likelihood, although small gradient steps still gain more than tol per point. Raise "
             "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
             "crawl); result.stop_reason is 'stalled' and result.converged is False",
             RuntimeWarning,
@@ -955,8 +1036,7 @@ def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
     tensors = []
     if program.module is not None:
         tensors += [t for t in program.module.state_dict().values() if t.is_floating_point()]
-    store = pyro.get_param_store()
-    tensors += [store._params[name] for name in sorted(store._params)]
+    tensors += [p for _, p in sorted(pyro.get_param_store().named_parameters())]
     group.broadcast_(tensors)
 
 
@@ -1016,7 +1096,11 @@ def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) ->
                 converged, reason = True, "converged"
                 break
             if not moved:
-                reason = "stalled"
+                # no progress: converged if no step finds more than tol per point, else stalled
+                if getattr(route, "possible_gain", math.inf) <= tol:
+                    converged, reason = True, "converged"
+                else:
+                    reason = "stalled"
                 break
             previous = objs[-1]
             if state.stop:

@@ -79,8 +79,11 @@ class MCMCResult:
         return int(self.sample_stats["diverging"].sum())
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
-        """Validate new data the way ``mcmc`` validated the data it sampled with."""
-        return _validate(self.source, x, name)
+        """Validate new data the way ``mcmc`` validated the data it sampled with: the model's own
+        checks, else the shape of one example of the sampled data."""
+        if isinstance(self.source, LatentVariableModel):
+            return self.source.validate(x, name)
+        return validate_data(x, name=name, event_shape=tuple(self.data[0].shape[1:]))
 
 
 def _validate(source, x, name: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ unfinished epoch.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -31,7 +32,13 @@ from tqdm.auto import tqdm
 
 from lvm_pyro.data import _check_int as check_int
 from lvm_pyro.data import resolve_device
-from lvm_pyro.errors import CheckpointError, ConfigurationError, DivergenceError, ModelContractError
+from lvm_pyro.errors import (
+    CheckpointError,
+    ConfigurationError,
+    DivergenceError,
+    LVMError,
+    ModelContractError,
+)
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.callbacks import Callback, KLWarmup, KLWarmupWarning, TrainState
 from lvm_pyro.infer.checkpoint import (
@@ -143,10 +150,32 @@ def _check_optimizer(optimizer) -> None:
                 f"({', '.join(OPTIMIZERS)}), a torch.optim class such as torch.optim.Adam, or a "
                 "callable params -> optimizer"
             )
+        _check_steps_without_closure(optimizer)
     elif not callable(optimizer):
         raise ConfigurationError(
             f"optimizer must be a name ({', '.join(OPTIMIZERS)}), a torch.optim class or a callable "
             f"params -> optimizer, got {optimizer!r}"
+        )
+    else:
+        try:
+            inspect.signature(optimizer).bind([])
+        except TypeError:
+            raise ConfigurationError(
+                "the optimizer factory must take one argument, the list of parameters, and return an "
+                "optimizer: e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9)"
+            ) from None
+        except ValueError:  # no signature to inspect (a builtin): let the call tell
+            pass
+
+
+def _check_steps_without_closure(cls: type) -> None:
+    """fit calls ``opt.step()``: an optimizer whose step needs a closure (LBFGS) cannot be used."""
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigurationError(
+            f"optimizer {cls.__name__} needs a closure at every step (it re-evaluates the loss), which "
+            "stochastic minibatch training does not provide: use 'adam', 'adamw', 'sgd', 'rmsprop' or "
+            "'adagrad'"
         )
 
 
@@ -164,6 +193,7 @@ def _make_optimizer(optimizer, params: list[torch.Tensor], lr: float) -> torch.o
             f"the optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer: "
             "return one built on the parameters it is given, e.g. lambda ps: torch.optim.SGD(ps, lr=0.01)"
         )
+    _check_steps_without_closure(type(opt))
     return opt
 
 
@@ -313,12 +343,23 @@ def _latent_sites_missing_from_guide(model_trace, guide_trace) -> list[str]:
 
 def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator: str):
     """Run guide then model once (validation on); check the contract; collect parameters."""
-    with pyro.validation_enabled(True), poutine.trace() as guide_tape:
-        scale(program.guide)(*batch)
-    guide_trace = guide_tape.trace
-    with pyro.validation_enabled(True), poutine.trace() as model_tape:
-        poutine.replay(scale(program.model), trace=guide_trace)(*batch)
-    model_trace = model_tape.trace
+    try:
+        with pyro.validation_enabled(True), poutine.trace() as guide_tape:
+            scale(program.guide)(*batch)
+        guide_trace = guide_tape.trace
+        with pyro.validation_enabled(True), poutine.trace() as model_tape:
+            poutine.replay(scale(program.model), trace=guide_trace)(*batch)
+        model_trace = model_tape.trace
+    except LVMError:
+        raise
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelContractError(
+            f"the guide and model fail when run once on the first batch (x of shape "
+            f"{tuple(batch[0].shape)}): {type(exc).__name__}: {first_line}. Check that the model "
+            "and guide accept this data (shape, dtype, number of conditions) and that their "
+            "distributions get valid (finite, in-support) parameters; the cause is chained below"
+        ) from exc
     missing = _latent_sites_missing_from_guide(model_trace, guide_trace)
     if missing:
         raise ModelContractError(
@@ -528,6 +569,11 @@ def fit(
         score_baseline=score_baseline, vectorize_particles=vectorize_particles, data_plate=data_plate,
         jit=jit, distributed=distributed,
     )
+    # plain Python numbers from here on (numpy scalars are accepted; configs are JSON-ready)
+    lr = float(lr)
+    clip_norm = None if clip_norm is None else float(clip_norm)
+    seed = None if seed is None else int(seed)
+    kl_warmup = kl_warmup if kl_warmup == "auto" else float(kl_warmup)
     program = as_program(model, guide)
     dev = resolve_device(device)
     group, dev = join_group(dev, distributed)
@@ -690,6 +736,7 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
         compiled = CompiledLoss(loss_fn, param_list, backend="inductor" if jit == "inductor" else "script")
         with pyro.validation_enabled(False):
             compiled.prepare(first, check, beta_input)
+    config["compiled"] = compiled is not None and compiled.active and bool(compiled.graphs)
 
     val_seed = (shuffle_seed + 1) % 2**63
 
@@ -808,6 +855,9 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     finally:
         bar.close()
     last_beta = state.betas[-1] if state.betas else 1.0
+    # the final, partial epoch (if any): in the result, not in the checkpoint's history, and
+    # validated on the parameters training ended with (before callbacks restore others)
+    partial_val = validate() if partial["count"] and val_batches is not None else None
     for cb in callbacks:
         cb.on_fit_end(state)
     if not state.stop_reason:
@@ -816,11 +866,11 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     if compiled is not None and not compiled.active:
         config["compile_fallback"] = compiled.fallback_reason
     result = _result(model, program, state, config, started, params)
-    if partial["count"]:  # the final, partial epoch: in the result, not in the checkpoint's history
+    if partial["count"]:
         result.epoch_losses.append(partial["sum"] / partial["count"])
         result.epoch_betas.append(partial["beta_sum"] / partial["count"])
-        if val_batches is not None:
-            result.val_elbo.append(validate())
+        if partial_val is not None:
+            result.val_elbo.append(partial_val)
         result.partial_epoch = True
     done = state.progress
     if warmup_cb is not None and last_beta < 1.0 and done < warmup_cb.epochs:

@@ -146,7 +146,7 @@ class GMMPrior:
         locs = self.mean_loc if isinstance(self.mean_loc, (tuple, list)) else (self.mean_loc,)
         if not locs or not all(_is_number(v) for v in locs):
             raise ConfigurationError(
-                f"GMMPrior.mean_loc must be a finite number or a sequence of them (one per feature), "
+                f"GMMPrior.mean_loc must be a finite number or a tuple of them (one per feature), "
                 f"got {self.mean_loc!r}"
             )
 

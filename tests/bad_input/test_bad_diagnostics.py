@@ -12,7 +12,7 @@ import pytest
 import torch
 from harness import Case, run_case
 
-from lvm_pyro import GaussianMixtureModel, em, errors, fit, mcmc
+from lvm_pyro import VAE, GaussianMixtureModel, em, errors, fit, mcmc
 from lvm_pyro.diagnostics import plots
 from lvm_pyro.diagnostics.arviz import compare, loo, plot_ppc, psis_khat, to_inference_data
 from lvm_pyro.diagnostics.gradients import gradient_variance
@@ -63,6 +63,17 @@ def positive_model(x):
     s = pyro.sample("s", dist.HalfNormal(1.0))
     with pyro.plate("data", len(x)):
         pyro.sample("x", dist.Normal(0.0, s), obs=x)
+
+
+def cond_model(x, scale):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, scale), obs=x)
+
+
+@functools.cache
+def mcmc_result():
+    return mcmc(model, X, num_samples=3, warmup_steps=3, num_chains=1)
 
 
 def with_nan(x: torch.Tensor = X) -> torch.Tensor:
@@ -217,6 +228,18 @@ CASES = [
         CE,
         r"guide",
     ),
+    Case(
+        "gv-vae-wrong-features",
+        lambda: gradient_variance(VAE((6,), latent_dim=2, hidden=(4,)), torch.ones(4, 5), num_draws=2),
+        DE,
+        r"shape|feature",
+    ),
+    Case(
+        "mcmc-vae-nonbinary",
+        lambda: mcmc(VAE((6,), latent_dim=2, hidden=(4,)), torch.full((4, 6), 0.5), num_samples=2),
+        DE,
+        r"binary|0 or 1",
+    ),
     Case("gv-seed-string", gv(seed="s"), CE, r"seed"),
     # --- select_components ------------------------------------------------------------------------
     Case("sel-empty-ks", sel(ks=()), CE, r"ks"),
@@ -323,6 +346,25 @@ CASES = [
     Case("plot-khat-strings", lambda: plots.plot_khat(["a", "b"]), DTE, r"numeric|number"),
     Case("plot-khat-2d", lambda: plots.plot_khat(np.zeros((2, 2))), DE, r"khat|shape|1-D"),
     Case(
+        "plot-mixture-weights-wrong-count",
+        lambda: plots.plot_mixture(np.zeros((5, 2)), np.zeros((2, 2)), np.ones((2, 2)), weights=[1.0]),
+        DE,
+        r"weights",
+    ),
+    Case(
+        "plot-mixture-means-3-features",
+        lambda: plots.plot_mixture(np.zeros((5, 2)), np.zeros((2, 3)), np.ones((2, 3))),
+        DE,
+        r"means",
+    ),
+    Case(
+        "plot-mixture-nan-points",
+        lambda: plots.plot_mixture(np.full((5, 2), np.nan), np.zeros((1, 2)), np.ones((1, 2))),
+        DE,
+        r"nan",
+    ),
+    Case("sel-strings", sel(data=np.array([["a", "b"]] * 5)), DTE, r"numeric|number|str"),
+    Case(
         "plot-completions-mismatch",
         lambda: plots.plot_completions(np.zeros((3, 4)), np.zeros((2, 1, 4)), (4, 2)),
         DE,
@@ -355,6 +397,18 @@ CASES = [
     Case("mcmc-seed-negative", mc(seed=-3), CE, r"seed"),
     Case("mcmc-max-plate-nesting-negative", mc(max_plate_nesting=-1), CE, r"max_plate_nesting"),
     Case("mcmc-jit-compile-string", mc(jit_compile="yes"), CE, r"jit_compile"),
+    Case(
+        "mcmc-condition-rows-differ",
+        mc(model=cond_model, data=(X, torch.ones(5))),
+        DE,
+        r"rows|12|5",
+    ),
+    Case(
+        "mcmc-result-validate-wrong-shape",
+        lambda: mcmc_result().validate(torch.zeros(4, 3)),
+        DE,
+        r"shape",
+    ),
     Case(
         "mcmc-loo-single-draw",
         lambda: loo(mcmc(model, X, num_samples=1, warmup_steps=2, num_chains=1)),

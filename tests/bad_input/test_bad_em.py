@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from harness import Case, run_case
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch.distributions import constraints
 
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, ModelContractError
@@ -107,6 +107,20 @@ def sampled_global(x):
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Bernoulli(x.new_tensor(0.5)))
         pyro.sample("obs", dist.Normal(loc + z, 1.0), obs=x[:, 0])
+
+
+def local_point_estimate(x):
+    with pyro.plate("data", len(x)):
+        loc = pyro.sample("loc", dist.Normal(x.new_zeros(()), 10.0))
+        z = pyro.sample("z", dist.Bernoulli(x.new_tensor(0.5)))
+        pyro.sample("obs", dist.Normal(loc + z, 1.0), obs=x[:, 0])
+
+
+def padded(x, lengths):
+    w = pyro.param("bad_em_w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    with pyro.plate("data", len(x)), pyro.poutine.mask(mask=lengths > 0):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("obs", dist.Normal(x.new_tensor([-1.0, 1.0])[z], 1.0), obs=x[:, 0])
 
 
 def no_params(x):
@@ -219,6 +233,9 @@ CASES = [
         RuntimeWarning,
         r"stopped without converging.*raise m_step_steps.*m_step_lr",
     ),
+    Case("masked enumerated site warns",
+         lambda: em(padded, (_x(), torch.arange(20) % 3), device="cpu", max_iter=1),
+         UserWarning, r"masked.*log K per masked value.*subtract"),
     # ---- chunk_size, data_plate
     Case(
         "chunk_size zero",
@@ -299,6 +316,10 @@ CASES = [
         ModelContractError,
         r"\['shift'\] are outside the data plate.*chunk_size=None",
     ),
+    Case("guide site inside the data plate, chunked",
+         lambda: em(local_point_estimate, _x(), device="cpu", chunk_size=5,
+                    guide=AutoDelta(pyro.poutine.block(local_point_estimate, expose=["loc"]))),
+         ModelContractError, r"guide samples site\(s\) \['loc'\] inside the data plate.*chunk_size=None"),
     # ---- seed, callbacks, flags, guide, device
     Case(
         "seed negative",

@@ -66,6 +66,7 @@ CASES = [
     Case("gm-weights-init-not-normalized", fit_with(weights_init=[0.7, 0.7]), CE, r"weights"),
     Case("gm-means-init-wrong-shape", fit_with(means_init=np.zeros((2, 3))), CE, r"means"),
     Case("gm-means-init-nan", fit_with(means_init=np.full((2, 2), np.nan)), CE, r"means"),
+    Case("gm-means-init-strings", fit_with(means_init=[["a", "b"], ["c", "d"]]), CE, r"means"),
     Case(
         "gm-precisions-init-not-pd",
         fit_with(precisions_init=-np.stack([np.eye(2)] * 2)),

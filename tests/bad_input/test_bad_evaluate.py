@@ -144,6 +144,18 @@ CASES = [
     Case("elbo-unknown-device", lambda: elbo(VAE_, X, device="gpu7"), errors.ConfigurationError, r"device"),
     # --- elbo: model / guide ----------------------------------------------------------------
     Case("elbo-model-string", lambda: elbo("vae", X), errors.ConfigurationError, r"model"),
+    Case(
+        "elbo-pair-and-guide",
+        lambda: elbo((model, guide), XR, guide=guide),
+        errors.ConfigurationError,
+        r"guide",
+    ),
+    Case(
+        "ll-pair-of-three",
+        lambda: log_likelihood((model, guide, guide), XR, num_samples=4),
+        errors.ConfigurationError,
+        r"pair|guide",
+    ),
     Case("elbo-model-without-guide", lambda: elbo(model, XR), errors.ConfigurationError, r"guide"),
     Case(
         "elbo-guide-not-callable", lambda: elbo(model, XR, guide="guide"), errors.ConfigurationError, r"guide"

@@ -15,6 +15,7 @@ import pytest
 import torch
 from harness import Case, run_case
 from pyro.nn import PyroParam, pyro_method
+from torch.utils.data import DataLoader, TensorDataset
 
 import lvm_pyro
 from lvm_pyro import errors
@@ -140,6 +141,30 @@ class _Pickled:
     pass
 
 
+def _nan_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc + math.nan, 1.0), obs=x)
+
+
+def _matmul_model(x):
+    w = pyro.param("w", torch.zeros(3, 4))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal((x @ w).sum(-1), 1.0), obs=x[:, 0])
+
+
+def _no_guide(x):
+    pass
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"x": torch.zeros(2)}
+
+
 def _bad_factory(params):
     return None
 
@@ -179,7 +204,7 @@ CASES = [
     Case("warmup-word", _bad(kl_warmup="fast"), CE, r"kl_warmup='fast'"),
     Case("warmup-bool", _bad(kl_warmup=True), CE, r"kl_warmup=True"),
     Case("warmup-conflicts-with-callback", _bad(kl_warmup=50, callbacks=[KLWarmup(5)]), CE,
-         r"kl_warmup=50 and the callback KLWarmup\(epochs=5\) disagree: pass one of them"),
+         r"kl_warmup=50(\.0)? and the callback KLWarmup\(epochs=5\) disagree: pass one of them"),
     Case("warmup-two-callbacks", _bad(callbacks=[KLWarmup(5), KLWarmup(2)]), CE, r"at most one KLWarmup"),
     Case("warmup-callback-with-iwae", _bad(estimator="iwae", callbacks=[KLWarmup(5)]), CE,
          r"KLWarmup callback cannot be used with estimator 'iwae'"),
@@ -212,6 +237,12 @@ CASES = [
     Case("optimizer-number", _bad(optimizer=42), CE, r"optimizer must be a name.*got 42"),
     Case("optimizer-factory-returns-none", _bad(optimizer=_bad_factory), CE,
          r"factory returned NoneType, not a torch.optim.Optimizer"),
+    Case("optimizer-needs-a-closure", _bad(optimizer=torch.optim.LBFGS), CE,
+         r"optimizer LBFGS needs a closure.*use 'adam'"),
+    Case("optimizer-factory-of-lbfgs", _bad(optimizer=lambda ps: torch.optim.LBFGS(ps)), CE,
+         r"optimizer LBFGS needs a closure"),
+    Case("optimizer-factory-no-argument", _bad(optimizer=lambda: torch.optim.SGD), CE,
+         r"factory must take one argument, the list of parameters"),
     Case("estimator-unknown", _bad(estimator="vimco"), CE, r"unknown estimator 'vimco'.*reparam, meanfield"),
     Case("estimator-none", _bad(estimator=None), CE, r"unknown estimator None"),
     Case("estimator-case", _bad(estimator="REPARAM"), CE, r"unknown estimator 'REPARAM'"),
@@ -243,6 +274,27 @@ CASES = [
          r"needs a factory optimizer -> scheduler"),
     Case("lr-scheduler-interval", lambda: LRScheduler(lambda o: None, interval="batch"), CE,
          r"interval must be 'epoch' or 'step'"),
+    # data, model and guide as fit receives them
+    Case("data-none", _bad(data=None), errors.DataTypeError, r"data is a NoneType; pass a torch.Tensor"),
+    Case("data-dict", _bad(data={"x": X}), errors.DataTypeError, r"data is a dict"),
+    Case("val-data-other-features", _bad(val_data=torch.randn(4, 3)), errors.DataError,
+         r"val_data has examples of shape \(3,\) but the model expects \(2,\)"),
+    Case("condition-other-length", _bad(data=(X, torch.randn(5))), errors.DataError,
+         r"condition 1 has 5 rows but the data has 8"),
+    Case("empty-dataloader", _bad(data=DataLoader(TensorDataset(torch.zeros(0, 2)), batch_size=2)),
+         errors.DataError, r"DataLoader that yields no batches"),
+    Case("dataloader-of-dicts", _bad(data=DataLoader(_Dicts(), batch_size=2)), errors.DataTypeError,
+         r"batches are dict, not tensors.*TensorDataset"),
+    Case("model-none", lambda: lvm_pyro.fit(None, X, steps=1, progress=False), CE, r"a model needs a guide"),
+    Case("guide-not-callable", lambda: lvm_pyro.fit(lambda x: None, X, guide=42, steps=1, progress=False),
+         CE, r"a model needs a guide"),
+    Case("plate-not-in-model", _bad(data_plate="rows"), errors.ModelContractError,
+         r"observations inside pyro.plate\('rows', len\(x\)\)"),
+    Case("model-nan-parameter",
+         lambda: lvm_pyro.fit((_nan_model, _no_guide), X[:, 0], steps=1, progress=False),
+         errors.ModelContractError, r"fail when run once on the first batch.*ValueError.*valid \(finite"),
+    Case("model-shape-mismatch", lambda: lvm_pyro.fit((_matmul_model, _no_guide), X, steps=1, progress=False),
+         errors.ModelContractError, r"fail when run once.*RuntimeError: mat1 and mat2 shapes"),
     # checkpoint directories
     Case("checkpoint-dir-number", _bad(checkpoint_dir=123), CE, r"checkpoint_dir=123: pass a folder path"),
     Case("checkpoint-dir-empty", _bad(checkpoint_dir=""), CE, r"checkpoint_dir=''"),

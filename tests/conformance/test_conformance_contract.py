@@ -136,7 +136,7 @@ def test_mcmc_on_the_conjugate_model(dtype):
     """NUTS on normal-normal: the posterior mean and sd match the closed form (loosely), and the
     export has every group, az.summary and az.loo work."""
     s = build("normal_normal", dtype)
-    result = lvm_pyro.mcmc(s.pair[0], s.data, num_samples=120, warmup_steps=60, num_chains=1, seed=0,
+    result = lvm_pyro.mcmc(s.pair[0], s.data, num_samples=60, warmup_steps=30, num_chains=1, seed=0,
                            max_tree_depth=4)
     assert result.samples["mu"].dtype == dtype
     mu = result.samples["mu"].double()

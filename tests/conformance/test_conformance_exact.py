@@ -107,7 +107,7 @@ def test_hmm_forward_algorithm_value_of_the_report():
 
 def _em(s, **kw):
     model = s.pair[0] if not s.sampled_latents else s.pair
-    return lvm_pyro.em(model, s.data, max_iter=4, tol=0, m_step_steps=10, device="cpu", seed=0, **plate_kw(s),
+    return lvm_pyro.em(model, s.data, max_iter=3, tol=0, m_step_steps=10, device="cpu", seed=0, **plate_kw(s),
                        **kw)
 
 
