@@ -217,7 +217,8 @@ def validate_data(
 def validate_condition(cond, n_rows: int, *, name: str = "condition", device=None) -> torch.Tensor:
     """Check a per-example condition (labels or covariates) and return it as a tensor.
 
-    Integer labels keep an integer dtype; its first dimension must be the data's length.
+    Integer labels keep an integer dtype and a boolean mask stays boolean; its first dimension
+    must be the data's length.
 
     Example:
         >>> validate_condition([0, 1, 1], 3).dtype
@@ -234,11 +235,13 @@ def validate_condition(cond, n_rows: int, *, name: str = "condition", device=Non
             "example, in the same order"
         )
     if c.is_floating_point() and not bool(torch.isfinite(c).all()):
-        idx = _first_index(~torch.isfinite(c))
-        raise DataError(f"{name} has non-finite values, first at index {list(idx)}")
-    if c.dtype == torch.bool:
-        c = c.to(torch.get_default_dtype())
-    return c
+        bad = ~torch.isfinite(c)
+        n_nan = int(torch.isnan(c).sum())
+        raise DataError(
+            f"{name} has {int(bad.sum())} non-finite value(s) ({n_nan} NaN, {int(bad.sum()) - n_nan} "
+            f"inf), first at index {list(_first_index(bad))}: remove or impute them"
+        )
+    return c  # a boolean condition (a mask) stays boolean
 
 
 def validate_with_conditions(data, validate_x=None, *, name: str = "data") -> tuple[torch.Tensor, ...]:
