@@ -160,11 +160,11 @@ def test_mcmc_on_the_pyromodule_regression(dtype):
     """NUTS on a PyroModule (PyroSample priors, PyroParam noise) with Pyro-style (x, y) data and an
     observed site named "obs": it runs in the data's dtype and exports every group."""
     s = build("pyromodule_regression", dtype)
-    result = lvm_pyro.mcmc(s.pair[0], s.data, num_samples=30, warmup_steps=30, num_chains=1, seed=0,
+    result = lvm_pyro.mcmc(s.pair[0], s.data, num_samples=20, warmup_steps=20, num_chains=1, seed=0,
                            max_tree_depth=4)
     idata = lvm_pyro.to_inference_data(result)
     assert {"posterior", "log_likelihood", "observed_data", "posterior_predictive"} <= set(idata.groups())
-    assert idata.log_likelihood["obs"].shape == (1, 30, s.n)
+    assert idata.log_likelihood["obs"].shape == (1, 20, s.n)
     assert np.isfinite(az.summary(idata, kind="stats")["mean"]).all()
     assert np.isfinite(lvm_pyro.loo(idata).elpd_loo)
 

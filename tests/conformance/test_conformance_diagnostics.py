@@ -167,7 +167,7 @@ def test_psis_khat(name, dtype):
     finite values, never an unexplained -inf or NaN."""
     s = build(name, dtype)
     try:
-        result = lvm_pyro.psis_khat(s.pair, s.data, num_samples=25, seed=0, **plate_kw(s))
+        result = lvm_pyro.psis_khat(s.pair, s.data, num_samples=40, seed=0, **plate_kw(s))
     except LVMError as exc:
         assert not s.sampled_latents, f"psis_khat refused a sampled guide: {exc}"
         return
