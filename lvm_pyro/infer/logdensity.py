@@ -323,7 +323,8 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
     """
     model, guide = traces.model, traces.guide
     model.compute_log_prob()
-    guide.compute_log_prob()
+    if not observed_only:
+        guide.compute_log_prob()
     enumerated = any(s["infer"].get("_enumerate_dim") is not None for s in sample_sites(model))
     if enumerated:
         model.pack_tensors()
