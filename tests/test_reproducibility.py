@@ -328,3 +328,17 @@ def test_short_run_inside_the_kl_warmup_warns_and_records_beta():
     pyro.clear_param_store()
     plain = lvm_pyro.fit(_vae(), x, epochs=1, batch_size=32, kl_warmup=0, progress=False, seed=0)
     assert plain.objective == "-ELBO" and plain.betas == [1.0] * 3
+
+
+def test_validation_never_shifts_the_training_noise():
+    x, val = _data()
+    runs = []
+    for held_out in (None, val):
+        pyro.clear_param_store()
+        model = LocalGaussian(2, learn_w=True)
+        result = lvm_pyro.fit(model, x, val_data=held_out, epochs=3, batch_size=32, lr=0.02, progress=False,
+                              seed=7)
+        runs.append((result, _state(model)))
+    (plain, a), (validated, b) = runs
+    assert plain.losses == validated.losses and len(validated.val_elbo) == 3
+    _assert_bitwise(a, b)
