@@ -168,7 +168,7 @@ def test_compiled_digits_vae_follows_the_eager_trajectory(estimator, jit):
                               progress=False, seed=0, jit=mode)
         runs[mode] = (result, {k: v.detach().clone() for k, v in vae.state_dict().items()})
     (eager, eager_state), (compiled, compiled_state) = runs[False], runs[jit]
-    assert compiled.config["compiled_speedup"] is not None  # recorded, verified and timed
+    assert compiled.config["compiled"] is True  # recorded, verified and used (no timed trial: a fixed rule)
     torch.testing.assert_close(torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-5, atol=0.0)
     for name, value in eager_state.items():
         torch.testing.assert_close(compiled_state[name], value, rtol=1e-4, atol=1e-6)

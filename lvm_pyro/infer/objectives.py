@@ -184,12 +184,7 @@ class ImportanceWeightedELBO(ELBO):
         """Sum ``term`` over every dim but the particle dim and the data-plate dim."""
         frame = next((f for f in site["cond_indep_stack"] if f.name == self.plate), None)
         if frame is None:
-            raise ModelContractError(
-                f"estimator 'iwae' weights each data point on its own, but sample site "
-                f"{site['name']!r} is outside the {self.plate!r} plate: put it inside "
-                f"pyro.plate({self.plate!r}, len(x)), or use estimator='reparam' for models "
-                "with global latent variables"
-            )
+            raise iwae_site_error(site["name"], self.plate)
         term = to_points(term, self.max_plate_nesting, particles=True, data_dim=frame.dim)
         scale = site["scale"]
         scale = float(scale) if not torch.is_tensor(scale) else float(scale.max())
@@ -249,6 +244,15 @@ class ImportanceWeightedELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.detach().item()
+
+
+def iwae_site_error(name: str, plate: str) -> ModelContractError:
+    """The refusal of a site outside the data plate by the per-point importance-weighted bound."""
+    return ModelContractError(
+        f"estimator 'iwae' weights each data point on its own, but sample site {name!r} is "
+        f"outside the {plate!r} plate: put it inside pyro.plate({plate!r}, len(x)), or use "
+        "estimator='reparam' for models with global latent variables"
+    )
 
 
 @dataclass

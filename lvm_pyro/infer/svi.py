@@ -56,7 +56,15 @@ from lvm_pyro.infer.checkpoint import (
 from lvm_pyro.infer.compiled import COMPILABLE, CompiledLoss, graph_pays_off
 from lvm_pyro.infer.distributed import join_group
 from lvm_pyro.infer.evaluate import dataset_loss
-from lvm_pyro.infer.objectives import ESTIMATORS, SCORE_BASELINES, Objective, TrainingScale, make_objective
+from lvm_pyro.infer.logdensity import broadcasts_over_particles, check_guide, data_frame, sample_sites
+from lvm_pyro.infer.objectives import (
+    ESTIMATORS,
+    SCORE_BASELINES,
+    Objective,
+    TrainingScale,
+    iwae_site_error,
+    make_objective,
+)
 from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
@@ -328,19 +336,6 @@ def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
-def _latent_sites_missing_from_guide(model_trace, guide_trace) -> list[str]:
-    return [
-        name
-        for name, site in model_trace.nodes.items()
-        if site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["is_observed"]
-        and not site["infer"].get("enumerate")
-        and not site["infer"].get("is_auxiliary")
-        and name not in guide_trace.nodes
-    ]
-
-
 def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator: str):
     """Run guide then model once (validation on); check the contract; collect parameters."""
     try:
@@ -360,13 +355,11 @@ def _setup_trace(program: Program, scale: TrainingScale, batch: tuple, estimator
             "and guide accept this data (shape, dtype, number of conditions) and that their "
             "distributions get valid (finite, in-support) parameters; the cause is chained below"
         ) from exc
-    missing = _latent_sites_missing_from_guide(model_trace, guide_trace)
-    if missing:
-        raise ModelContractError(
-            f"the guide does not sample the model's latent site(s) {missing}: add "
-            f"pyro.sample({missing[0]!r}, ...) to the guide, or, for a discrete site, mark it "
-            "infer={'enumerate': 'parallel'} in the model and use estimator='enum'"
-        )
+    check_guide(model_trace, guide_trace)
+    if estimator == "iwae":  # refused here, before a vectorized run a global site may not survive
+        outside = [s["name"] for s in sample_sites(guide_trace) if data_frame(s, scale.plate) is None]
+        if outside:
+            raise iwae_site_error(outside[0], scale.plate)
     enumerated = [
         n for n, s in model_trace.nodes.items()
         if s["type"] == "sample" and s["infer"].get("enumerate") and not s["is_observed"]
@@ -638,9 +631,12 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     if program.module is not None:
         program.module.to(device=dev, dtype=x0.dtype if x0.is_floating_point() else None)
 
+    if vectorize_particles is None and (num_particles or 1) > 1 and estimator != "iwae":
+        # particles in one vectorized pass where the model broadcasts over them, else in sequence
+        vectorize_particles = broadcasts_over_particles(program, first, program.max_plate_nesting)
     objective = make_objective(
         estimator,
-        **({} if num_particles is None else {"num_particles": num_particles}),
+        num_particles=num_particles,
         max_plate_nesting=program.max_plate_nesting,
         vectorize_particles=vectorize_particles,
         score_baseline=score_baseline,
@@ -662,8 +658,10 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     if batches.batch_size < batches.num_data and not scale.saw_plate:
         raise ModelContractError(
             f"minibatches of {batches.batch_size} of {batches.num_data} points need the "
-            f"observations inside pyro.plate({data_plate!r}, len(x)) so they can be scaled: add "
-            f"that plate to the model and guide, or pass batch_size={batches.num_data}"
+            f"observations inside a plate over data points so they can be scaled, and the model "
+            f"has no plate named {data_plate!r}: name the model's plate with data_plate=..., add "
+            f"pyro.plate({data_plate!r}, len(x)) to the model and guide, or pass "
+            f"batch_size={batches.num_data}"
         )
     params = _collect_params(program, objective, traced)
     param_list = list(params.values())
@@ -745,7 +743,7 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
         rng = get_rng_state()
         try:
             torch.manual_seed(val_seed)
-            return -dataset_loss(program, objective, val_batches)
+            return -dataset_loss(program, objective, val_batches, plate=data_plate)
         finally:
             set_rng_state(rng)
 
