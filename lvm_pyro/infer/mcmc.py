@@ -208,12 +208,9 @@ def mcmc(
         max_plate_nesting = getattr(model, "max_plate_nesting", None)
     args = validate_with_conditions(data, lambda value, name: _validate(model, value, name))
     module = model if isinstance(model, torch.nn.Module) else None
-    if module is not None:
-        first = next(iter(module.parameters()), None)
-        if first is not None:
-            args = tuple(a.to(first.device) for a in args)
-            if first.is_floating_point():
-                args = (args[0].to(first.dtype), *args[1:])
+    if module is not None:  # the model follows the data's device and floating dtype, as in fit
+        x0 = args[0]
+        module.to(device=x0.device, dtype=x0.dtype if x0.is_floating_point() else None)
     latent = _check_latents(fn, args)
     init_fn = _init_strategy(init_strategy, latent)
 

@@ -122,7 +122,7 @@ def test_a_data_plate_with_another_name_is_named_in_the_error(wrapper):
     calls = {
         "log_likelihood": lambda: lvm_pyro.log_likelihood(s.pair, s.data, num_samples=2, device="cpu"),
         "to_inference_data": lambda: lvm_pyro.to_inference_data(s.pair, s.data, num_samples=2),
-        "psis_khat": lambda: lvm_pyro.psis_khat(s.pair, s.data, num_samples=4),
+        "psis_khat": lambda: lvm_pyro.psis_khat(s.pair, s.data, num_samples=10),
         # minibatches: the plate must be known to scale it by N / B
         "fit": lambda: lvm_pyro.fit(s.pair, s.data, estimator="enum", steps=1, batch_size=2, progress=False,
                                     device="cpu", jit=False),
