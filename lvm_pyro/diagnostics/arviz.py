@@ -700,6 +700,10 @@ class PSISResult:
                 f"per data point (local latents): good {c['good']}/{n}, ok {c['ok']}/{n}, bad "
                 f"{c['bad']}/{n}; max {np.nanmax(self.khat_per_point):.3f}"
             )
+            tied = int(np.sum(self.khat_per_point == -np.inf))
+            if tied:
+                lines.append(f"{tied} point(s) at -inf: their largest weights are tied (bounded weights, "
+                             "e.g. a masked point or a discrete guide): reliable")
         return "\n".join(lines)
 
 
