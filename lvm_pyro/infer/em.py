@@ -68,9 +68,10 @@ from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
+from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
 from lvm_pyro.infer.params import claim_module_params
-from lvm_pyro.models.base import DATA_PLATE, Program, as_program
+from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
 INITS = ("auto", "current", "kmeans++", "k-means++", "kmeans", "random_from_data", "random")
 E_STEPS = ("auto", "closed_form", "enum")
@@ -165,34 +166,18 @@ class _EnumTrace:
     data_symbol: str | None
 
 
-def _max_plate_nesting(program: Program, data: tuple[torch.Tensor, ...]) -> int:
-    if program.max_plate_nesting is not None:
-        return program.max_plate_nesting
-    with poutine.block():
-        tr = poutine.trace(program.model).get_trace(*data)
-    dims = [
-        -f.dim
-        for s in tr.nodes.values()
-        if s["type"] == "sample"
-        for f in s["cond_indep_stack"]
-        if f.vectorized
-    ]
-    return max(dims, default=0)
-
-
 def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor, nesting: int,
                 data_plate: str = DATA_PLATE) -> _EnumTrace:
     """Trace the guide, then the model under enumeration with the guide replayed; pack the
     log-factors. ``data`` is x or (x, condition, ...), passed to both as positional arguments;
     ``data_plate`` names the plate over its rows."""
     data = data if isinstance(data, tuple) else (data,)
-    guide_tr = poutine.trace(program.guide).get_trace(*data)
-    enum_model = poutine.enum(config_enumerate(program.model), first_available_dim=-1 - nesting)
-    model_tr = poutine.trace(poutine.replay(enum_model, trace=guide_tr)).get_trace(*data)
-    globals_ = {n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+    traces = logdensity.trace_pair(program, data, plate=data_plate, nesting=nesting)  # checks the guide
+    guide_tr, model_tr = traces.guide, traces.model
+    globals_ = {s["name"] for s in logdensity.sample_sites(guide_tr)}
     for name in globals_:
         fn = _base(guide_tr.nodes[name]["fn"])
-        if not isinstance(fn, dist.Delta):
+        if not logdensity.point_mass(guide_tr.nodes[name]["fn"]):
             raise ModelContractError(
                 f"em fits point estimates, but the guide samples site {name!r} from a "
                 f"{type(fn).__name__}: use a Delta guide (e.g. pyro.infer.autoguide.AutoDelta) "
@@ -436,7 +421,7 @@ class _EnumRoute:
         self.n = data[0].shape[0]
         self.rows = self.n if chunk_size is None else min(chunk_size, self.n)
         with _model_errors(self.rows, data_plate):
-            self.nesting = _max_plate_nesting(program, data)
+            self.nesting = logdensity.plate_nesting(program, data)
         self.steps, self.lr = steps, lr
         self.closed_m_step = getattr(program.source, "m_step", None)
         self.m_step_name = "model" if self.closed_m_step is not None else "gradient"
@@ -787,10 +772,6 @@ def _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr, 
     return out
 
 
-def _empty_guide(*args, **kwargs) -> None:
-    """The guide of a model whose parameters are all ``pyro.param``s and latents all discrete."""
-
-
 def _program(model, guide) -> Program:
     """``as_program``, with an empty guide for a plain model callable that has none (all its
     latents are enumerated and its parameters are ``pyro.param``s)."""
@@ -798,7 +779,7 @@ def _program(model, guide) -> Program:
         guide is None and callable(model) and not isinstance(model, (tuple, Program))
         and not (hasattr(model, "model") and hasattr(model, "guide"))
     )
-    return as_program(model, _empty_guide if plain else guide)
+    return as_program(model, empty_guide if plain else guide)
 
 
 def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group,

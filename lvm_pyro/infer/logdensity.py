@@ -21,6 +21,7 @@ and ``em`` go through here, and so does the check that a guide matches its model
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -99,10 +100,12 @@ def check_guide(model_trace: poutine.Trace, guide_trace: poutine.Trace, *,
     if missing or extra:
         parts = []
         if missing:
+            kinds = ", ".join(f"{n!r} ({type(model_sites[n]['fn']).__name__})" for n in missing)
             parts.append(
-                f"the guide does not sample the model's latent site(s) {missing}: add "
-                f"pyro.sample({missing[0]!r}, ...) to the guide, or, for a discrete site, mark it "
-                "infer={'enumerate': 'parallel'} in the model"
+                f"the model's latent site(s) {kinds} are neither enumerable nor sampled by the "
+                f"guide: add pyro.sample({missing[0]!r}, ...) to the guide (a point estimate: "
+                "AutoDelta), or, for a discrete site, mark it infer={'enumerate': 'parallel'} "
+                "in the model"
             )
         if extra:
             parts.append(
@@ -150,22 +153,14 @@ def broadcasts_over_particles(program: Program, args: tuple, nesting: int | None
 
 
 def plate_nesting(program: Program, args: tuple) -> int:
-    """The model's ``max_plate_nesting``, else the deepest vectorized plate in one run of guide
-    and model (at least 1)."""
+    """The model's ``max_plate_nesting``, else the deepest vectorized plate in one run of the
+    model (at least 1). The guide is not run: an autoguide then meets the data first where the
+    wrapper calls it, and the guide's sites sit in the model's plates anyway."""
     if program.max_plate_nesting is not None:
         return program.max_plate_nesting
     with poutine.block():
-        guide_trace = poutine.trace(program.guide).get_trace(*args)
-        model_trace = poutine.trace(
-            poutine.replay(config_enumerate(program.model), trace=guide_trace)
-        ).get_trace(*args)
-    dims = [
-        -f.dim
-        for trace in (guide_trace, model_trace)
-        for site in sample_sites(trace)
-        for f in site["cond_indep_stack"]
-        if f.vectorized
-    ]
+        model_trace = poutine.trace(config_enumerate(program.model)).get_trace(*args)
+    dims = [-f.dim for site in sample_sites(model_trace) for f in site["cond_indep_stack"] if f.vectorized]
     return max(dims, default=1)
 
 
@@ -224,8 +219,19 @@ class WeightedTraces:
     plate: str
     particles: int | None
     rank: int
-    num_data: int
-    data_dim: int
+
+    @functools.cached_property
+    def _frame(self) -> tuple[int, int]:
+        return _data_plate_frame(self.model, self.plate)
+
+    @property
+    def num_data(self) -> int:
+        """The data plate's size (a ModelContractError naming data_plate= where there is none)."""
+        return self._frame[0]
+
+    @property
+    def data_dim(self) -> int:
+        return self._frame[1]
 
 
 def trace_pair(
@@ -270,8 +276,7 @@ def trace_pair(
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     if check:
         check_guide(model_trace, guide_trace, enumerable_ok=True)
-    n, dim = _data_plate_frame(model_trace, plate)
-    return WeightedTraces(model_trace, guide_trace, plate, particles, rank, n, dim)
+    return WeightedTraces(model_trace, guide_trace, plate, particles, rank)
 
 
 def _data_plate_frame(trace: poutine.Trace, plate: str) -> tuple[int, int]:
@@ -322,6 +327,7 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
     the likelihood conditional on the draw of z_i.
     """
     model, guide = traces.model, traces.guide
+    traces.num_data  # noqa: B018  (no plate over data points: refused first, naming data_plate=)
     model.compute_log_prob()
     if not observed_only:
         guide.compute_log_prob()

@@ -658,9 +658,9 @@ def _fit(model, program: Program, data, dev, group, main_process: bool, ckpt_dir
     if batches.batch_size < batches.num_data and not scale.saw_plate:
         raise ModelContractError(
             f"minibatches of {batches.batch_size} of {batches.num_data} points need the "
-            f"observations inside a plate over data points so they can be scaled, and the model "
-            f"has no plate named {data_plate!r}: name the model's plate with data_plate=..., add "
-            f"pyro.plate({data_plate!r}, len(x)) to the model and guide, or pass "
+            f"observations inside pyro.plate({data_plate!r}, len(x)) so they can be scaled, and "
+            f"the model has no plate named {data_plate!r}: name the model's plate over data points "
+            f"with data_plate=..., add that plate to the model and guide, or pass "
             f"batch_size={batches.num_data}"
         )
     params = _collect_params(program, objective, traced)
