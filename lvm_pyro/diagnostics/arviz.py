@@ -717,13 +717,14 @@ def _khat(log_w: np.ndarray) -> np.ndarray:
     log_w = np.asarray(log_w, dtype=np.float64)
     draws = log_w.shape[-1]
     tail = int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+    scale = 1.0 + np.abs(log_w).max(-1)
+    constant = log_w.max(-1) - log_w.min(-1) <= 1e3 * np.finfo(np.float32).eps * scale
     top = np.sort(log_w, axis=-1)[..., -tail - 1:]
-    spread = top.max(-1) - top.min(-1)
-    tol = 1e3 * np.finfo(np.float32).eps * (1.0 + np.abs(log_w).max(-1))
+    tied = top.max(-1) - top.min(-1) <= 10 * np.finfo(np.float32).eps * scale  # the same value, rounded
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, k = az.psislw(log_w)
-    return np.where(spread <= tol, -np.inf, np.asarray(k, dtype=np.float64))
+    return np.where(constant | tied, -np.inf, np.asarray(k, dtype=np.float64))
 
 
 @torch.no_grad()

@@ -102,7 +102,8 @@ def check_guide(model_trace: poutine.Trace, guide_trace: poutine.Trace, *,
         if missing:
             kinds = ", ".join(f"{n!r} ({type(model_sites[n]['fn']).__name__})" for n in missing)
             parts.append(
-                f"the model's latent site(s) {kinds} are neither enumerable nor sampled by the "
+                f"the guide does not sample the model's latent site(s) {missing}: {kinds} "
+                f"{'is' if len(missing) == 1 else 'are'} neither enumerable nor sampled by the "
                 f"guide: add pyro.sample({missing[0]!r}, ...) to the guide (a point estimate: "
                 "AutoDelta), or, for a discrete site, mark it infer={'enumerate': 'parallel'} "
                 "in the model"

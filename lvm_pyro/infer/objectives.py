@@ -185,7 +185,11 @@ class ImportanceWeightedELBO(ELBO):
         frame = next((f for f in site["cond_indep_stack"] if f.name == self.plate), None)
         if frame is None:
             raise iwae_site_error(site["name"], self.plate)
-        term = to_points(term, self.max_plate_nesting, particles=True, data_dim=frame.dim)
+        # Pyro adds the particle dim (left of the plates) only for K > 1
+        vectorized = self.num_particles > 1
+        term = to_points(term, self.max_plate_nesting, particles=vectorized, data_dim=frame.dim)
+        if not vectorized:
+            term = term.unsqueeze(0)
         scale = site["scale"]
         scale = float(scale) if not torch.is_tensor(scale) else float(scale.max())
         return term, scale
