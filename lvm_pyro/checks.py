@@ -27,6 +27,18 @@ def check_seed(seed, name: str = "seed", span: int = 1) -> int | None:
     return int(seed)
 
 
+def check_int(value, name: str, minimum: int) -> int:
+    """An integer >= ``minimum`` (not a bool), refused as ``name=value: pass an integer >= minimum``.
+
+    Example:
+        >>> check_int(0, "seed", 0)
+        0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigurationError(f"{name}={value!r}: pass an integer >= {minimum}")
+    return int(value)
+
+
 def check_count(value, name: str, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (not a bool): a number of samples, steps, components.
 

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from lvm_pyro.checks import check_int
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 
 #: Value sets a likelihood can require of the data, and the likelihoods that fit other data.
@@ -356,12 +357,6 @@ def _data_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu") if device is None else resolve_device(device)
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigurationError(f"{name}={value!r}: pass an integer >= {minimum}")
-    return int(value)
-
-
 def _check_threshold(binarize, upper: float | None) -> float:
     rng_hint = f"a pixel level in (0, {upper:g}], e.g. binarize=8" if upper else "a number"
     if isinstance(binarize, bool) or not isinstance(binarize, (int, float, np.number)):
@@ -415,7 +410,7 @@ def _make_splits(
     device: torch.device,
 ) -> tuple[Split, Split, Split]:
     counts = _split_counts(split, len(x))
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     order = np.random.default_rng(seed).permutation(len(x))
     bounds = np.cumsum(counts)[:-1]
     splits = []
@@ -542,9 +537,9 @@ def make_mixture(
         >>> round(float(mix.weights.sum()), 6)
         1.0
     """
-    n = _check_int(n, "n", 1)
-    k = _check_int(k, "k", 1)
-    d = _check_int(d, "d", 1)
+    n = check_int(n, "n", 1)
+    k = check_int(k, "k", 1)
+    d = check_int(d, "d", 1)
     if k > n:
         raise ConfigurationError(
             f"k={k} components need at least as many points: pass n >= {k} or a smaller k"
@@ -562,7 +557,7 @@ def make_mixture(
         raise ConfigurationError(
             f"separation={separation!r}: pass a finite number >= 0 (4 is well separated)"
         )
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     dtype, device = _float_dtype(dtype), _data_device(device)
 
     rng = np.random.default_rng(seed)

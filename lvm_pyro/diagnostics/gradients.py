@@ -25,10 +25,10 @@ import pyro
 import torch
 from pyro import poutine
 
+from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer.logdensity import check_program
-from lvm_pyro.infer.mcmc import check_seed
 from lvm_pyro.infer.objectives import SCORE_BASELINES, Objective, make_objective
 from lvm_pyro.infer.svi import FitResult
 from lvm_pyro.models.base import Program, as_program

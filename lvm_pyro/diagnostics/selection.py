@@ -16,11 +16,11 @@ import numpy as np
 import pyro
 import torch
 
+from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_data
 from lvm_pyro.diagnostics.arviz import loo, to_inference_data
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.estimators import GaussianMixture
-from lvm_pyro.infer.mcmc import check_seed
 from lvm_pyro.infer.svi import fit
 from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMPrior
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from lvm_pyro.data import _check_int as check_int
+from lvm_pyro.checks import check_int
 from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import DataError, DataTypeError
 from lvm_pyro.models.base import Program

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lvm_pyro.data import _check_int as check_int
+from lvm_pyro.checks import check_int
 from lvm_pyro.errors import ConfigurationError
 
 

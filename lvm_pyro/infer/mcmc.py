@@ -29,6 +29,7 @@ from pyro.infer.autoguide.initialization import (
 )
 from pyro.poutine.util import site_is_subsample
 
+from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_data, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel
@@ -122,15 +123,6 @@ def _check_count(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def check_seed(seed, name: str = "seed", span: int = 1) -> int | None:
-    """None, or an integer seed such that seed .. seed + span - 1 are all valid RNG seeds (< 2**32)."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - span:
-        raise ConfigurationError(f"{name} must be None or an integer in [0, {2**32 - span}], got {seed!r}")
-    return int(seed)
 
 
 def mcmc(

@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from lvm_pyro.data import _check_int as check_int
+from lvm_pyro.checks import check_int
 from lvm_pyro.data import resolve_device
 from lvm_pyro.errors import (
     CheckpointError,

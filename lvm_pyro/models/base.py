@@ -16,6 +16,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
+from lvm_pyro.checks import check_count
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError
 
@@ -80,9 +81,7 @@ class LatentVariableModel(PyroModule):
 
 def check_latent_size(latent_dim: int, name: str = "latent_dim") -> int:
     """Refuse a latent size below one (or a bool) with a message that names the fix."""
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {latent_dim!r}")
-    return int(latent_dim)
+    return check_count(latent_dim, name)
 
 
 @dataclass(frozen=True)

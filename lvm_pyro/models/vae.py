@@ -18,6 +18,7 @@ from pyro.nn import pyro_method
 from torch import nn
 from torch.nn import functional as F
 
+from lvm_pyro.checks import check_positive
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
@@ -46,13 +47,6 @@ def as_sizes(sizes: Sequence[int], name: str = "hidden") -> tuple[int, ...]:
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ConfigurationError(f"{name}={sizes!r}: every layer size must be a positive integer")
     return tuple(sizes)
-
-
-def check_positive(value, name: str) -> float:
-    """A finite positive number (a learning rate, a scale), refused otherwise with its name."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigurationError(f"{name} must be a finite positive number, got {value!r}")
-    return float(value)
 
 
 def latent_codes(z, size: int, like: torch.Tensor, name: str = "z", *, binary: bool = False) -> torch.Tensor:
