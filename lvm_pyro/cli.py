@@ -55,7 +55,7 @@ import torch
 from lvm_pyro.data import DigitsData, load_dataset, resolve_device
 from lvm_pyro.diagnostics.arviz import to_inference_data
 from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, LVMError
-from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, RunLock, load_checkpoint, save_checkpoint
 from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import elbo, log_likelihood
 from lvm_pyro.infer.objectives import ESTIMATORS
@@ -70,11 +70,6 @@ from lvm_pyro.report import (
     save_figures,
     write_report,
 )
-
-try:  # POSIX only: elsewhere a run directory is not locked
-    import fcntl
-except ImportError:  # pragma: no cover (Windows)
-    fcntl = None
 
 #: settings of ``fit`` a flag can override (``trainer="fit"`` models only)
 FIT_OVERRIDES = ("estimator", "epochs", "steps", "batch_size", "lr", "kl_warmup")
@@ -223,44 +218,15 @@ def parse_options(pairs: list[str]) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-class DirectoryLock:
-    """An exclusive ``fcntl.flock`` on ``DIR/.lvm-pyro.lock`` for one command's writes to a run.
-
-    A second command on the same run gets a :class:`CheckpointError` at once; the operating
-    system drops the lock when its holder dies (kill -9 included). It is a different file from
-    the checkpoint lock ``fit`` holds, so the two never block each other in one process.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self._fd: int | None = None
-
-    def acquire(self) -> DirectoryLock:
-        if fcntl is None:  # pragma: no cover
-            return self
-        try:
-            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointError(
-                f"run {str(self.directory)!r} cannot be locked ({exc.strerror}): check that the folder "
-                "exists and is writable"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise CheckpointError(
-                f"run {str(self.directory)!r} is in use by another lvm-pyro command (fit, run or "
-                "resume): wait for it to finish; two writers would mix their results"
-            ) from None
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+def run_lock(directory: Path) -> RunLock:
+    """The lock one command holds on a run while it writes to it: ``DIR/.lvm-pyro.lock``, another
+    file than the checkpoint lock ``fit`` holds, so the two never block each other. A second
+    command on the same run gets a :class:`CheckpointError` at once; the operating system drops
+    the lock when its holder dies (kill -9 included)."""
+    return RunLock(directory, name=LOCK_NAME, busy=(
+        f"run {str(directory)!r} is in use by another lvm-pyro command (fit, run or resume): wait "
+        "for it to finish; two writers would mix their results"
+    ))
 
 
 def _make_parent(folder: Path) -> None:
@@ -287,14 +253,14 @@ def _remove_stale_new_directories(folder: Path) -> None:
         try:
             if not entry.is_dir() or time.time() - entry.stat().st_mtime < _STALE_SECONDS:
                 continue
-            lock = DirectoryLock(entry).acquire()
+            lock = run_lock(entry).acquire()
         except (LVMError, OSError):
             continue  # in use, or gone meanwhile
         shutil.rmtree(entry, ignore_errors=True)
         lock.release()
 
 
-def create_run_directory(directory: Path, config: dict | None = None) -> DirectoryLock:
+def create_run_directory(directory: Path, config: dict | None = None) -> RunLock:
     """Create ``directory`` atomically and return its lock, held.
 
     The directory is made under a temporary name, locked, given its ``config.json`` and then
@@ -312,7 +278,7 @@ def create_run_directory(directory: Path, config: dict | None = None) -> Directo
         raise ConfigurationError(
             f"--out {str(directory.parent)!r} cannot be written ({exc.strerror}): pass a writable folder"
         ) from None
-    lock = DirectoryLock(tmp).acquire()
+    lock = run_lock(tmp).acquire()
     try:
         if config is not None:
             _write_json(tmp / "config.json", config)
@@ -356,7 +322,7 @@ def new_run_directory(directory: Path, config: dict | None = None) -> Iterator[P
 @contextmanager
 def locked_run(directory: Path) -> Iterator[Path]:
     """An existing run directory, locked for this command, its stray temporary files removed."""
-    lock = DirectoryLock(directory).acquire()
+    lock = run_lock(directory).acquire()
     try:
         remove_stray_outputs(directory)
         remove_stray_outputs(directory / "figures")

@@ -225,7 +225,7 @@ def test_a_locked_run_refuses_a_second_writer_and_stray_files_are_removed(tmp_pa
     assert cli.main(["fit", "tinyfactor", "--out", str(tmp_path), "--name", "r", "--quiet",
                      "--num-samples", "5"]) == 0
     run = tmp_path / "r"
-    lock = cli.DirectoryLock(run).acquire()
+    lock = cli.run_lock(run).acquire()
     try:
         assert cli.main(["resume", str(run), "--quiet", "--num-samples", "5"]) == 2
         assert "in use by another lvm-pyro command" in capsys.readouterr().err

@@ -86,22 +86,29 @@ class RunLock:
         refused
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.path = Path(directory) / LOCK_NAME
+    def __init__(self, directory: str | os.PathLike, name: str = LOCK_NAME, busy: str | None = None) -> None:
+        self.path = Path(directory) / name
+        self.busy = busy or (
+            f"another process is writing to {str(self.path.parent)!r} (it holds {name}): "
+            "wait for it to finish, or pass a new checkpoint_dir"
+        )
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
         if fcntl is None:  # pragma: no cover (no flock: one writer is the user's responsibility)
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{str(self.path.parent)!r} cannot be locked ({exc.strerror}): check that the folder "
+                "exists and is writable"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise CheckpointError(
-                f"another process is writing to {str(self.path.parent)!r} (it holds {LOCK_NAME}): "
-                "wait for it to finish, or pass a new checkpoint_dir"
-            ) from None
+            raise CheckpointError(self.busy) from None
         self._fd = fd
         return self
 

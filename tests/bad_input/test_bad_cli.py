@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from harness import run_cli
 
-from lvm_pyro.cli import DirectoryLock
+from lvm_pyro.cli import run_lock
 
 VAE_CONFIG = {"model": "vae", "data": "digits", "labels": None, "seed": 0, "binarize": None,
               "options": {"hidden": [8], "latent_dim": 2}, "overrides": {}}
@@ -62,7 +62,7 @@ def world(tmp_path_factory):
     _run_dir(runs, "missingdata", {**VAE_CONFIG, "data": str(root / "gone.npy")})
     _run_dir(runs, "badoptions", {**VAE_CONFIG, "options": {"colour": 3}})
     locked = _run_dir(runs, "locked", VAE_CONFIG, {"checkpoint.pt": b"x"})
-    lock = DirectoryLock(locked).acquire()
+    lock = run_lock(locked).acquire()
     yield root
     lock.release()
 
