@@ -175,7 +175,7 @@ class _Replayer:
         self.local_samples = local_samples
         self.program = Program(model=source.model, guide=source.guide or _no_guide, module=source.module,
                                max_plate_nesting=source.max_plate_nesting)
-        self._cache: tuple[dict, dict] | None = None
+        self._shared: dict[str, torch.Tensor] | None = None  # the estimate when theta never varies
 
     def _run(self, fn, *args):
         try:
@@ -222,8 +222,8 @@ class _Replayer:
         if not logdensity.has_local_latents(traces):
             w = logdensity.point_log_weights(traces, by_site=True)
             return logdensity.sequential_conditionals(w.by_site)
-        if not fixed and self._cache is not None:  # every draw shares theta: one estimate serves all
-            return self._cache[1]
+        if not fixed and self._shared is not None:  # every draw shares theta: one estimate serves all
+            return self._shared
         names = st.observed
 
         def weights(k: int) -> torch.Tensor:
@@ -235,7 +235,7 @@ class _Replayer:
         value, _ = logdensity.logmeanexp_chunks(weights, self.local_samples, chunk)
         out = logdensity.sequential_conditionals({name: value[:, 1 + i] for i, name in enumerate(names)})
         if not fixed:
-            self._cache = ({}, out)
+            self._shared = out
         return out
 
     def enumerated_draw(self, latent: poutine.Trace) -> dict[str, torch.Tensor]:

@@ -529,11 +529,6 @@ def _refuse_sampled_globals(traces: WeightedTraces) -> None:
         )
 
 
-def run_guide(program: Program, args: tuple) -> poutine.Trace:
-    """One draw of every site the guide samples."""
-    return poutine.trace(program.guide).get_trace(*args)
-
-
 def global_values(trace: poutine.Trace, plate: str) -> dict[str, torch.Tensor]:
     """The values of a trace's latent sites outside the data plate."""
     return {
@@ -556,7 +551,6 @@ __all__: list[str] = [
     "logmeanexp_chunks",
     "plate_nesting",
     "point_log_weights",
-    "run_guide",
     "sequential_conditionals",
     "to_points",
     "trace_pair",
