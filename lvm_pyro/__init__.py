@@ -7,7 +7,6 @@ from importlib import import_module
 
 from lvm_pyro import errors
 from lvm_pyro.data import load_array, load_dataset, load_digits, load_idx, make_mixture, validate_data
-from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.infer.callbacks import (
     Callback,
     Convergence,
@@ -33,7 +32,10 @@ from lvm_pyro.models.vae import VAE
 
 __version__ = "0.1.0"
 
+#: Names loaded on first access (module ``__getattr__``): the scikit-learn facade imports
+#: scikit-learn, the diagnostics ArviZ and matplotlib; ``import lvm_pyro`` loads none of them.
 _LAZY = {
+    "GaussianMixture": "lvm_pyro.estimators",
     "to_inference_data": "lvm_pyro.diagnostics.arviz",
     "psis_khat": "lvm_pyro.diagnostics.arviz",
     "PSISResult": "lvm_pyro.diagnostics.arviz",

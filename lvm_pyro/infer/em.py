@@ -70,7 +70,7 @@ from lvm_pyro.data import resolve_device, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
-from lvm_pyro.infer.params import claim_module_params
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
 INITS = ("auto", "current", "kmeans++", "k-means++", "kmeans", "random_from_data", "random")
@@ -827,6 +827,7 @@ def _validate(program: Program, data, dev: torch.device) -> tuple[torch.Tensor, 
     return (x, *(c.to(dev, x.dtype) if c.is_floating_point() else c.to(dev) for c in conds))
 
 
+@restoring_param_store()
 def em(
     model,
     data,

@@ -1,38 +1,51 @@
-"""Which model owns which entry of Pyro's global param store.
+"""Pyro's global param store and the modules ``fit`` and ``em`` train: kept apart, left as found.
 
 With Pyro's default global param store a PyroModule's parameters are stored under names
 built from the module's Pyro name (``"AutoNormal.locs.mu"``, or ``"loc"`` for a top-level
-model), and a module reads back whatever the store holds under its names whenever it runs.
-Two live instances with the same names would therefore share their parameters: the second
-``AutoNormal(model)`` would start from the first one's fitted values, and training it would
-silently overwrite the first.
+model), and a module run inside Pyro adopts whatever tensor the store holds under its names.
+Two instances of one class (two ``AutoNormal(model)``, two ``GaussianMixtureModel``) share
+those names: in plain Pyro the second starts from the first's fitted values, and training it
+overwrites the first.
 
-``fit`` and ``em`` call :func:`claim_module_params` before training. It keeps a registry of
-the modules they trained (weakly referenced, so it never keeps a model alive) and:
+``fit`` and ``em`` call ``claim_module_params(module)`` before training, inside
+:func:`restoring_param_store` (their decorator), or use ``with claim_module_params(module):``.
+For the duration of the call:
 
-- gives a module whose names are held by *another live trained module* a fresh prefix
-  (``"AutoNormal_2"``, ``"GaussianMixtureModel_2"``...), so both keep their own values; read
-  a model's parameters from the module itself (``guide.locs.mu``, ``guide.median()``) rather
-  than from the store by name;
-- drops store entries under the module's own parameter names that belong to no live trained
-  module (left over from an earlier, discarded instance), so the module's own values win.
+- store entries under the module's names that are another module's parameters (a module
+  trained by ``fit``/``em`` before, live or discarded) or that would replace a parameter the
+  module already holds are set aside, so the module trains its own tensors;
+- on exit the entries the call added for the module's own parameters are removed and the set
+  aside entries put back: the store holds the same names, bound to the same tensors, as
+  before the call. Entries the model itself declares with ``pyro.param`` (a plain-callable
+  model's parameters) stay in the store, as in plain Pyro.
 
-Entries that no trained module owns under a fresh guide's prefix (for example a param store
-the user loaded from disk before building an autoguide) are left alone: the guide starts
-from them, as in plain Pyro.
+Neither the module's Pyro name nor its parameter tensors are changed. Read a fitted model's
+values from the module itself (``guide.locs.mu``, ``guide.median()``, ``model.state_dict()``),
+not from the store by name. Entries under a fresh guide's prefix that no trained module owns
+(a param store the user loaded from disk before building an autoguide) are left in place: the
+guide starts from them, as in plain Pyro.
+
+Outside this scope (plain Pyro after ``fit``: ``Predictive``, ``poutine.trace``) Pyro's own
+rule applies again: two live modules with the same names share the store. There use
+``pyro.settings.set(module_local_params=True)`` (each PyroModule keeps its parameters), or
+``pyro.clear_param_store()`` between models, or ``with pyro.get_param_store().scope(): ...``.
 """
 
 from __future__ import annotations
 
-import gc
-import itertools
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import TracebackType
 
 import pyro
 import torch
 from pyro.nn.module import PyroModule
 
-_OWNERS: dict[str, weakref.ref] = {}  # a param-store name or a module prefix -> its trained root module
+_CLAIMED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # modules fit/em trained
+#: the scopes opened inside the innermost :func:`restoring_param_store` (None outside one)
+_OPEN: ContextVar[list[ModuleParams] | None] = ContextVar("lvm_pyro_param_scopes", default=None)
 
 
 def _roots(module: torch.nn.Module) -> list[PyroModule]:
@@ -52,7 +65,7 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _pyro_names(root: PyroModule) -> set[str]:
+def _held_names(root: PyroModule) -> set[str]:
     """The param-store names of the parameters the PyroModules of the tree hold now (their
     PyroParams and plain nn.Parameters, both synced with the store)."""
     names = set()
@@ -63,52 +76,141 @@ def _pyro_names(root: PyroModule) -> set[str]:
     return names
 
 
-def _owner(key: str) -> PyroModule | None:
-    ref = _OWNERS.get(key)
-    return ref() if ref is not None else None
+def _is_modules(name: str, held: set[str], prefixes: list[str], torch_names: set[str]) -> bool:
+    """Is ``name`` a store name the module uses (or will use once a lazy guide is set up)?"""
+    return (
+        name in held
+        or any(name.startswith(p + ".") for p in prefixes)
+        or name.replace("$$$", ".") in torch_names  # pyro.module("net", net): "net$$$0.weight"
+    )
 
 
-def _rename(root: PyroModule, prefix: str) -> None:
-    root._pyro_name = prefix
-    for key, child in root.named_children():
-        if isinstance(child, PyroModule):
-            _rename(child, _join(prefix, key))
+def _foreign_entries(module: torch.nn.Module) -> list[tuple[str, str]]:
+    """(store name, why) of the entries under the module's names that it must not adopt: another
+    trained module's parameter, or a replacement for a parameter the module already holds."""
+    store = pyro.get_param_store()
+    own = {id(p) for p in module.parameters()}
+    others = {id(p) for m in list(_CLAIMED) if m is not module for p in m.parameters()} - own
+    held, prefixes = set(), []
+    for root in _roots(module):
+        held |= _held_names(root)
+        if root._pyro_name:
+            prefixes.append(root._pyro_name)
+    torch_names = {n for n, _ in module.named_parameters()}
+    foreign = []
+    for name, value in store.named_parameters():
+        if id(value) in own or not _is_modules(name, held, prefixes, torch_names):
+            continue
+        if id(value) in others:
+            foreign.append((name, "a parameter of another module trained by fit or em"))
+        elif name in held or name.replace("$$$", ".") in torch_names:
+            foreign.append((name, "a tensor other than the module's own parameter of that name"))
+    return foreign
 
 
-def _fresh_prefix(root: PyroModule) -> str:
-    base = root._pyro_name or type(root).__name__
-    store_keys = list(pyro.get_param_store().keys())
-    for k in itertools.count(2):
-        candidate = f"{base}_{k}"
-        taken = _owner(candidate) is not None or any(n.startswith(candidate + ".") for n in store_keys)
-        if not taken:
-            return candidate
-    raise AssertionError("unreachable")
+class ModuleParams:
+    """What :func:`claim_module_params` returns: the module's scope, opened when it is made
+    (foreign store entries set aside) and closed by ``__exit__`` (the store put back as it was).
+    See the module docstring."""
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        self.module = module
+        self._before: set[str] | None = None
+        self._aside: dict = {"params": {}, "constraints": {}}
+        if module is None:
+            return
+        store = pyro.get_param_store()
+        aside = {name for name, _ in _foreign_entries(module)}
+        if aside:
+            state = store.get_state()
+            self._aside = {
+                "params": {n: state["params"][n] for n in aside},
+                "constraints": {n: state["constraints"][n] for n in aside},
+            }
+            for name in aside:
+                del store[name]
+        self._before = set(store.keys())
+        _CLAIMED.add(module)
+        opened = _OPEN.get()
+        if opened is not None:
+            opened.append(self)
+
+    @property
+    def set_aside(self) -> list[str]:
+        """The store names set aside for the duration of the scope."""
+        return sorted(self._aside["params"])
+
+    def __enter__(self) -> ModuleParams:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Put the store back as it was when the scope opened (idempotent)."""
+        if self.module is None or self._before is None:
+            return
+        store = pyro.get_param_store()
+        own = {id(p) for p in self.module.parameters()}
+        for name, value in list(store.named_parameters()):
+            if name not in self._before and id(value) in own:
+                del store[name]
+        # an entry set aside comes back unless the call bound its name to a tensor of its own
+        store.set_state(
+            {
+                "params": {n: p for n, p in self._aside["params"].items() if n not in store},
+                "constraints": {n: c for n, c in self._aside["constraints"].items() if n not in store},
+            }
+        )
+        self._before = None
+        self._aside = {"params": {}, "constraints": {}}
 
 
-def _held_by_another(root: PyroModule) -> bool:
-    prefix = root._pyro_name
-    keys = set(_pyro_names(root))
-    if prefix:
-        keys.add(prefix)
-        keys.update(n for n in pyro.get_param_store().keys() if n.startswith(prefix + "."))
-    return any((owner := _owner(k)) is not None and owner is not root for k in keys)
+@contextmanager
+def restoring_param_store() -> Iterator[None]:
+    """Close, on leaving, every :func:`claim_module_params` scope opened inside: the context
+    (or decorator, ``@restoring_param_store()``) that ``fit`` and ``em`` run in, so that their
+    plain ``claim_module_params(program.module)`` call leaves Pyro's param store as it was.
+
+    Example:
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> import pyro.distributions as dist
+        >>> guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0)))
+        >>> with restoring_param_store():
+        ...     _ = claim_module_params(guide)
+        ...     _ = guide()
+        ...     sorted(pyro.get_param_store().keys())
+        ['AutoNormal.locs.mu', 'AutoNormal.scales.mu']
+        >>> list(pyro.get_param_store().keys())
+        []
+    """
+    opened: list[ModuleParams] = []
+    token = _OPEN.set(opened)
+    try:
+        yield
+    finally:
+        _OPEN.reset(token)
+        for scope in reversed(opened):
+            scope.close()
 
 
-def _unshare(root: PyroModule) -> None:
-    """Give the module its own copy of any tensor another live trained module holds (a guide
-    set up outside ``fit`` reads the other's tensors from the store)."""
-    others = {id(o): o for o in (ref() for ref in _OWNERS.values()) if o is not None and o is not root}
-    held = {id(p) for o in others.values() for p in o.parameters()}
-    for sub in root.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is not None and id(p) in held:
-                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-
-
-def claim_module_params(module: torch.nn.Module | None) -> None:
-    """Make the param-store names of ``module`` its own before training (see the module
+def claim_module_params(module: torch.nn.Module | None) -> ModuleParams:
+    """Keep ``module``'s parameters its own while ``fit``/``em`` train it, and leave Pyro's
+    param store as it was: ``with claim_module_params(module): <train>`` (see the module
     docstring).
+
+    On the call, store entries under the module's names that belong to another module (or
+    would replace a parameter the module holds) are set aside; on leaving the ``with`` block
+    the entries the block added for the module's own parameters are removed and those set
+    aside put back. The module's Pyro name and its parameter tensors are never changed.
+    Inside :func:`restoring_param_store` (which ``fit`` and ``em`` wear as a decorator) a plain
+    call's scope is closed when that context ends. Called without either, the entries set
+    aside stay out of the store.
 
     Example:
         >>> from pyro.infer.autoguide import AutoNormal
@@ -116,32 +218,13 @@ def claim_module_params(module: torch.nn.Module | None) -> None:
         >>> def model():
         ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
         >>> first, second = AutoNormal(model), AutoNormal(model)
-        >>> claim_module_params(first); claim_module_params(second)
-        >>> first._pyro_name, second._pyro_name
-        ('AutoNormal', 'AutoNormal_2')
+        >>> with claim_module_params(first):
+        ...     _ = first()
+        >>> with claim_module_params(second):
+        ...     _ = second()
+        >>> first._pyro_name, second._pyro_name, list(pyro.get_param_store().keys())
+        ('AutoNormal', 'AutoNormal', [])
+        >>> first.locs.mu is second.locs.mu
+        False
     """
-    if module is None:
-        return
-    store = pyro.get_param_store()
-    ids = {id(p) for p in module.parameters()}
-    for root in _roots(module):
-        if _held_by_another(root):
-            # a module that is garbage but not yet collected (a reference cycle) still looks
-            # alive: collect before deciding that its names are taken
-            gc.collect()
-            if _held_by_another(root):
-                _unshare(root)
-                _rename(root, _fresh_prefix(root))
-        for name in _pyro_names(root):
-            if name in store and id(store._params[name]) not in ids and _owner(name) in (None, root):
-                del store[name]  # left by a discarded instance: this module's values win
-            _OWNERS[name] = weakref.ref(root)
-        if root._pyro_name:
-            _OWNERS[root._pyro_name] = weakref.ref(root)
-    # parameters registered with pyro.module("name", net): "name$$$0.weight" <-> "name.0.weight"
-    torch_names = {n for n, _ in module.named_parameters()}
-    for name in list(store.keys()):
-        if name.replace("$$$", ".") in torch_names and id(store._params[name]) not in ids:
-            del store[name]
-    for key in [k for k, ref in _OWNERS.items() if ref() is None]:
-        del _OWNERS[key]
+    return ModuleParams(module)

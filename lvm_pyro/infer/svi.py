@@ -65,7 +65,7 @@ from lvm_pyro.infer.objectives import (
     iwae_site_error,
     make_objective,
 )
-from lvm_pyro.infer.params import claim_module_params
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
 OPTIMIZERS = {
@@ -448,6 +448,7 @@ def _loss_and_finite(loss: torch.Tensor | float, params: Sequence[torch.Tensor])
 
 
 
+@restoring_param_store()
 def fit(
     model,
     data,
