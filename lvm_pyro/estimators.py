@@ -255,7 +255,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             True
         """
         self._check_parameters()
-        self._online_ = None  # a later partial_fit continues from this fit
+        self._forget_online()
         if self.batch_size is not None:
             return self._fit_online(X, sample_weight)
         self._fit_batch(X, sample_weight)
@@ -264,11 +264,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the MAP component of every point (as ``fit(X).predict(X)``)."""
         self._check_parameters()
-        self._online_ = None
+        self._forget_online()
         if self.batch_size is not None:
             return self._fit_online(X, sample_weight).predict(X)
         x = self._fit_batch(X, sample_weight)
         return self._out(self.model_.map_z(x, self.chunk_size), X)
+
+    def _forget_online(self) -> None:
+        """A fit starts afresh: a later partial_fit continues from it with new counters."""
+        self._online_ = None
+        for name in ("n_steps_", "n_samples_seen_"):
+            self.__dict__.pop(name, None)
 
     def _new_model(self, n_features: int, like: torch.Tensor) -> GaussianMixtureModel:
         return GaussianMixtureModel(
@@ -414,7 +420,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._online_.step(x, w)
         self.n_steps_ = getattr(self, "n_steps_", 0) + 1
         self.n_samples_seen_ = getattr(self, "n_samples_seen_", 0) + len(x)
-        self.n_samples_seen_ += len(x)
         self._set_attributes(like=X)
         return self
 
