@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=2_000_000)
     parser.add_argument("--d", type=int, default=16)
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=65536)
+    parser.add_argument("--batch-size", type=int, default=131072)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--batch-iters", type=int, default=100, help="at most this many batch EM iterations")
     parser.add_argument("--markdown", default=None, help="write the result table here")

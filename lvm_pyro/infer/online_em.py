@@ -42,6 +42,7 @@ import torch
 
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.threads import single_threaded
 
 AVERAGING = ("statistics", "parameters", None)
 
@@ -242,17 +243,21 @@ def _batches(data, batch_size: int, weights, rng: np.random.Generator | None) ->
 
 
 def _as_rows(batch, dtype, device, n_features: int | None, name: str) -> torch.Tensor:
+    """A batch as validated (B, D) rows. Validation runs on this thread alone: a batch is too
+    small for torch's intra-op threads, whose fork-join per operation costs more than the
+    check itself on a busy machine."""
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(np.array(batch))  # a copy: read from a memmap, writable
     event_shape = None if n_features is None else (n_features,)
-    return validate_data(batch, name=name, event_shape=event_shape, dtype=dtype, device=device)
+    with single_threaded(torch.device(device)):
+        return validate_data(batch, name=name, event_shape=event_shape, dtype=dtype, device=device)
 
 
 def online_em(
     model,
     data,
     *,
-    batch_size: int = 65536,
+    batch_size: int = 131072,
     max_passes: int = 3,
     kappa: float = 0.6,
     t0: float = 0.0,
