@@ -101,7 +101,9 @@ def make_data(path: str, n: int, d: int, k: int) -> None:
         mix = make_mixture(m, k, d, seed=0, covariance_type="diag", dtype=torch.float64)
         z = np.random.default_rng(100 + i).choice(k, size=m, p=mix.weights.numpy())
         noise = np.random.default_rng(200 + i).normal(size=(m, d))
-        out[s : s + m] = (mix.means.numpy()[z] + noise * np.sqrt(mix.covariances.numpy()[z])).astype(np.float32)
+        out[s : s + m] = (mix.means.numpy()[z] + noise * np.sqrt(mix.covariances.numpy()[z])).astype(
+            np.float32
+        )
     out.flush()
     del out
 
@@ -184,12 +186,21 @@ def main(argv=None) -> int:
         torch.save(init, state_file)
 
         child = subprocess.run(
-            [sys.executable, __file__, "--_memory-child",
-             json.dumps([path, args.k, args.batch_size, args.passes, state_file])],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--_memory-child",
+                json.dumps([path, args.k, args.batch_size, args.passes, state_file]),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        memory = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {
-            "error": child.stderr.strip().splitlines()[-1]}
+        memory = (
+            json.loads(child.stdout.strip().splitlines()[-1])
+            if child.returncode == 0
+            else {"error": child.stderr.strip().splitlines()[-1]}
+        )
         print("memory:", memory)
 
         x = torch.from_numpy(np.load(path))  # batch EM: all rows in memory
@@ -219,19 +230,31 @@ def main(argv=None) -> int:
     gib = 2.0**30
     peak = memory.get("anon_peak_beyond_start", float("nan"))
     rows = [
-        ("per-point log-likelihood, batch EM", f"{ll_batch:.6f} ({len(batch_ll)} iterations, converged: "
-         f"{len(batch_ll) < args.batch_iters})"),
+        (
+            "per-point log-likelihood, batch EM",
+            f"{ll_batch:.6f} ({len(batch_ll)} iterations, converged: {len(batch_ll) < args.batch_iters})",
+        ),
         (f"per-point log-likelihood, online EM after {args.passes} passes", f"{ll_online:.6f}"),
         ("relative difference (target <= 1e-3)", f"{rel:.2e} {'ok' if rel <= 1e-3 else 'MISSED'}"),
         ("time per online pass (median)", f"{pass_s:.3f} s ({', '.join(f'{t:.2f}' for t in pass_times)})"),
-        ("time per batch EM iteration (median)", f"{iter_s:.3f} s ({', '.join(f'{t:.2f}' for t in iter_times)})"),
+        (
+            "time per batch EM iteration (median)",
+            f"{iter_s:.3f} s ({', '.join(f'{t:.2f}' for t in iter_times)})",
+        ),
         ("ratio pass / iteration (target <= 1.5)", f"{ratio:.2f} {'ok' if ratio <= 1.5 else 'MISSED'}"),
-        ("peak anonymous memory beyond the start, online (target < 0.5 GiB)",
-         f"{peak / gib:.3f} GiB {'ok' if peak < 0.5 * gib else 'MISSED'} (batch of rows: "
-         f"{memory.get('batch_bytes', 0) / 2**20:.1f} MiB)"),
-        ("  resident peak incl. memmap page cache (file-backed, reclaimable)",
-         f"{memory.get('rss_hwm_beyond_start', float('nan')) / gib:.3f} GiB"),
-        ("  tracemalloc peak (numpy / Python allocations)", f"{memory.get('tracemalloc_peak', 0) / 2**20:.1f} MiB"),
+        (
+            "peak anonymous memory beyond the start, online (target < 0.5 GiB)",
+            f"{peak / gib:.3f} GiB {'ok' if peak < 0.5 * gib else 'MISSED'} (batch of rows: "
+            f"{memory.get('batch_bytes', 0) / 2**20:.1f} MiB)",
+        ),
+        (
+            "  resident peak incl. memmap page cache (file-backed, reclaimable)",
+            f"{memory.get('rss_hwm_beyond_start', float('nan')) / gib:.3f} GiB",
+        ),
+        (
+            "  tracemalloc peak (numpy / Python allocations)",
+            f"{memory.get('tracemalloc_peak', 0) / 2**20:.1f} MiB",
+        ),
         ("data file", f"{args.n * args.d * 4 / gib:.3f} GiB"),
     ]
     header = (

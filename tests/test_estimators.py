@@ -20,7 +20,6 @@ from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.infer.em import em
 from lvm_pyro.models.gmm import COVARIANCE_TYPES
 
-
 _WEIGHT_EQUIVALENCE = (
     "integer weights equal replicated rows from the same start (tests/test_sample_weight.py); "
     "the random k-means++ initialization draws differently on replicated rows"

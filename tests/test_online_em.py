@@ -59,8 +59,9 @@ def test_step_size_one_over_t_gives_the_full_data_estimate_for_any_protocol_mode
     statistics and the estimate is the full-data maximum-likelihood one (to rounding)."""
     x = torch.randn(1000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
     model = _NormalModel()
-    result = online_em(model, x, batch_size=100, max_passes=1, kappa=1.0, averaging=None,
-                       init=None, shuffle=False)
+    result = online_em(
+        model, x, batch_size=100, max_passes=1, kappa=1.0, averaging=None, init=None, shuffle=False
+    )
     assert result.n_steps == 10 and result.n_passes == 1
     assert float(model.mu) == pytest.approx(float(x.mean()), rel=1e-12)
     assert float(model.var) == pytest.approx(float(x.var(unbiased=False)), rel=1e-10)
@@ -154,7 +155,9 @@ def test_fit_with_batch_size_reads_a_npy_path(tmp_path):
     x = _problem(n=12_000).numpy().astype(np.float32)
     path = tmp_path / "x.npy"
     np.save(path, x)
-    gm = GaussianMixture(5, covariance_type="diag", batch_size=1000, max_iter=3, random_state=0).fit(str(path))
+    gm = GaussianMixture(5, covariance_type="diag", batch_size=1000, max_iter=3, random_state=0).fit(
+        str(path)
+    )
     assert gm.n_iter_ == 3 and gm.n_steps_ == 36 and gm.means_.dtype == np.float32
     batch = GaussianMixture(5, covariance_type="diag", random_state=0).fit(x)
     assert gm.score(x) == pytest.approx(batch.score(x), rel=1e-3)

@@ -112,8 +112,12 @@ def test_weighted_kmeans_ignores_zero_weights_and_centers_are_weighted_means():
     x = _data(n=90, d=2, seed=4)
     far = torch.full((5, 2), 1e3, dtype=torch.float64)
     xs = torch.cat([x, far])
-    w = torch.cat([torch.rand(90, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5,
-                   torch.zeros(5, dtype=torch.float64)])
+    w = torch.cat(
+        [
+            torch.rand(90, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5,
+            torch.zeros(5, dtype=torch.float64),
+        ]
+    )
     for seed in range(5):
         seeds = kmeans_plusplus(xs, 3, generator=torch.Generator().manual_seed(seed), sample_weight=w)
         assert int(seeds.max()) < 90
@@ -146,8 +150,13 @@ def test_bad_sample_weight_names_the_problem(weights, match):
 
 def test_initialization_takes_the_weights():
     """Weight 0 on one cluster: the k-means initialization puts no component there."""
-    x = torch.cat([_data(n=60, d=2, seed=5), torch.full((30, 2), 50.0, dtype=torch.float64)
-                   + torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+    x = torch.cat(
+        [
+            _data(n=60, d=2, seed=5),
+            torch.full((30, 2), 50.0, dtype=torch.float64)
+            + torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        ]
+    )
     w = torch.cat([torch.ones(60, dtype=torch.float64), torch.zeros(30, dtype=torch.float64)])
     for method in ("kmeans", "kmeans++", "random_from_data"):
         gmm = GaussianMixtureModel(3, 2, "diag").double()
@@ -161,8 +170,11 @@ def test_estimator_integer_weights_equal_replicated_rows(cov_type):
     x = _data(n=80, seed=6).numpy()
     w = np.arange(80) % 3
     gmm = _start(cov_type, torch.from_numpy(x))
-    start = dict(weights_init=gmm.weights.detach().numpy(), means_init=gmm.loc.detach().numpy(),
-                 precisions_init=gmm.precisions().detach().numpy())
+    start = dict(
+        weights_init=gmm.weights.detach().numpy(),
+        means_init=gmm.loc.detach().numpy(),
+        precisions_init=gmm.precisions().detach().numpy(),
+    )
     options = dict(covariance_type=cov_type, max_iter=15, tol=0.0, sort_components=False, **start)
     weighted = GaussianMixture(3, **options).fit(x, sample_weight=w)
     repeated = GaussianMixture(3, **options).fit(np.repeat(x, w, axis=0))

@@ -334,14 +334,23 @@ def online_em(
     n_total = None
     if indexable:
         n_total = float(len(data)) if weights is None else float(np.asarray(weights, dtype=np.float64).sum())
-    steps_per_pass = math.ceil(len(data) / batch_size) if indexable else (len(data) if hasattr(data, "__len__") else None)
+    steps_per_pass = (
+        math.ceil(len(data) / batch_size) if indexable else (len(data) if hasattr(data, "__len__") else None)
+    )
     if average_after is None:
         average_after = steps_per_pass if steps_per_pass is not None and max_passes > 1 else 0
     one_shot = not indexable and iter(data) is data
     rng = np.random.default_rng(seed) if shuffle and indexable else None
     gen = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**62)))
-    state = OnlineEM(model, kappa=kappa, t0=t0, averaging=averaging, average_after=average_after,
-                     n_total=n_total, chunk_size=chunk_size)
+    state = OnlineEM(
+        model,
+        kappa=kappa,
+        t0=t0,
+        averaging=averaging,
+        average_after=average_after,
+        n_total=n_total,
+        chunk_size=chunk_size,
+    )
     callbacks = tuple(callbacks)
     pass_ll: list[float] = []
     pass_times: list[float] = []
@@ -352,7 +361,11 @@ def online_em(
         total, weight = 0.0, 0.0
         for i, (batch, w) in enumerate(_batches(data, batch_size, weights, rng)):
             x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}")
-            wt = None if w is None else torch.as_tensor(np.asarray(w, dtype=np.float64)).to(dtype=dtype, device=device)
+            wt = (
+                None
+                if w is None
+                else torch.as_tensor(np.asarray(w, dtype=np.float64)).to(dtype=dtype, device=device)
+            )
             if state.t == 0:
                 _initialize(model, x, init, gen, chunk_size, wt)
             report = state.step(x, wt)
@@ -370,8 +383,16 @@ def online_em(
         if one_shot:
             break
     state.finalize()
-    return OnlineEMResult(model, state.t, len(pass_ll), state.n_seen, pass_ll, converged,
-                          time.perf_counter() - start, pass_times)
+    return OnlineEMResult(
+        model,
+        state.t,
+        len(pass_ll),
+        state.n_seen,
+        pass_ll,
+        converged,
+        time.perf_counter() - start,
+        pass_times,
+    )
 
 
 def _initialize(model, x, init, gen, chunk_size, weight) -> None:

@@ -105,8 +105,9 @@ def kmeans(
     mean = x.mean(0)
     xc = x - mean
     rows = chunk_rows(max(n_clusters, 8), x.element_size(), chunk_size)
-    seeds = kmeans_plusplus(x, n_clusters, generator=generator, chunk_size=chunk_size,
-                            sample_weight=sample_weight)
+    seeds = kmeans_plusplus(
+        x, n_clusters, generator=generator, chunk_size=chunk_size, sample_weight=sample_weight
+    )
     centers = xc[seeds]
     threshold = tol * float(xc.var(0, unbiased=False).mean())
     w = None if sample_weight is None else sample_weight.to(xc)
@@ -126,4 +127,3 @@ def kmeans(
             break
     labels = torch.cat([_sq_distances(c, centers).argmin(1) for c in xc.split(rows)])
     return centers + mean, labels
-

@@ -93,8 +93,9 @@ def check_sample_weight(sample_weight, n: int, like: torch.Tensor) -> torch.Tens
             if torch.is_tensor(sample_weight):
                 w = sample_weight.detach().to(dtype=like.dtype, device=like.device)
             else:
-                w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), dtype=like.dtype,
-                                    device=like.device)
+                w = torch.as_tensor(
+                    np.asarray(sample_weight, dtype=np.float64), dtype=like.dtype, device=like.device
+                )
         except (TypeError, ValueError) as exc:
             raise DataError(f"sample_weight must be an array of numbers: {exc}") from exc
     if w.dim() != 1 or len(w) != n:
@@ -267,8 +268,11 @@ class GaussianMixtureModel(LatentVariableModel):
 
         def tensor(value, shape, name):
             try:
-                t = torch.as_tensor(np.asarray(value, dtype=float) if not torch.is_tensor(value) else value,
-                                    dtype=like.dtype, device=like.device)
+                t = torch.as_tensor(
+                    np.asarray(value, dtype=float) if not torch.is_tensor(value) else value,
+                    dtype=like.dtype,
+                    device=like.device,
+                )
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ConfigurationError(f"{name} must be numbers of shape {shape}: {exc}") from exc
             if tuple(t.shape) != shape:
@@ -419,7 +423,9 @@ class GaussianMixtureModel(LatentVariableModel):
         log w_k - D/2 log 2 pi - 1/2 log det Sigma_k - 1/2 mu_k^T Lambda_k mu_k + A_k . phi."""
         mu = self.loc - shift
         A, lin, half_logdet, tied_factor = self._cov.coefficients(mu, self._factor)
-        const = torch.log(self.weights) - 0.5 * self.n_features * _LOG_2PI - half_logdet - 0.5 * (mu * lin).sum(1)
+        const = (
+            torch.log(self.weights) - 0.5 * self.n_features * _LOG_2PI - half_logdet - 0.5 * (mu * lin).sum(1)
+        )
         return Coefficients(shift, torch.cat([A, const[:, None]], 1).contiguous(), tied_factor)
 
     def _features(self, x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None):
@@ -455,8 +461,9 @@ class GaussianMixtureModel(LatentVariableModel):
 
     def _rows(self, x, name: str = "x") -> torch.Tensor:
         """User data as (N, n_features) rows in the parameters' dtype and device, validated once."""
-        return validate_data(x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype,
-                             device=self.loc.device)
+        return validate_data(
+            x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype, device=self.loc.device
+        )
 
     def _n_columns(self) -> int:
         return self._cov.n_phi(self.n_features) + 1 + self.n_components
