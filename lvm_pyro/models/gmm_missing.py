@@ -1,0 +1,484 @@
+"""A Gaussian mixture on data with missing entries (NaN), marginalized exactly.
+
+With entries missing at random, the likelihood of a row is that of its observed entries:
+p(x_o) = sum_k w_k N(x_o; mu_k[o], Sigma_k[o, o]), the Gaussian's marginal on the observed
+coordinates o. EM conditions on them (Ghahramani and Jordan, 1994): given z = k the missing
+block m is Gaussian with mean mu_k[m] + Sigma_k[m, o] Sigma_k[o, o]^-1 (x_o - mu_k[o]) and
+covariance Sigma_k[m, m] - Sigma_k[m, o] Sigma_k[o, o]^-1 Sigma_k[o, m], so the expected
+sufficient statistics
+
+    n_k = sum_i w_i r_ik,   s_k = sum_i w_i r_ik E[x_i | x_o, z = k],
+    S_k = sum_i w_i r_ik E[x_i x_i^T | x_o, z = k]
+
+(r_ik = p(z_i = k | x_o), w_i the sample weights) give the M-step of every covariance type:
+mu_k = s_k / n_k and the scatter S_k - n_k mu_k mu_k^T, divided by n_k (full), its diagonal
+(diag), the mean of that diagonal (spherical), or summed over k and divided by sum_k n_k (tied).
+This is exact EM for the observed-data likelihood: each iteration does not decrease it.
+
+Pure functions of (x, log_weights, means, covariances); covariances are full (K, D, D)
+matrices for every covariance type (the caller expands diag/spherical/tied), or (K, D)
+variances for a diagonal mixture. Device and dtype follow ``means``; float64 is exact to
+rounding.
+
+Cost: rows are grouped by their pattern of missing entries; each pattern costs one batched
+Cholesky factorization over the K components of the observed block, and its rows go through
+batched triangular solves. Complete rows are one pattern (the fast path). With diagonal
+covariances (given as (K, D), or (K, D, D) with zero off-diagonal entries) no factorization
+is needed and all rows go through one vectorized pass whatever their pattern. With full
+covariances, the time grows with the number of distinct patterns (at most min(N, 2^D)).
+
+Rows with no observed entry carry no information: log p(x_o) = 0 and p(z | x_o) = w. They are
+refused by :func:`check_missing_data` (the boundary check for fitting), and the functions here
+report them (``log_prob`` 0, responsibilities = weights) and leave them out of the statistics
+(counted in :attr:`MissingStatistics.n_empty`), which is exact: they do not change the
+observed-data likelihood. A value of +-inf is refused everywhere: only NaN marks a missing
+entry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from lvm_pyro.errors import ConfigurationError, DataError
+
+__all__ = [
+    "MissingLogProb",
+    "MissingStatistics",
+    "check_missing_data",
+    "expand_covariances",
+    "expected_statistics_missing",
+    "fill_missing_with_means",
+    "log_prob_missing",
+    "m_step_missing",
+    "to_gmm_statistics",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+#: elements of the largest (K, rows, D) block held at once
+_BLOCK_ELEMENTS = 2**21
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+class MissingLogProb(NamedTuple):
+    """log p(x_o) per row (N,) and the responsibilities p(z = k | x_o) (N, K)."""
+
+    log_prob: torch.Tensor
+    responsibilities: torch.Tensor
+
+
+@dataclass
+class MissingStatistics:
+    """Expected sufficient statistics of a Gaussian mixture given the observed entries.
+
+    With x' = x - shift: ``nk`` (K,) = sum_i w_i r_ik, ``sx`` (K, D) = sum_i w_i r_ik
+    E[x'_i | x_o, k], ``sxx`` (K, D, D) = sum_i w_i r_ik E[x'_i x'_i^T | x_o, k];
+    ``log_likelihood`` = sum_i w_i log p(x_o,i) (float64); ``n_empty`` rows with no observed
+    entry were left out. Additive over chunks of rows (``a + b``) and scalable (``c * a``), as
+    stochastic EM needs.
+    """
+
+    shift: torch.Tensor
+    nk: torch.Tensor
+    sx: torch.Tensor
+    sxx: torch.Tensor
+    log_likelihood: torch.Tensor
+    n_empty: int = 0
+
+    def __add__(self, other: MissingStatistics) -> MissingStatistics:
+        if not torch.equal(self.shift, other.shift):
+            raise ConfigurationError("statistics computed about different shifts cannot be added")
+        return MissingStatistics(
+            self.shift,
+            self.nk + other.nk,
+            self.sx + other.sx,
+            self.sxx + other.sxx,
+            self.log_likelihood + other.log_likelihood,
+            self.n_empty + other.n_empty,
+        )
+
+    def __mul__(self, c: float) -> MissingStatistics:
+        c = float(c)
+        return MissingStatistics(
+            self.shift, c * self.nk, c * self.sx, c * self.sxx, c * self.log_likelihood, self.n_empty
+        )
+
+    __rmul__ = __mul__
+
+    @property
+    def n(self) -> float:
+        return float(self.nk.sum())
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor:
+    """Check data whose NaN entries mark missing values; return the observed mask (N, D).
+
+    Refused with :class:`~lvm_pyro.errors.DataError`: a tensor that is not floating or not
+    2-D, +-inf entries (NaN is the only missing-value marker), and with ``fit=True`` (the
+    boundary of fitting) rows with no observed entry and columns missing in every row (their
+    parameters could not be estimated). Counts and first indices are in the messages.
+
+    Example:
+        >>> check_missing_data(torch.tensor([[1.0, float("nan")], [2.0, 3.0]])).tolist()
+        [[True, False], [True, True]]
+    """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise DataError(
+            f"{name} must be a floating tensor with NaN marking missing entries, got "
+            f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}"
+        )
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise DataError(f"{name} has shape {tuple(x.shape)}; pass a 2-D (N, D) array with D >= 1")
+    inf = torch.isinf(x)
+    if bool(inf.any()):
+        first = [int(i) for i in torch.nonzero(inf)[0]]
+        raise DataError(
+            f"{name} has {int(inf.sum())} infinite value(s), first at index {first}: only NaN "
+            "marks a missing entry; replace inf by NaN if it means 'not observed', or remove "
+            "those rows"
+        )
+    observed = ~torch.isnan(x)
+    if fit:
+        empty = ~observed.any(1)
+        if bool(empty.any()):
+            rows = torch.nonzero(empty).flatten()
+            raise DataError(
+                f"{name} has {len(rows)} row(s) with every entry missing (NaN), first row "
+                f"{int(rows[0])}: they carry no information about the mixture; drop them, e.g. "
+                f"{name}[~np.isnan({name}).all(axis=1)]"
+            )
+        never = ~observed.any(0)
+        if bool(never.any()):
+            cols = torch.nonzero(never).flatten().tolist()
+            raise DataError(
+                f"{name}: column(s) {cols[:10]} are missing (NaN) in every row, so their means "
+                "and variances cannot be estimated: drop those columns"
+            )
+    return observed
+
+
+def _is_diagonal(covariances: torch.Tensor) -> bool:
+    """True when every off-diagonal entry of the (K, D, D) matrices is exactly zero."""
+    off = covariances - torch.diag_embed(torch.diagonal(covariances, dim1=-2, dim2=-1))
+    return not bool(off.any())
+
+
+def _parameters(x, log_weights, means, covariances):
+    """The parameters as tensors on means' device/dtype; (covariances, diagonal?)."""
+    if not torch.is_tensor(means) or means.dim() != 2:
+        raise ConfigurationError(f"means must be a (K, D) tensor, got {getattr(means, 'shape', means)}")
+    K, D = means.shape
+    like = dict(dtype=means.dtype, device=means.device)
+    log_weights = torch.as_tensor(log_weights, **like)
+    covariances = torch.as_tensor(covariances, **like)
+    if tuple(log_weights.shape) != (K,):
+        raise ConfigurationError(f"log_weights has shape {tuple(log_weights.shape)}, expected ({K},)")
+    if tuple(covariances.shape) == (K, D):
+        diagonal = True
+        if bool((covariances <= 0).any()):
+            raise ConfigurationError("diagonal covariances (K, D) must be positive")
+    elif tuple(covariances.shape) == (K, D, D):
+        diagonal = _is_diagonal(covariances)
+        if diagonal:
+            covariances = torch.diagonal(covariances, dim1=-2, dim2=-1)
+            if bool((covariances <= 0).any()):
+                raise ConfigurationError("covariances are not positive-definite")
+    else:
+        raise ConfigurationError(
+            f"covariances has shape {tuple(covariances.shape)}, expected full matrices "
+            f"({K}, {D}, {D}) (expand tied/diag/spherical first) or variances ({K}, {D})"
+        )
+    for name, t in (("log_weights", log_weights), ("means", means), ("covariances", covariances)):
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigurationError(f"{name} has non-finite values")
+    observed = check_missing_data(x)
+    if x.shape[1] != D:
+        raise DataError(f"x has {x.shape[1]} columns but the mixture has D={D} features")
+    return x.to(**like), observed.to(means.device), log_weights, covariances, diagonal
+
+
+# ----------------------------------------------------------------------------- the E-step
+
+
+def _row_chunks(rows: torch.Tensor, K: int, D: int):
+    step = max(1, _BLOCK_ELEMENTS // max(K * D, 1))
+    return rows.split(step)
+
+
+def _pattern_groups(observed: torch.Tensor):
+    """(pattern (D,) bool, row indices) for every distinct pattern of observed entries."""
+    patterns, inverse = torch.unique(observed, dim=0, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=len(patterns)).tolist()
+    return zip(patterns, order.split(counts))
+
+
+def _blocks(xs, observed, log_weights, mus, cov, diagonal, moments):
+    """Yield (rows, lj (K, n), xhat (K, n, D) or None, conditional second moment) over blocks
+    of non-empty rows: lj = log w_k + log N(x_o; mu_k[o], Sigma_k[o, o]); xhat the rows with
+    their missing entries replaced by E[x_m | x_o, k]; the last item a callable
+    rw (K, n) -> sum_i rw_ik Cov[x_i | x_o, k] (K, D, D)."""
+    K, D = mus.shape
+    if diagonal:
+        var = cov
+        log_var = var.log()
+        nonempty = torch.nonzero(observed.any(1)).flatten()
+        for rows in _row_chunks(nonempty, K, D):
+            x, obs = xs[rows], observed[rows]
+            m = obs.to(xs.dtype)
+            diff = torch.where(obs, x, 0.0)[None] - mus[:, None]  # (K, n, D)
+            quad = (diff * diff / var[:, None] + (log_var + _LOG_2PI)[:, None]) * m
+            lj = log_weights[:, None] - 0.5 * quad.sum(-1)
+            if not moments:
+                yield rows, lj, None, None
+                continue
+            xhat = torch.where(obs[None], x[None], mus[:, None])
+
+            def cond(rw, miss=1.0 - m):
+                return torch.diag_embed((rw @ miss) * var)
+
+            yield rows, lj, xhat, cond
+        return
+    for pattern, group in _pattern_groups(observed):
+        o = torch.nonzero(pattern).flatten()
+        c = len(o)
+        if c == 0:
+            continue
+        mi = torch.nonzero(~pattern).flatten()
+        Coo = cov[:, o[:, None], o[None, :]]
+        L, info = torch.linalg.cholesky_ex(Coo)
+        if bool((info != 0).any()):
+            raise ConfigurationError(
+                "covariances are not positive-definite (the Cholesky factorization of a block "
+                "failed): increase reg_covar"
+            )
+        half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (K,)
+        const = log_weights - half_logdet - 0.5 * c * _LOG_2PI
+        if moments and len(mi):
+            Com = cov[:, o[:, None], mi[None, :]]  # (K, c, m)
+            B = torch.linalg.solve_triangular(L, Com, upper=False)  # L^-1 Sigma_om
+            ccond = cov[:, mi[:, None], mi[None, :]] - B.mT @ B  # (K, m, m)
+        for rows in _row_chunks(group, K, D):
+            x = xs[rows]
+            diff = x[:, o][None] - mus[:, None, o]  # (K, n, c)
+            y = torch.linalg.solve_triangular(L, diff.mT, upper=False)  # (K, c, n)
+            lj = const[:, None] - 0.5 * (y * y).sum(1)
+            if not moments:
+                yield rows, lj, None, None
+                continue
+            xhat = x[None].expand(K, -1, -1).clone()
+            if len(mi):
+                xhat[:, :, mi] = mus[:, None, mi] + (B.mT @ y).mT
+
+                def cond(rw, mi=mi, ccond=ccond):
+                    out = rw.new_zeros(K, D, D)
+                    out[:, mi[:, None], mi[None, :]] = rw.sum(1)[:, None, None] * ccond
+                    return out
+            else:
+                cond = None
+            yield rows, lj, xhat, cond
+
+
+@torch.no_grad()
+def log_prob_missing(x: torch.Tensor, log_weights, means: torch.Tensor, covariances) -> MissingLogProb:
+    """log p(x_o) of every row, marginalizing its NaN entries, and p(z = k | x_o).
+
+    Args:
+        x: (N, D) data, NaN where an entry is missing (at random).
+        log_weights: (K,) log mixture weights.
+        means: (K, D); its device and dtype are used throughout.
+        covariances: (K, D, D) full matrices for every covariance type (or (K, D) variances).
+
+    Returns:
+        ``(log_prob (N,), responsibilities (N, K))``; a row with every entry missing has
+        log_prob 0 and the weights as responsibilities (reported, not refused: refuse them at
+        the boundary of fitting with :func:`check_missing_data`).
+
+    Example:
+        >>> x = torch.tensor([[0.0, float("nan")]], dtype=torch.float64)
+        >>> out = log_prob_missing(x, torch.zeros(1), torch.zeros(1, 2, dtype=torch.float64),
+        ...                        torch.eye(2, dtype=torch.float64)[None])
+        >>> round(float(out.log_prob[0]), 4)  # log N(0; 0, 1)
+        -0.9189
+    """
+    xs, observed, log_weights, cov, diagonal = _parameters(x, log_weights, means, covariances)
+    N, K = len(xs), len(means)
+    log_prob = xs.new_zeros(N)
+    resp = torch.softmax(log_weights, 0).expand(N, K).clone()
+    for rows, lj, _, _ in _blocks(xs, observed, log_weights, means, cov, diagonal, moments=False):
+        norm = torch.logsumexp(lj, 0)
+        log_prob[rows] = norm
+        resp[rows] = torch.exp(lj - norm).T
+    return MissingLogProb(log_prob, resp)
+
+
+@torch.no_grad()
+def expected_statistics_missing(
+    x: torch.Tensor,
+    log_weights,
+    means: torch.Tensor,
+    covariances,
+    sample_weight=None,
+    *,
+    shift: torch.Tensor | None = None,
+) -> MissingStatistics:
+    """E-step on data with NaN entries: the expected sufficient statistics given x_o.
+
+    Args:
+        x, log_weights, means, covariances: as :func:`log_prob_missing`.
+        sample_weight: (N,) non-negative finite weights w_i (None: all 1).
+        shift: (D,) statistics are of x - shift (None: zero); the data's column means keep
+            the second moments accurate in float32.
+
+    Returns:
+        :class:`MissingStatistics`; rows with every entry missing are left out (exactly: they
+        do not change the observed-data likelihood) and counted in ``n_empty``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, float("nan")], [3.0, 2.0]], dtype=torch.float64)
+        >>> st = expected_statistics_missing(x, torch.zeros(1), torch.zeros(1, 2, dtype=torch.float64),
+        ...                                  torch.eye(2, dtype=torch.float64)[None])
+        >>> st.sx.tolist()  # the missing entry's conditional mean is 0
+        [[4.0, 2.0]]
+    """
+    xs, observed, log_weights, cov, diagonal = _parameters(x, log_weights, means, covariances)
+    K, D = means.shape
+    if shift is None:
+        shift = xs.new_zeros(D)
+    else:
+        shift = torch.as_tensor(shift, dtype=xs.dtype, device=xs.device)
+        if tuple(shift.shape) != (D,) or not bool(torch.isfinite(shift).all()):
+            raise ConfigurationError(f"shift must be {D} finite numbers, got shape {tuple(shift.shape)}")
+    weight = None
+    if sample_weight is not None:
+        weight = torch.as_tensor(sample_weight, dtype=xs.dtype, device=xs.device)
+        if tuple(weight.shape) != (len(xs),):
+            raise DataError(
+                f"sample_weight has shape {tuple(weight.shape)}, expected ({len(xs)},): one weight per row"
+            )
+        if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            raise DataError("sample_weight must be finite and non-negative")
+    xs = xs - shift
+    mus = means - shift
+    nk = xs.new_zeros(K)
+    sx = xs.new_zeros(K, D)
+    sxx = xs.new_zeros(K, D, D)
+    total = torch.zeros((), dtype=torch.float64, device=xs.device)
+    for rows, lj, xhat, cond in _blocks(xs, observed, log_weights, mus, cov, diagonal, moments=True):
+        norm = torch.logsumexp(lj, 0)  # (n,)
+        rw = torch.exp(lj - norm)  # (K, n)
+        if weight is None:
+            total += norm.sum(dtype=torch.float64)
+        else:
+            w = weight[rows]
+            total += (w * norm).sum(dtype=torch.float64)
+            rw = rw * w
+        nk += rw.sum(1)
+        sx += (rw[:, None, :] @ xhat).squeeze(1)
+        sxx += (xhat * rw[..., None]).mT @ xhat
+        if cond is not None:
+            sxx += cond(rw)
+    n_empty = int((~observed.any(1)).sum())
+    return MissingStatistics(shift, nk, sx, 0.5 * (sxx + sxx.mT), total, n_empty)
+
+
+# ----------------------------------------------------------------------------- the M-step
+
+
+def _check_type(covariance_type: str) -> None:
+    if covariance_type not in _COVARIANCE_TYPES:
+        raise ConfigurationError(
+            f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}"
+        )
+
+
+def m_step_missing(stats: MissingStatistics, covariance_type: str = "full", reg_covar: float = 1e-6):
+    """Maximum-likelihood M-step from :class:`MissingStatistics`: (weights, means, covariances)
+    in scikit-learn's shapes ((K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical), with
+    reg_covar added to every variance and n_k floored at 10 eps as scikit-learn does.
+
+    Example:
+        >>> x = torch.tensor([[0.0, float("nan")], [2.0, 1.0]], dtype=torch.float64)
+        >>> st = expected_statistics_missing(x, torch.zeros(1), torch.zeros(1, 2, dtype=torch.float64),
+        ...                                  torch.eye(2, dtype=torch.float64)[None])
+        >>> [round(v, 6) for v in m_step_missing(st, "diag", 0.0)[1][0].tolist()]
+        [1.0, 0.5]
+    """
+    _check_type(covariance_type)
+    if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar >= 0):
+        raise ConfigurationError(f"reg_covar must be non-negative and finite, got {reg_covar!r}")
+    nk_raw = stats.nk
+    nk = nk_raw + 10 * torch.finfo(nk_raw.dtype).eps
+    D = stats.sx.shape[1]
+    weights = nk / nk.sum()
+    mu = stats.sx / nk[:, None]
+    # scatter about mu_k: S_k - s_k mu_k^T - mu_k s_k^T + n_k mu_k mu_k^T
+    outer = stats.sx[:, :, None] * mu[:, None, :]
+    scatter = stats.sxx - outer - outer.mT + nk_raw[:, None, None] * mu[:, :, None] * mu[:, None, :]
+    eye = torch.eye(D, dtype=nk.dtype, device=nk.device)
+    if covariance_type == "full":
+        cov = scatter / nk[:, None, None] + reg_covar * eye
+        cov = 0.5 * (cov + cov.mT)
+    elif covariance_type == "tied":
+        cov = scatter.sum(0) / nk.sum() + reg_covar * eye
+        cov = 0.5 * (cov + cov.mT)
+    else:
+        var = torch.diagonal(scatter, dim1=-2, dim2=-1).clamp_min(0) / nk[:, None]
+        cov = (var if covariance_type == "diag" else var.mean(1)) + reg_covar
+    return weights, mu + stats.shift, cov
+
+
+def to_gmm_statistics(stats: MissingStatistics, covariance_type: str):
+    """The same statistics as a :class:`lvm_pyro.models.gmm.GMMStatistics` of the given
+    covariance type, for ``GaussianMixtureModel.m_step_from_statistics`` (priors, reg_covar
+    and its checks then apply unchanged)."""
+    from lvm_pyro.models.gmm import GMMStatistics  # lazy: the mixture imports this module
+
+    _check_type(covariance_type)
+    sxx = stats.sxx
+    if covariance_type == "tied":
+        sxx = sxx.sum(0)
+    elif covariance_type == "diag":
+        sxx = torch.diagonal(sxx, dim1=-2, dim2=-1).contiguous()
+    elif covariance_type == "spherical":
+        sxx = torch.diagonal(sxx, dim1=-2, dim2=-1).sum(-1)
+    return GMMStatistics(stats.shift, stats.nk, stats.sx, sxx)
+
+
+def expand_covariances(
+    covariances: torch.Tensor, covariance_type: str, n_components: int, n_features: int
+) -> torch.Tensor:
+    """scikit-learn-shaped covariances as this module takes them: full (K, D, D) as is, tied
+    (D, D) repeated K times, diag (K, D) and spherical (K,) as (K, D) variances (the
+    diagonal fast path).
+
+    Example:
+        >>> expand_covariances(torch.tensor([1.0, 2.0]), "spherical", 2, 3).tolist()
+        [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    """
+    _check_type(covariance_type)
+    K, D = n_components, n_features
+    if covariance_type == "tied":
+        return covariances.expand(K, D, D)
+    if covariance_type == "spherical":
+        return covariances[:, None].expand(K, D)
+    return covariances
+
+
+def fill_missing_with_means(x: torch.Tensor) -> torch.Tensor:
+    """x with each NaN replaced by its column's mean over the observed entries: a starting
+    point for k-means initialization only (the fit itself marginalizes the missing entries).
+
+    Example:
+        >>> fill_missing_with_means(torch.tensor([[1.0, float("nan")], [3.0, 2.0]])).tolist()
+        [[1.0, 2.0], [3.0, 2.0]]
+    """
+    observed = ~torch.isnan(x)
+    means = torch.nansum(x, 0) / observed.sum(0).clamp_min(1)
+    return torch.where(observed, x, means)
