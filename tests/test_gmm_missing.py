@@ -109,8 +109,15 @@ def _args(w, mu, cov):
 # ----------------------------------------------------------------------------- exactness
 
 
+ROUTES = {"per_row": 2**62, "per_pattern": -1}
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cov_type", TYPES)
-def test_log_prob_equals_brute_force_marginal(cov_type):
+def test_log_prob_equals_brute_force_marginal(cov_type, route, monkeypatch):
+    """Both routes of the full-covariance E-step: a batched factorization per pattern, or per
+    row for rare patterns (diag and spherical take the diagonal fast path either way)."""
+    monkeypatch.setattr(gm, "_PATTERN_FLOPS", ROUTES[route])
     w, mu, cov = _mixture(cov_type)
     _, x, _ = _sample(w, mu, cov, 150)
     assert torch.isnan(x).float().mean() > 0.1  # about 20% removed
@@ -129,15 +136,19 @@ def test_diagonal_fast_path_equals_pattern_path(cov_type, monkeypatch):
     fast = log_prob_missing(x, w.log(), mu, variances)
     fast_stats = expected_statistics_missing(x, w.log(), mu, variances)
     monkeypatch.setattr(gm, "_is_diagonal", lambda c: False)
-    slow = log_prob_missing(x, w.log(), mu, cov)
-    slow_stats = expected_statistics_missing(x, w.log(), mu, cov)
-    torch.testing.assert_close(fast.log_prob, slow.log_prob, rtol=0, atol=1e-11)
-    torch.testing.assert_close(fast_stats.sxx, slow_stats.sxx, rtol=0, atol=1e-10)
-    torch.testing.assert_close(fast_stats.sx, slow_stats.sx, rtol=0, atol=1e-10)
+    for flops in ROUTES.values():
+        monkeypatch.setattr(gm, "_PATTERN_FLOPS", flops)
+        slow = log_prob_missing(x, w.log(), mu, cov)
+        slow_stats = expected_statistics_missing(x, w.log(), mu, cov)
+        torch.testing.assert_close(fast.log_prob, slow.log_prob, rtol=0, atol=1e-11)
+        torch.testing.assert_close(fast_stats.sxx, slow_stats.sxx, rtol=0, atol=1e-10)
+        torch.testing.assert_close(fast_stats.sx, slow_stats.sx, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cov_type", TYPES)
-def test_expected_statistics_equal_brute_force(cov_type):
+def test_expected_statistics_equal_brute_force(cov_type, route, monkeypatch):
+    monkeypatch.setattr(gm, "_PATTERN_FLOPS", ROUTES[route])
     w, mu, cov = _mixture(cov_type, seed=3)
     _, x, _ = _sample(w, mu, cov, 100, seed=4)
     g = torch.Generator().manual_seed(5)

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 
 from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.threads import single_threaded
 
 __all__ = [
     "MissingLogProb",
@@ -219,70 +220,131 @@ def _pattern_groups(observed: torch.Tensor):
     return zip(patterns, order.split(counts))
 
 
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(matrix)
+    if bool((info != 0).any()):
+        raise ConfigurationError(
+            "covariances are not positive-definite (the Cholesky factorization of an observed "
+            "block failed): increase reg_covar"
+        )
+    return L
+
+
+def _diagonal_blocks(xs, observed, log_weights, mus, var, moments):
+    """Diagonal covariances: every row in one vectorized pass, whatever its pattern."""
+    K, D = mus.shape
+    log_var = var.log()
+    nonempty = torch.nonzero(observed.any(1)).flatten()
+    for rows in _row_chunks(nonempty, K, D):
+        x, obs = xs[rows], observed[rows]
+        m = obs.to(xs.dtype)
+        diff = torch.where(obs, x, 0.0)[None] - mus[:, None]  # (K, n, D)
+        quad = (diff * diff / var[:, None] + (log_var + _LOG_2PI)[:, None]) * m
+        lj = log_weights[:, None] - 0.5 * quad.sum(-1)
+        if not moments:
+            yield rows, lj, None, None
+            continue
+        xhat = torch.where(obs[None], x[None], mus[:, None])
+
+        def cond(rw, miss=1.0 - m):
+            return torch.diag_embed((rw @ miss) * var)
+
+        yield rows, lj, xhat, cond
+
+
+def _pattern_blocks(xs, o, mi, rows, log_weights, mus, cov, moments):
+    """The rows of one pattern (observed o, missing mi): one Cholesky factorization of the
+    observed block per component, batched over K, then triangular solves over the rows."""
+    K, D = mus.shape
+    c = len(o)
+    L = _cholesky(cov[:, o[:, None], o[None, :]])
+    half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (K,)
+    const = log_weights - half_logdet - 0.5 * c * _LOG_2PI
+    if moments and len(mi):
+        B = torch.linalg.solve_triangular(L, cov[:, o[:, None], mi[None, :]], upper=False)  # L^-1 S_om
+        ccond = cov[:, mi[:, None], mi[None, :]] - B.mT @ B  # (K, m, m)
+    for block in _row_chunks(rows, K, D):
+        x = xs[block]
+        diff = x[:, o][None] - mus[:, None, o]  # (K, n, c)
+        y = torch.linalg.solve_triangular(L, diff.mT, upper=False)  # (K, c, n)
+        lj = const[:, None] - 0.5 * (y * y).sum(1)
+        if not moments:
+            yield block, lj, None, None
+            continue
+        xhat = x[None].expand(K, -1, -1).clone()
+        cond = None
+        if len(mi):
+            xhat[:, :, mi] = mus[:, None, mi] + (B.mT @ y).mT
+
+            def cond(rw, mi=mi, ccond=ccond):
+                out = rw.new_zeros(K, D, D)
+                out[:, mi[:, None], mi[None, :]] = rw.sum(1)[:, None, None] * ccond
+                return out
+
+        yield block, lj, xhat, cond
+
+
+def _row_blocks(xs, observed, rows, c, log_weights, mus, cov, moments):
+    """Rows with c observed entries each, in different patterns: one Cholesky factorization
+    per (row, component), batched over both (no Python loop over the patterns)."""
+    K, D = mus.shape
+    step = max(1, _BLOCK_ELEMENTS // (K * D * D))
+    for block in rows.split(step):
+        n = len(block)
+        x, obs = xs[block], observed[block]
+        # per row: the observed columns first, then the missing ones, each in increasing order
+        cols = torch.argsort((~obs).to(torch.int8), dim=1, stable=True)
+        o, mi = cols[:, :c], cols[:, c:]
+        L = _cholesky(cov[:, o[:, :, None], o[:, None, :]])  # (K, n, c, c)
+        diff = x.gather(1, o)[None] - mus[:, o]  # (K, n, c)
+        y = torch.linalg.solve_triangular(L, diff[..., None], upper=False)  # (K, n, c, 1)
+        half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (K, n)
+        lj = log_weights[:, None] - half_logdet - 0.5 * c * _LOG_2PI - 0.5 * (y * y).sum((-2, -1))
+        if not moments:
+            yield block, lj, None, None
+            continue
+        B = torch.linalg.solve_triangular(L, cov[:, o[:, :, None], mi[:, None, :]], upper=False)
+        ccond = cov[:, mi[:, :, None], mi[:, None, :]] - B.mT @ B  # (K, n, m, m)
+        cmean = mus[:, mi] + (B.mT @ y).squeeze(-1)  # (K, n, m)
+        xhat = x[None].expand(K, -1, -1).clone()
+        xhat.scatter_(2, mi[None].expand(K, -1, -1), cmean)
+        flat = (mi[:, :, None] * D + mi[:, None, :]).flatten()  # (n m m,) into D x D
+
+        def cond(rw, flat=flat, ccond=ccond, n=n):
+            out = rw.new_zeros(K, D * D)
+            out.index_add_(1, flat, (rw[:, :, None, None] * ccond).reshape(K, -1))
+            return out.view(K, D, D)
+
+        yield block, lj, xhat, cond
+
+
+#: a pattern goes through its own batched factorization when (rows - 1) K c^3 exceeds this
+#: (the Python overhead of one pattern, in flops); rarer patterns are factorized per row
+_PATTERN_FLOPS = 2**18
+
+
 def _blocks(xs, observed, log_weights, mus, cov, diagonal, moments):
     """Yield (rows, lj (K, n), xhat (K, n, D) or None, conditional second moment) over blocks
     of non-empty rows: lj = log w_k + log N(x_o; mu_k[o], Sigma_k[o, o]); xhat the rows with
     their missing entries replaced by E[x_m | x_o, k]; the last item a callable
-    rw (K, n) -> sum_i rw_ik Cov[x_i | x_o, k] (K, D, D)."""
+    rw (K, n) -> sum_i rw_ik Cov[x_i | x_o, k] (K, D, D), or None when nothing is missing."""
     K, D = mus.shape
     if diagonal:
-        var = cov
-        log_var = var.log()
-        nonempty = torch.nonzero(observed.any(1)).flatten()
-        for rows in _row_chunks(nonempty, K, D):
-            x, obs = xs[rows], observed[rows]
-            m = obs.to(xs.dtype)
-            diff = torch.where(obs, x, 0.0)[None] - mus[:, None]  # (K, n, D)
-            quad = (diff * diff / var[:, None] + (log_var + _LOG_2PI)[:, None]) * m
-            lj = log_weights[:, None] - 0.5 * quad.sum(-1)
-            if not moments:
-                yield rows, lj, None, None
-                continue
-            xhat = torch.where(obs[None], x[None], mus[:, None])
-
-            def cond(rw, miss=1.0 - m):
-                return torch.diag_embed((rw @ miss) * var)
-
-            yield rows, lj, xhat, cond
+        yield from _diagonal_blocks(xs, observed, log_weights, mus, cov, moments)
         return
-    for pattern, group in _pattern_groups(observed):
+    rare: dict[int, list[torch.Tensor]] = {}
+    for pattern, rows in _pattern_groups(observed):
         o = torch.nonzero(pattern).flatten()
         c = len(o)
         if c == 0:
             continue
-        mi = torch.nonzero(~pattern).flatten()
-        Coo = cov[:, o[:, None], o[None, :]]
-        L, info = torch.linalg.cholesky_ex(Coo)
-        if bool((info != 0).any()):
-            raise ConfigurationError(
-                "covariances are not positive-definite (the Cholesky factorization of a block "
-                "failed): increase reg_covar"
-            )
-        half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (K,)
-        const = log_weights - half_logdet - 0.5 * c * _LOG_2PI
-        if moments and len(mi):
-            Com = cov[:, o[:, None], mi[None, :]]  # (K, c, m)
-            B = torch.linalg.solve_triangular(L, Com, upper=False)  # L^-1 Sigma_om
-            ccond = cov[:, mi[:, None], mi[None, :]] - B.mT @ B  # (K, m, m)
-        for rows in _row_chunks(group, K, D):
-            x = xs[rows]
-            diff = x[:, o][None] - mus[:, None, o]  # (K, n, c)
-            y = torch.linalg.solve_triangular(L, diff.mT, upper=False)  # (K, c, n)
-            lj = const[:, None] - 0.5 * (y * y).sum(1)
-            if not moments:
-                yield rows, lj, None, None
-                continue
-            xhat = x[None].expand(K, -1, -1).clone()
-            if len(mi):
-                xhat[:, :, mi] = mus[:, None, mi] + (B.mT @ y).mT
-
-                def cond(rw, mi=mi, ccond=ccond):
-                    out = rw.new_zeros(K, D, D)
-                    out[:, mi[:, None], mi[None, :]] = rw.sum(1)[:, None, None] * ccond
-                    return out
-            else:
-                cond = None
-            yield rows, lj, xhat, cond
+        if c == D or (len(rows) - 1) * K * c**3 > _PATTERN_FLOPS:
+            mi = torch.nonzero(~pattern).flatten()
+            yield from _pattern_blocks(xs, o, mi, rows, log_weights, mus, cov, moments)
+        else:
+            rare.setdefault(c, []).append(rows)
+    for c, groups in sorted(rare.items()):
+        yield from _row_blocks(xs, observed, torch.cat(groups), c, log_weights, mus, cov, moments)
 
 
 @torch.no_grad()
@@ -309,12 +371,13 @@ def log_prob_missing(x: torch.Tensor, log_weights, means: torch.Tensor, covarian
     """
     xs, observed, log_weights, cov, diagonal = _parameters(x, log_weights, means, covariances)
     N, K = len(xs), len(means)
-    log_prob = xs.new_zeros(N)
-    resp = torch.softmax(log_weights, 0).expand(N, K).clone()
-    for rows, lj, _, _ in _blocks(xs, observed, log_weights, means, cov, diagonal, moments=False):
-        norm = torch.logsumexp(lj, 0)
-        log_prob[rows] = norm
-        resp[rows] = torch.exp(lj - norm).T
+    with single_threaded(xs.device):
+        log_prob = xs.new_zeros(N)
+        resp = torch.softmax(log_weights, 0).expand(N, K).clone()
+        for rows, lj, _, _ in _blocks(xs, observed, log_weights, means, cov, diagonal, moments=False):
+            norm = torch.logsumexp(lj, 0)
+            log_prob[rows] = norm
+            resp[rows] = torch.exp(lj - norm).T
     return MissingLogProb(log_prob, resp)
 
 
@@ -364,28 +427,29 @@ def expected_statistics_missing(
             )
         if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
             raise DataError("sample_weight must be finite and non-negative")
-    xs = xs - shift
-    mus = means - shift
-    nk = xs.new_zeros(K)
-    sx = xs.new_zeros(K, D)
-    sxx = xs.new_zeros(K, D, D)
-    total = torch.zeros((), dtype=torch.float64, device=xs.device)
-    for rows, lj, xhat, cond in _blocks(xs, observed, log_weights, mus, cov, diagonal, moments=True):
-        norm = torch.logsumexp(lj, 0)  # (n,)
-        rw = torch.exp(lj - norm)  # (K, n)
-        if weight is None:
-            total += norm.sum(dtype=torch.float64)
-        else:
-            w = weight[rows]
-            total += (w * norm).sum(dtype=torch.float64)
-            rw = rw * w
-        nk += rw.sum(1)
-        sx += (rw[:, None, :] @ xhat).squeeze(1)
-        sxx += (xhat * rw[..., None]).mT @ xhat
-        if cond is not None:
-            sxx += cond(rw)
-    n_empty = int((~observed.any(1)).sum())
-    return MissingStatistics(shift, nk, sx, 0.5 * (sxx + sxx.mT), total, n_empty)
+    with single_threaded(xs.device):
+        xs = xs - shift
+        mus = means - shift
+        nk = xs.new_zeros(K)
+        sx = xs.new_zeros(K, D)
+        sxx = xs.new_zeros(K, D, D)
+        total = torch.zeros((), dtype=torch.float64, device=xs.device)
+        for rows, lj, xhat, cond in _blocks(xs, observed, log_weights, mus, cov, diagonal, moments=True):
+            norm = torch.logsumexp(lj, 0)  # (n,)
+            rw = torch.exp(lj - norm)  # (K, n)
+            if weight is None:
+                total += norm.sum(dtype=torch.float64)
+            else:
+                w = weight[rows]
+                total += (w * norm).sum(dtype=torch.float64)
+                rw = rw * w
+            nk += rw.sum(1)
+            sx += (rw[:, None, :] @ xhat).squeeze(1)
+            sxx += (xhat * rw[..., None]).mT @ xhat
+            if cond is not None:
+                sxx += cond(rw)
+        n_empty = int((~observed.any(1)).sum())
+        return MissingStatistics(shift, nk, sx, 0.5 * (sxx + sxx.mT), total, n_empty)
 
 
 # ----------------------------------------------------------------------------- the M-step
