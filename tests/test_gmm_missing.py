@@ -364,3 +364,38 @@ def test_fill_missing_with_means():
         ),
         MissingStatistics,
     )
+
+
+def test_validate_missing_data_keeps_nan_and_refuses_the_rest():
+    import numpy as np
+
+    from lvm_pyro.data import validate_data
+    from lvm_pyro.models.gmm_missing import validate_missing_data
+
+    a = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, np.nan]])
+    x = validate_missing_data(a, dtype=F64)
+    assert x.dtype == F64 and torch.isnan(x).tolist() == [[False, True, False], [False, False, True]]
+    assert x[0, 0] == 1 and x[1, 1] == 5
+    y = validate_missing_data([[1.0, float("nan")]], event_shape=(2,))
+    assert torch.isnan(y[0, 1]) and y.dtype == validate_data([[1.0, 0.0]]).dtype
+    t = torch.tensor(a, dtype=torch.float32)
+    assert validate_missing_data(t).dtype == torch.float32
+    complete = np.arange(6.0).reshape(3, 2)
+    assert torch.equal(validate_missing_data(complete), validate_data(complete))
+    with pytest.raises(DataError, match=r"1 infinite value\(s\), first at index \[0, 1\].*only NaN"):
+        validate_missing_data(np.array([[1.0, np.inf], [np.nan, 1.0]]))
+    with pytest.raises(DataError, match="expects"):  # validate_data's shape message
+        validate_missing_data(a, event_shape=(2,))
+    with pytest.raises(DataError, match="every entry missing"):
+        validate_missing_data(np.array([[np.nan, np.nan], [1.0, 2.0]]), fit=True)
+    with pytest.raises(DataError, match=r"column\(s\) \[0\]"):
+        validate_missing_data(np.array([[np.nan, 1.0], [np.nan, 2.0]]), fit=True)
+
+
+def test_log_joint_is_consistent():
+    w, mu, cov = _mixture("full", seed=24)
+    _, x, _ = _sample(w, mu, cov, 50, seed=25)
+    x[7] = torch.nan
+    out = log_prob_missing(x, *_args(w, mu, cov))
+    torch.testing.assert_close(torch.logsumexp(out.log_joint, 1), out.log_prob, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.log_joint[7], w.log(), rtol=0, atol=1e-12)

@@ -41,6 +41,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from lvm_pyro.errors import ConfigurationError, DataError
@@ -56,6 +57,7 @@ __all__ = [
     "log_prob_missing",
     "m_step_missing",
     "to_gmm_statistics",
+    "validate_missing_data",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -65,10 +67,12 @@ _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 class MissingLogProb(NamedTuple):
-    """log p(x_o) per row (N,) and the responsibilities p(z = k | x_o) (N, K)."""
+    """log p(x_o) per row (N,), the responsibilities p(z = k | x_o) (N, K) and the log joint
+    log p(x_o, z = k) = log w_k + log N(x_o; mu_k[o], Sigma_k[o, o]) (N, K)."""
 
     log_prob: torch.Tensor
     responsibilities: torch.Tensor
+    log_joint: torch.Tensor
 
 
 @dataclass
@@ -117,6 +121,13 @@ class MissingStatistics:
 # ----------------------------------------------------------------------------- input checks
 
 
+def _inf_message(name: str, count: int, first: list[int]) -> str:
+    return (
+        f"{name} has {count} infinite value(s), first at index {first}: only NaN marks a "
+        "missing entry; replace inf by NaN if it means 'not observed', or remove those rows"
+    )
+
+
 def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor:
     """Check data whose NaN entries mark missing values; return the observed mask (N, D).
 
@@ -139,11 +150,7 @@ def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor
     inf = torch.isinf(x)
     if bool(inf.any()):
         first = [int(i) for i in torch.nonzero(inf)[0]]
-        raise DataError(
-            f"{name} has {int(inf.sum())} infinite value(s), first at index {first}: only NaN "
-            "marks a missing entry; replace inf by NaN if it means 'not observed', or remove "
-            "those rows"
-        )
+        raise DataError(_inf_message(name, int(inf.sum()), first))
     observed = ~torch.isnan(x)
     if fit:
         empty = ~observed.any(1)
@@ -162,6 +169,51 @@ def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor
                 "and variances cannot be estimated: drop those columns"
             )
     return observed
+
+
+def validate_missing_data(
+    data,
+    *,
+    name: str = "data",
+    event_shape=None,
+    dtype: torch.dtype | None = None,
+    device=None,
+    fit: bool = False,
+) -> torch.Tensor:
+    """:func:`lvm_pyro.data.validate_data` (types, rank, shape, dtype, device, with its
+    messages) for data whose NaN entries mark missing values: NaN is kept, +-inf refused, and
+    with ``fit=True`` empty rows and all-missing columns refused (:func:`check_missing_data`).
+    Data without NaN is returned exactly as ``validate_data`` returns it.
+
+    Example:
+        >>> validate_missing_data([[1.0, float("nan")], [2.0, 3.0]], dtype=torch.float64).isnan().sum().item()
+        1
+    """
+    from lvm_pyro.data import validate_data
+
+    if torch.is_tensor(data):
+        nan = torch.isnan(data) if data.is_floating_point() else None
+    else:
+        try:
+            array = np.asarray(data)
+        except ValueError:  # ragged: validate_data says so
+            array = None
+        nan = None
+        if array is not None and array.dtype.kind == "f":
+            data, nan = array, torch.from_numpy(np.isnan(array))
+    if nan is None or not bool(nan.any()):
+        return validate_data(data, name=name, event_shape=event_shape, dtype=dtype, device=device)
+    inf = np.isinf(data) if isinstance(data, np.ndarray) else torch.isinf(data)
+    if bool(inf.any()):
+        first = [int(i) for i in np.argwhere(np.asarray(inf))[0]]
+        raise DataError(_inf_message(name, int(inf.sum()), first))
+    filled = (
+        np.where(np.asarray(nan), 0.0, data) if isinstance(data, np.ndarray) else data.masked_fill(nan, 0)
+    )
+    x = validate_data(filled, name=name, event_shape=event_shape, dtype=dtype, device=device)
+    x = x.masked_fill(nan.to(x.device), float("nan"))
+    check_missing_data(x, name=name, fit=fit)
+    return x
 
 
 def _is_diagonal(covariances: torch.Tensor) -> bool:
@@ -358,9 +410,10 @@ def log_prob_missing(x: torch.Tensor, log_weights, means: torch.Tensor, covarian
         covariances: (K, D, D) full matrices for every covariance type (or (K, D) variances).
 
     Returns:
-        ``(log_prob (N,), responsibilities (N, K))``; a row with every entry missing has
-        log_prob 0 and the weights as responsibilities (reported, not refused: refuse them at
-        the boundary of fitting with :func:`check_missing_data`).
+        :class:`MissingLogProb` ``(log_prob (N,), responsibilities (N, K), log_joint (N, K))``;
+        a row with every entry missing has log_prob 0 and the weights as responsibilities
+        (reported, not refused: refuse them at the boundary of fitting with
+        :func:`check_missing_data`).
 
     Example:
         >>> x = torch.tensor([[0.0, float("nan")]], dtype=torch.float64)
@@ -373,12 +426,12 @@ def log_prob_missing(x: torch.Tensor, log_weights, means: torch.Tensor, covarian
     N, K = len(xs), len(means)
     with single_threaded(xs.device):
         log_prob = xs.new_zeros(N)
-        resp = torch.softmax(log_weights, 0).expand(N, K).clone()
+        log_joint = torch.log_softmax(log_weights, 0).expand(N, K).clone()
         for rows, lj, _, _ in _blocks(xs, observed, log_weights, means, cov, diagonal, moments=False):
-            norm = torch.logsumexp(lj, 0)
-            log_prob[rows] = norm
-            resp[rows] = torch.exp(lj - norm).T
-    return MissingLogProb(log_prob, resp)
+            log_prob[rows] = torch.logsumexp(lj, 0)
+            log_joint[rows] = lj.T
+        resp = torch.exp(log_joint - log_prob[:, None])
+    return MissingLogProb(log_prob, resp, log_joint)
 
 
 @torch.no_grad()
