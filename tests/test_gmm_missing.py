@@ -399,3 +399,20 @@ def test_log_joint_is_consistent():
     out = log_prob_missing(x, *_args(w, mu, cov))
     torch.testing.assert_close(torch.logsumexp(out.log_joint, 1), out.log_prob, rtol=0, atol=1e-12)
     torch.testing.assert_close(out.log_joint[7], w.log(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", TYPES)
+def test_model_m_step_from_converted_statistics_equals_m_step_missing(cov_type):
+    """The wiring route: GaussianMixtureModel.m_step_from_statistics(to_gmm_statistics(...)) on
+    data with NaN gives the parameters of m_step_missing."""
+    from lvm_pyro.models.gmm import GaussianMixtureModel
+
+    w, mu, cov = _mixture(cov_type, seed=26)
+    _, x, _ = _sample(w, mu, cov, 400, seed=27)
+    model = GaussianMixtureModel(3, 4, cov_type, reg_covar=1e-4).to(F64)
+    st = expected_statistics_missing(x, *_args(w, mu, cov), shift=torch.nanmean(x, 0))
+    model.m_step_from_statistics(to_gmm_statistics(st, cov_type))
+    weights, means, covs = m_step_missing(st, cov_type, 1e-4)
+    torch.testing.assert_close(model.weights.detach(), weights, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(model.loc.detach(), means, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model.covariances().detach(), covs, rtol=1e-9, atol=1e-10)

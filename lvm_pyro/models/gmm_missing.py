@@ -158,8 +158,9 @@ def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor
             rows = torch.nonzero(empty).flatten()
             raise DataError(
                 f"{name} has {len(rows)} row(s) with every entry missing (NaN), first row "
-                f"{int(rows[0])}: they carry no information about the mixture; drop them, e.g. "
-                f"{name}[~np.isnan({name}).all(axis=1)]"
+                f"{int(rows[0])}: they carry no information about the mixture; drop them (keep "
+                "the rows with at least one observed entry: x[~np.isnan(x).all(axis=1)] for numpy, "
+                "x[~x.isnan().all(1)] for torch)"
             )
         never = ~observed.any(0)
         if bool(never.any()):
