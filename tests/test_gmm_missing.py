@@ -326,6 +326,8 @@ def test_bad_arguments():
         log_prob_missing(x.long(), *_args(w, mu, cov))
     with pytest.raises(DataError, match="3 columns but the mixture has D=4"):
         log_prob_missing(x[:, :3], *_args(w, mu, cov))
+    with pytest.raises(ConfigurationError, match="log_weights must be normalized"):
+        log_prob_missing(x, w.log() + 0.1, mu, cov)
     with pytest.raises(ConfigurationError, match="covariances has shape"):
         log_prob_missing(x, w.log(), mu, cov[0])
     bad = cov.clone()

@@ -251,6 +251,12 @@ def _parameters(x, log_weights, means, covariances):
     for name, t in (("log_weights", log_weights), ("means", means), ("covariances", covariances)):
         if not bool(torch.isfinite(t).all()):
             raise ConfigurationError(f"{name} has non-finite values")
+    total = float(torch.logsumexp(log_weights, 0))
+    if abs(total) > 10 * math.sqrt(torch.finfo(log_weights.dtype).eps):
+        raise ConfigurationError(
+            f"log_weights must be normalized (logsumexp 0), got logsumexp {total:.3g}: pass "
+            "weights.log() of weights summing to 1, or torch.log_softmax(scores, 0)"
+        )
     observed = check_missing_data(x)
     if x.shape[1] != D:
         raise DataError(f"x has {x.shape[1]} columns but the mixture has D={D} features")
@@ -438,7 +444,7 @@ def log_prob_missing(x: torch.Tensor, log_weights, means: torch.Tensor, covarian
     N, K = len(xs), len(means)
     with single_threaded(xs.device):
         log_prob = xs.new_zeros(N)
-        log_joint = torch.log_softmax(log_weights, 0).expand(N, K).clone()
+        log_joint = log_weights.expand(N, K).clone()
         for rows, lj, _, _ in _blocks(xs, observed, log_weights, means, cov, diagonal, moments=False):
             log_prob[rows] = torch.logsumexp(lj, 0)
             log_joint[rows] = lj.T
