@@ -20,12 +20,14 @@ matrices for every covariance type (the caller expands diag/spherical/tied), or 
 variances for a diagonal mixture. Device and dtype follow ``means``; float64 is exact to
 rounding.
 
-Cost: rows are grouped by their pattern of missing entries; each pattern costs one batched
-Cholesky factorization over the K components of the observed block, and its rows go through
-batched triangular solves. Complete rows are one pattern (the fast path). With diagonal
-covariances (given as (K, D), or (K, D, D) with zero off-diagonal entries) no factorization
-is needed and all rows go through one vectorized pass whatever their pattern. With full
-covariances, the time grows with the number of distinct patterns (at most min(N, 2^D)).
+Cost: rows are grouped by their pattern of missing entries. Complete rows are one pattern (the
+fast path), and every pattern with enough rows costs one Cholesky factorization of its
+observed block, batched over the K components, then batched triangular solves over its rows.
+Rare patterns (with many features almost every row has its own) are factorized per (row,
+component) in one batched pass per number of observed entries, so no Python loop runs over
+thousands of patterns. With diagonal covariances (given as (K, D), or (K, D, D) with zero
+off-diagonal entries) no factorization is needed and all rows go through one vectorized pass
+whatever their pattern. Memory beyond the data is bounded by blocks of about 2^21 elements.
 
 Rows with no observed entry carry no information: log p(x_o) = 0 and p(z | x_o) = w. They are
 refused by :func:`check_missing_data` (the boundary check for fitting), and the functions here
@@ -360,7 +362,6 @@ def _row_blocks(xs, observed, rows, c, log_weights, mus, cov, moments):
     K, D = mus.shape
     step = max(1, _BLOCK_ELEMENTS // (K * D * D))
     for block in rows.split(step):
-        n = len(block)
         x, obs = xs[block], observed[block]
         # per row: the observed columns first, then the missing ones, each in increasing order
         cols = torch.argsort((~obs).to(torch.int8), dim=1, stable=True)
@@ -380,7 +381,7 @@ def _row_blocks(xs, observed, rows, c, log_weights, mus, cov, moments):
         xhat.scatter_(2, mi[None].expand(K, -1, -1), cmean)
         flat = (mi[:, :, None] * D + mi[:, None, :]).flatten()  # (n m m,) into D x D
 
-        def cond(rw, flat=flat, ccond=ccond, n=n):
+        def cond(rw, flat=flat, ccond=ccond):
             out = rw.new_zeros(K, D * D)
             out.index_add_(1, flat, (rw[:, :, None, None] * ccond).reshape(K, -1))
             return out.view(K, D, D)
