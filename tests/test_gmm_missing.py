@@ -418,3 +418,28 @@ def test_model_m_step_from_converted_statistics_equals_m_step_missing(cov_type):
     torch.testing.assert_close(model.weights.detach(), weights, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(model.loc.detach(), means, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(model.covariances().detach(), covs, rtol=1e-9, atol=1e-10)
+
+
+def test_pattern_groups_partition_the_rows_beyond_62_features():
+    g = torch.Generator().manual_seed(28)
+    observed = torch.rand(300, 130, generator=g) > 0.02
+    observed[100:200] = observed[0]  # one frequent pattern
+    observed[250:] = True
+    patterns, groups = gm._pattern_groups(observed)
+    assert len(torch.unique(patterns, dim=0)) == len(patterns) == len(groups)
+    assert sorted(torch.cat(groups).tolist()) == list(range(300))
+    for pattern, rows in zip(patterns, groups, strict=True):
+        assert bool((observed[rows] == pattern).all())
+
+
+def test_many_features_against_brute_force():
+    """D = 65 (masks packed in two words), every row its own pattern (per-row route)."""
+    w, mu, cov = _mixture("full", K=2, D=65, seed=29)
+    _, x, _ = _sample(w, mu, cov, 12, seed=30)
+    out = log_prob_missing(x, *_args(w, mu, cov))
+    lp, resp = _brute_log_prob(x, w, mu, cov)
+    torch.testing.assert_close(out.log_prob, lp, rtol=0, atol=1e-10)
+    nk, sx, sxx, _ = _brute_statistics(x, w, mu, cov)
+    st = expected_statistics_missing(x, *_args(w, mu, cov))
+    torch.testing.assert_close(st.sxx, sxx, rtol=0, atol=1e-10)
+    torch.testing.assert_close(st.sx, sx, rtol=0, atol=1e-10)

@@ -274,7 +274,8 @@ def _row_chunks(rows: torch.Tensor, K: int, D: int):
 
 
 def _pattern_groups(observed: torch.Tensor):
-    """(pattern (D,) bool, row indices) for every distinct pattern of observed entries. The
+    """(patterns (P, D) bool, [row indices of each]) for the distinct patterns of observed
+    entries. The
     masks are packed into 62-bit integers first (torch.unique over rows of D booleans sorts
     them column by column, several times slower)."""
     N, D = observed.shape
@@ -287,9 +288,10 @@ def _pattern_groups(observed: torch.Tensor):
     else:
         _, inverse = torch.unique(codes, dim=0, return_inverse=True)
     order = torch.argsort(inverse, stable=True)
-    counts = torch.bincount(inverse).tolist()
-    groups = order.split(counts)
-    return ((observed[rows[0]], rows) for rows in groups)
+    counts = torch.bincount(inverse)
+    starts = torch.cumsum(counts, 0) - counts
+    patterns = observed[order[starts]]  # (P, D): one row of each pattern
+    return patterns, order.split(counts.tolist())
 
 
 def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
@@ -404,13 +406,12 @@ def _blocks(xs, observed, log_weights, mus, cov, diagonal, moments):
         yield from _diagonal_blocks(xs, observed, log_weights, mus, cov, moments)
         return
     rare: dict[int, list[torch.Tensor]] = {}
-    for pattern, rows in _pattern_groups(observed):
-        o = torch.nonzero(pattern).flatten()
-        c = len(o)
+    patterns, groups = _pattern_groups(observed)
+    for pattern, c, rows in zip(patterns, patterns.sum(1).tolist(), groups, strict=True):
         if c == 0:
             continue
         if c == D or (len(rows) - 1) * K * c**3 > _PATTERN_FLOPS:
-            mi = torch.nonzero(~pattern).flatten()
+            o, mi = torch.nonzero(pattern).flatten(), torch.nonzero(~pattern).flatten()
             yield from _pattern_blocks(xs, o, mi, rows, log_weights, mus, cov, moments)
         else:
             rare.setdefault(c, []).append(rows)
