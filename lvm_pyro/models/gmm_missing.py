@@ -149,11 +149,12 @@ def check_missing_data(x, *, name: str = "x", fit: bool = False) -> torch.Tensor
         )
     if x.dim() != 2 or x.shape[1] == 0:
         raise DataError(f"{name} has shape {tuple(x.shape)}; pass a 2-D (N, D) array with D >= 1")
-    inf = torch.isinf(x)
-    if bool(inf.any()):
-        first = [int(i) for i in torch.nonzero(inf)[0]]
-        raise DataError(_inf_message(name, int(inf.sum()), first))
-    observed = ~torch.isnan(x)
+    observed = torch.isfinite(x)
+    if not bool(observed.all()):
+        inf = torch.isinf(x)
+        if bool(inf.any()):
+            first = [int(i) for i in torch.nonzero(inf)[0]]
+            raise DataError(_inf_message(name, int(inf.sum()), first))
     if fit:
         empty = ~observed.any(1)
         if bool(empty.any()):
@@ -337,13 +338,17 @@ def _pattern_blocks(xs, o, mi, rows, log_weights, mus, cov, moments):
     if moments and len(mi):
         B = torch.linalg.solve_triangular(L, cov[:, o[:, None], mi[None, :]], upper=False)  # L^-1 S_om
         ccond = cov[:, mi[:, None], mi[None, :]] - B.mT @ B  # (K, m, m)
+    complete = c == D
     for block in _row_chunks(rows, K, D):
         x = xs[block]
-        diff = x[:, o][None] - mus[:, None, o]  # (K, n, c)
+        diff = (x if complete else x[:, o])[None] - mus[:, None, o]  # (K, n, c)
         y = torch.linalg.solve_triangular(L, diff.mT, upper=False)  # (K, c, n)
         lj = const[:, None] - 0.5 * (y * y).sum(1)
         if not moments:
             yield block, lj, None, None
+            continue
+        if complete:  # the same rows for every component: (n, D), no copy
+            yield block, lj, x, None
             continue
         xhat = x[None].expand(K, -1, -1).clone()
         cond = None
@@ -399,11 +404,17 @@ _PATTERN_FLOPS = 2**18
 def _blocks(xs, observed, log_weights, mus, cov, diagonal, moments):
     """Yield (rows, lj (K, n), xhat (K, n, D) or None, conditional second moment) over blocks
     of non-empty rows: lj = log w_k + log N(x_o; mu_k[o], Sigma_k[o, o]); xhat the rows with
-    their missing entries replaced by E[x_m | x_o, k]; the last item a callable
+    their missing entries replaced by E[x_m | x_o, k] (the rows themselves, (n, D), when
+    complete); the last item a callable
     rw (K, n) -> sum_i rw_ik Cov[x_i | x_o, k] (K, D, D), or None when nothing is missing."""
     K, D = mus.shape
     if diagonal:
         yield from _diagonal_blocks(xs, observed, log_weights, mus, cov, moments)
+        return
+    if bool(observed.all()):  # no NaN: one pattern, no grouping
+        every = torch.arange(D, device=xs.device)
+        rows = torch.arange(len(xs), device=xs.device)
+        yield from _pattern_blocks(xs, every, every[:0], rows, log_weights, mus, cov, moments)
         return
     rare: dict[int, list[torch.Tensor]] = {}
     patterns, groups = _pattern_groups(observed)
@@ -517,8 +528,12 @@ def expected_statistics_missing(
                 total += (w * norm).sum(dtype=torch.float64)
                 rw = rw * w
             nk += rw.sum(1)
-            sx += (rw[:, None, :] @ xhat).squeeze(1)
-            sxx += (xhat * rw[..., None]).mT @ xhat
+            if xhat.dim() == 2:  # complete rows: one matrix product for all K
+                sx += rw @ xhat
+                sxx += (xhat.T * rw[:, None, :]) @ xhat
+            else:
+                sx += (rw[:, None, :] @ xhat).squeeze(1)
+                sxx += (xhat * rw[..., None]).mT @ xhat
             if cond is not None:
                 sxx += cond(rw)
         n_empty = int((~observed.any(1)).sum())
