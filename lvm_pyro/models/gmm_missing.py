@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
-#: elements of the largest (K, rows, D) block held at once
+#: elements of the largest block held at once: (K, rows, D), or (K, rows, D, D) on the per-row route
 _BLOCK_ELEMENTS = 2**21
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
