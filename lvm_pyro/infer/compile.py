@@ -309,7 +309,6 @@ class CompiledStep:
             set_rng_state(rng)
             problem = self._mismatch(compiled, check_batch, beta)
         except Exception as exc:  # recording/compiling can fail in many ways: each means "use eager"
-            import traceback; traceback.print_exc()
             self._restore(saved)
             set_rng_state(rng)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -294,7 +294,12 @@ class Objective:
         ``differentiable_loss`` it never takes a Python float from a tensor, so it can be
         captured once as a graph (``lvm_pyro.infer.compile``) and replayed on new data.
         """
+        if self.guide_handler is not None and self.guide_handler.baseline == "neural":
+            self.guide_handler.baseline_input = args[0]
         guide = self.wrap_guide(guide)
+        if isinstance(self.elbo, TraceGraph_ELBO):  # value -ELBO, gradient of the surrogate (baselines)
+            elbo, surrogate = self.elbo._loss_and_surrogate_loss(model, guide, args, {})
+            return surrogate + (-elbo - surrogate).detach()
         if not isinstance(self.elbo, (Trace_ELBO, TraceMeanField_ELBO)):
             return self.elbo.differentiable_loss(model, guide, *args)
         mean_field = isinstance(self.elbo, TraceMeanField_ELBO)
