@@ -551,7 +551,7 @@ class Trainer:
                 f"cannot resume the run in {str(self.ckpt_dir)!r}: this call differs from it in what a "
                 "resumed run may not change:\n  - " + "\n  - ".join(differences) + "\nResume with the "
                 "model, data and settings that wrote the checkpoint (a resumed run may change "
-                f"{', '.join(RESUMABLE_CHANGES)}), or start a new run in a new checkpoint directory"
+                f"{', '.join(RESUMABLE_CHANGES)}), or start a new run in a new checkpoint_dir"
             )
         old, config, state, program = ckpt["config"], self.config, self.state, self.program
         if program.module is not None and ckpt["module"]:
