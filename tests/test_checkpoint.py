@@ -31,7 +31,7 @@ def _data():
 
 def _fit(model, x, val, epochs, **kw):
     return lvm_pyro.fit(model, x, val_data=val, epochs=epochs, batch_size=32, lr=0.02,
-                        estimator="reparam", progress=False, seed=7, jit=False, **kw)
+                        objective="reparam", progress=False, seed=7, jit=False, **kw)
 
 
 def _params(model):

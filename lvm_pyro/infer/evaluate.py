@@ -12,6 +12,7 @@ for every model of the library and for a user's own model/guide pair.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from lvm_pyro.checks import check_count, check_plate_name, check_seed
 from lvm_pyro.data import resolve_device
+from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.logdensity import (
     broadcasts_over_particles,
@@ -39,16 +41,17 @@ def elbo(
     data,
     *,
     guide=None,
-    estimator: str = "reparam",
+    objective: str = "reparam",
     num_particles: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
     data_plate: str = DATA_PLATE,
+    estimator: str | None = None,
 ) -> float:
     """ELBO per data point, (1/N) sum_i E_q[log p(x_i, z) - log q(z | x_i)], on ``data``.
 
-    With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles
+    With ``objective="iwae"`` it is the importance-weighted bound with K = num_particles
     (default 5). The guide must match the model (every latent site sampled, no extra site);
     ``data_plate`` names the model's plate over data points. Several particles are drawn in one
     vectorized pass where the model broadcasts over a particle dim, else in sequence.
@@ -66,6 +69,12 @@ def elbo(
         >>> round(elbo(model, torch.zeros(4), guide=guide, num_particles=1), 3)
         -1.266
     """
+    if estimator is not None:  # the former name
+        warnings.warn(f"elbo(estimator=) is a former spelling; use objective={estimator!r}", FutureWarning,
+                      stacklevel=3)
+        if objective != "reparam":
+            raise ConfigurationError("pass objective= or its former name estimator=, not both")
+        objective = estimator
     program = as_program(model, guide)
     seed = check_seed(seed)
     check_plate_name(data_plate)
@@ -73,13 +82,13 @@ def elbo(
     first = _cast(next(iter(batches.epoch())), program.module)
     check_program(program, first, enumerable_ok=False)
     vectorize = None
-    if (num_particles or (5 if estimator == "iwae" else 1)) > 1 and estimator != "iwae":
+    if (num_particles or (5 if objective == "iwae" else 1)) > 1 and objective != "iwae":
         vectorize = broadcasts_over_particles(program, first, program.max_plate_nesting)
-    objective = make_objective(estimator, num_particles=num_particles, vectorize_particles=vectorize,
-                               max_plate_nesting=program.max_plate_nesting)
+    loss = make_objective(objective, num_particles=num_particles, vectorize_particles=vectorize,
+                          max_plate_nesting=program.max_plate_nesting)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    return -dataset_loss(program, objective, batches, plate=data_plate)
+    return -dataset_loss(program, loss, batches, plate=data_plate)
 
 
 def _device(program: Program, device) -> torch.device:
@@ -146,6 +155,11 @@ class LogLikelihood:
             f"log p(x) = {self.mean:.4f} +- {self.stderr:.4f} nats per example "
             f"(N={len(self.per_example)}, k={self.num_samples})"
         )
+
+    def __repr__(self) -> str:
+        return (f"LogLikelihood(mean={self.mean:.4f} nats/example, stderr={self.stderr:.4f}, "
+                f"N={len(self.per_example)}, k={self.num_samples}, "
+                f"median ESS={float(self.ess.median()):.1f})")
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
     Trace_ELBO,
@@ -26,7 +27,6 @@ from pyro.infer import (
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import Messenger
