@@ -398,7 +398,7 @@ def test_former_argument_names_work_with_one_future_warning(tmp_path):
     with pytest.raises(errors.ConfigurationError, match="objective= or its former name estimator="):
         with pytest.warns(FutureWarning):
             lvm_pyro.fit(LocalGaussian(2), x, objective="iwae", estimator="meanfield", steps=1)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
+    with pytest.raises(errors.ConfigurationError, match="unexpected keyword argument 'epoch'"):
         lvm_pyro.fit(LocalGaussian(2), x, epoch=3)
     assert lvm_pyro.infer.objectives.ESTIMATORS is lvm_pyro.infer.objectives.OBJECTIVES
 

@@ -221,7 +221,9 @@ def _legacy_arguments(legacy: dict, objective, checkpoint, compile):
     the current ones, with a FutureWarning naming the new spelling."""
     unknown = sorted(set(legacy) - set(LEGACY_NAMES))
     if unknown:
-        raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}")
+        raise ConfigurationError(
+            f"fit() got an unexpected keyword argument {unknown[0]!r}: see help(lvm_pyro.fit) for its "
+            "arguments")
     if not legacy:
         return objective, checkpoint, compile
     new = {
