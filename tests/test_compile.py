@@ -39,7 +39,7 @@ def _fit(compile, **kw):
 @needs_compiler
 @pytest.mark.parametrize("mode, clip_norm", [
     ("step", None),  # the graph of the other tests here: served by the compile cache
-    pytest.param("grad", 5.0, marks=pytest.mark.slow),  # another graph (covered by benchmarks/svi_overhead.py)
+    pytest.param("grad", 5.0, marks=pytest.mark.slow),  # another graph (benchmarks/svi_overhead.py)
 ])
 def test_compiled_and_eager_steps_follow_the_same_trajectory(mode, clip_norm):
     with warnings.catch_warnings():
