@@ -2,25 +2,22 @@
 
 Same architecture (the library VAE's own modules), optimizer (torch Adam: the default
 implementation for the reference, the fused one in ``fit``), batch, data and KL treatment:
-"reparam" against a sampled KL, "meanfield" against the analytic KL. Peers in the same run:
-the hand-written step (the reference; also with fused Adam), ``fit`` with the compiled loss
-(the default), ``fit(jit="inductor")`` (that graph compiled by torch.compile; compile time
-excluded), ``fit`` eager (``jit=False``), Pyro's ``SVI`` with ``Trace_ELBO`` /
-``JitTrace_ELBO`` and ``pyro.optim.Adam``, and NumPyro's jit-compiled SVI step (optional:
-skipped where JAX is not installed; ``numpyro_vae.py``, same threads). Timings alternate
-between peers in short blocks and each ratio is the median over rounds of
+"reparam" against a sampled KL (``--meanfield``: also "meanfield" against the analytic KL).
+Peers in the same run: the hand-written step (the reference; also with fused Adam), ``fit``
+with its defaults on a long run (``compile="auto"`` then captures the whole step:
+``lvm_pyro.infer.compile``; compile time excluded here, reported separately), ``fit`` with
+``compile="grad"`` (loss and gradients in the graph, the optimizer eager), ``fit(compile=False)``
+(eager), Pyro's ``SVI`` with ``Trace_ELBO`` and ``pyro.optim.Adam``, and NumPyro's jit-compiled
+SVI step (optional: skipped where JAX is not installed; ``numpyro_vae.py``, same threads).
+Timings alternate between peers in short blocks and each ratio is the median over rounds of
 (peer / hand-written), so a noisy machine moves both sides of a ratio together.
 
-Every peer runs with the glibc malloc settings ``fit`` applies (freed memory kept in the
-process, ``lvm_pyro.infer.compiled.retain_freed_memory``): with glibc's defaults each step
-of the large VAE faults its freed temporaries back in (1,000-5,000 page faults a step,
-depending on the heap layout each peer happens to produce). ``--glibc-default`` measures
-without them.
+Every ``fit`` peer plans ``PLANNED_STEPS`` steps (so the default rule compiles: a long run)
+and a callback stops it after the timed block.
 
     python benchmarks/svi_overhead.py            # both sizes, 1 thread
     python benchmarks/svi_overhead.py --clock cpu   # CPU time: steadier on a shared machine
     python benchmarks/svi_overhead.py --quick    # a smoke run
-    python benchmarks/svi_overhead.py --device cuda
 """
 
 from __future__ import annotations
@@ -37,18 +34,20 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from torch.nn import functional as F
 
 import lvm_pyro
 from lvm_pyro.data import load_digits
-from lvm_pyro.infer import compiled
 from lvm_pyro.infer.callbacks import Callback
 from lvm_pyro.infer.objectives import TrainingScale
 from lvm_pyro.models.vae import VAE
 
-DEFAULT_PEER = "fit (default: graph if faster)"
-INDUCTOR_PEER = "fit (jit='inductor')"
+DEFAULT_PEER = "fit (default, long run: whole step compiled)"
+GRAD_PEER = "fit (compile='grad')"
+EAGER_PEER = "fit (compile=False)"
+#: steps every fit peer plans (the default rule compiles such a run); a callback stops it early
+PLANNED_STEPS = 100_000
 #: The step clock: wall time by default; ``--clock cpu`` (process CPU time, page-fault service
 #: included) is steadier on a machine shared with other jobs.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -64,14 +63,18 @@ CONFIGS = {
 
 
 class StepClock(Callback):
-    """Time stamps after every step; the per-step cost excludes set-up and compilation."""
+    """Time stamps after every step; the per-step cost excludes set-up and compilation. Stops
+    the run after ``stop_after`` steps."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, stop_after: int) -> None:
         self.warmup = warmup
+        self.stop_after = stop_after
         self.stamps: list[float] = []
 
     def on_step_end(self, state) -> None:
         self.stamps.append(now())
+        if len(self.stamps) >= self.stop_after:
+            state.stop = True
 
     def per_step(self) -> float:
         s = self.stamps[self.warmup:]
@@ -82,15 +85,19 @@ def make_vae(cfg: dict, device, dtype) -> VAE:
     return VAE((64,), latent_dim=cfg["latent"], hidden=(cfg["hidden"],)).to(device=device, dtype=dtype)
 
 
-def time_fit(x, cfg, estimator, steps, warmup, jit, device):
+def time_fit(x, cfg, estimator, steps, warmup, compile, device):
     pyro.clear_param_store()
-    step_clock = StepClock(warmup)
+    step_clock = StepClock(warmup, steps)
     torch.manual_seed(0)
     vae = make_vae(cfg, device, x.dtype)
-    result = lvm_pyro.fit(vae, x, estimator=estimator, steps=steps, batch_size=cfg["batch"],
-                          lr=1e-3, kl_warmup=0, progress=False, seed=0, jit=jit, device=device,
+    result = lvm_pyro.fit(vae, x, objective=estimator, steps=PLANNED_STEPS, batch_size=cfg["batch"],
+                          lr=1e-3, kl_warmup=0, progress=False, seed=0, compile=compile, device=device,
                           callbacks=[step_clock])
+    COMPILE_TIMES.setdefault((cfg["batch"], cfg["hidden"], str(compile)), []).append(result.compile_time)
     return step_clock.per_step(), result
+
+
+COMPILE_TIMES: dict[tuple, list[float]] = {}
 
 
 def time_handwritten(x, cfg, estimator, steps, warmup, device, fused=False):
@@ -125,15 +132,12 @@ def time_handwritten(x, cfg, estimator, steps, warmup, device, fused=False):
     return (s[-1] - s[0]) / (len(s) - 1)
 
 
-def time_pyro_svi(x, cfg, steps, warmup, jit, device):
+def time_pyro_svi(x, cfg, steps, warmup, device):
     pyro.clear_param_store()
     torch.manual_seed(0)
     vae = make_vae(cfg, device, x.dtype)
     scale = TrainingScale(x.shape[0])
-    if jit:
-        loss = JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
-    else:
-        loss = Trace_ELBO(max_plate_nesting=1)
+    loss = Trace_ELBO(max_plate_nesting=1)
     svi = SVI(scale(vae.model), scale(vae.guide), pyro.optim.Adam({"lr": 1e-3}), loss)
     n, b = x.shape[0], cfg["batch"]
     stamps = []
@@ -153,19 +157,15 @@ def time_numpyro(cfg, estimator, steps, warmup, threads) -> float | None:
            "--warmup", str(warmup), "--threads", str(threads), "--clock", CLOCK]
     if estimator == "meanfield":
         cmd.append("--meanfield")
-    env = dict(os.environ)
-    if compiled.retain_freed_memory():  # the same glibc settings as this process
-        env.update(MALLOC_MMAP_THRESHOLD_=str(compiled.MMAP_THRESHOLD),
-                   MALLOC_TRIM_THRESHOLD_=str(compiled.TRIM_THRESHOLD))
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
     return None if not out or out[-1] == "unavailable" else float(out[-1]) / 1e3
 
 
-def trajectory_gap(x, cfg, estimator, device, jit=True) -> float:
+def trajectory_gap(x, cfg, estimator, device, compile) -> float:
     """Largest relative difference of the per-step losses, compiled vs eager, same seed."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="torch.compile is not used")  # a real inductor run
-        _, compiled = time_fit(x, cfg, estimator, 60, 5, jit, device)
+        warnings.filterwarnings("error", message="the compiled step is not used")  # a real compiled run
+        _, compiled = time_fit(x, cfg, estimator, 60, 5, compile, device)
     _, eager = time_fit(x, cfg, estimator, 60, 5, False, device)
     assert compiled.config["compiled"] is True, compiled.config.get("compile_fallback")
     a, b = torch.tensor(compiled.losses), torch.tensor(eager.losses)
@@ -175,35 +175,31 @@ def trajectory_gap(x, cfg, estimator, device, jit=True) -> float:
 def peers(x, cfg, estimator, steps, warmup, device, threads) -> dict:
     """Peer name -> a callable timing one block (seconds per step, or None if unavailable)."""
     table = {
-        DEFAULT_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, True, device)[0],
-        INDUCTOR_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, "inductor", device)[0],
-        "fit (eager)": lambda: time_fit(x, cfg, estimator, steps, warmup, False, device)[0],
+        DEFAULT_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, "auto", device)[0],
+        GRAD_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, "grad", device)[0],
+        EAGER_PEER: lambda: time_fit(x, cfg, estimator, steps, warmup, False, device)[0],
         "hand-written + fused Adam": lambda: time_handwritten(x, cfg, estimator, steps, warmup, device, True),
     }
     if device.type == "cpu":
         table["NumPyro SVI (jit)"] = lambda: time_numpyro(cfg, estimator, steps, warmup, threads)
     if estimator == "reparam":
-        table["Pyro SVI + Trace_ELBO"] = lambda: time_pyro_svi(x, cfg, steps, warmup, False, device)
-        table["Pyro SVI + JitTrace_ELBO"] = lambda: time_pyro_svi(x, cfg, steps, warmup, True, device)
+        table["Pyro SVI + Trace_ELBO"] = lambda: time_pyro_svi(x, cfg, steps, warmup, device)
     return table
 
 
 def run(args) -> str:
     global CLOCK
     CLOCK = args.clock
-    if args.glibc_default:
-        os.environ["LVM_PYRO_RETAIN_FREED_MEMORY"] = "0"
-    # fit keeps freed memory in the process (lvm_pyro.infer.compiled.retain_freed_memory);
-    # set it up front so every peer, the hand-written reference included, runs with it.
-    retained = compiled.retain_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     x = load_digits(binarize=8).train.x.to(device)
     rows = []
     for size, cfg in CONFIGS.items():
+        if size not in args.sizes.split(","):
+            continue
         steps = args.steps if size == "small" else max(args.steps // 2, 20)
         warmup = min(40, steps // 2)  # past set-up, compilation and fit's graph-or-eager trial
-        for estimator in ("reparam", "meanfield"):
+        for estimator in ("reparam", "meanfield") if args.meanfield else ("reparam",):
             timers = peers(x, cfg, estimator, steps, warmup, device, args.threads)
             ratios: dict[str, list[float]] = {name: [] for name in timers}
             hand_ms = []
@@ -214,8 +210,8 @@ def run(args) -> str:
                     seconds = timer()
                     if seconds is not None:
                         ratios[name].append(seconds / hand)
-            gaps = {peer: trajectory_gap(x, cfg, estimator, device, jit)
-                    for peer, jit in ((DEFAULT_PEER, True), (INDUCTOR_PEER, "inductor"))}
+            gaps = {peer: trajectory_gap(x, cfg, estimator, device, mode)
+                    for peer, mode in ((DEFAULT_PEER, "auto"), (GRAD_PEER, "grad"))}
             for peer, values in ratios.items():
                 if values:
                     rows.append((size, estimator, peer, statistics.median(values),
@@ -223,8 +219,7 @@ def run(args) -> str:
     lines = [
         f"SVI step cost relative to a hand-written PyTorch step ({args.threads} thread(s), {device}, "
         f"median of {args.rounds} rounds, {args.clock} clock; torch {torch.__version__}, "
-        f"pyro {pyro.__version__}; glibc malloc "
-        f"{'retaining freed memory (every peer)' if retained else 'defaults'})",
+        f"pyro {pyro.__version__}; load average {os.getloadavg()[0]:.1f} at the end)",
         "",
         "| VAE | KL | peer | time / hand-written | hand-written ms/step | compiled vs eager loss gap |",
         "|---|---|---|---|---|---|",
@@ -235,6 +230,12 @@ def run(args) -> str:
         kl = "analytic (meanfield)" if est == "meanfield" else "sampled (reparam)"
         lines.append(f"| {name} | {kl} | {peer} | {ratio:.2f}x | {hand:.2f} | "
                      f"{'' if gap is None else f'{gap:.1e}'} |")
+    lines += ["", "Compile time per fit call (s; recording + compiling + verifying, PyTorch's on-disk "
+              "cache warm after the first call of a shape):", ""]
+    for (batch, hidden, mode), times in COMPILE_TIMES.items():
+        if mode != "False":
+            lines.append(f"- B={batch}, H={hidden}, compile={mode}: first {times[0]:.1f}, "
+                         f"median {statistics.median(times):.1f} over {len(times)} calls")
     return "\n".join(lines)
 
 
@@ -247,8 +248,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and rounds")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or process CPU time (steadier on a shared machine)")
-    parser.add_argument("--glibc-default", action="store_true",
-                        help="leave glibc malloc at its defaults (fit then returns freed memory)")
+    parser.add_argument("--meanfield", action="store_true", help="also time the analytic-KL objective")
+    parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "svi_overhead.md"))
     args = parser.parse_args()
     if args.quick:

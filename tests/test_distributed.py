@@ -36,11 +36,11 @@ SCRIPT = textwrap.dedent(
             pyro.sample("x", dist.Normal(locs[z], 1.0).to_event(1), obs=x)
 
     distributed = sys.argv[2] == "1"
-    result = lvm_pyro.fit((mixture, lambda x: None), x, estimator="enum", steps=25, batch_size=60,
+    result = lvm_pyro.fit((mixture, lambda x: None), x, objective="enum", steps=25, batch_size=60,
                           lr=0.05, seed=1, progress=False, distributed=distributed)
     locs, w = pyro.param("locs").detach(), pyro.param("w").detach()
     vae = lvm_pyro.fit(LocalGaussian(2, learn_w=True), x, epochs=4, batch_size=50, lr=0.05, seed=1,
-                       progress=False, distributed=distributed, checkpoint_dir=sys.argv[1] + ".run")
+                       progress=False, distributed=distributed, checkpoint=sys.argv[1] + ".run")
 
     # em: 301 rows, so the two shards differ in size
     g = torch.Generator().manual_seed(0)

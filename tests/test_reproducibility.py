@@ -55,7 +55,7 @@ def test_same_seed_same_run_for_a_library_vae():
             result = lvm_pyro.fit(vae, x, epochs=6, batch_size=32, progress=False, seed=0)
         runs.append((result, _state(vae)))
     (first, a), (second, b) = runs
-    assert first.config["compiled"] is True  # the default path, compiled graph included
+    assert first.config["compiled"] is False  # the default path: too short a run to compile
     _assert_bitwise(a, b)
     assert first.losses == second.losses and len(first.losses) == 18
     pyro.clear_param_store()
@@ -119,7 +119,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run_bitwise(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(script), str(run_dir), "400", "0", "0.15"])
     ckpt = run_dir / "checkpoint.pt"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # generous: a loaded machine imports torch slowly
     while time.time() < deadline:
         if ckpt.exists() and load_checkpoint(ckpt)["counters"]["epoch"] >= 3:
             break
@@ -134,7 +134,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run_bitwise(tmp_path):
     subprocess.run([sys.executable, str(script), str(straight_dir), str(target), "0", "0"], check=True)
     resumed, straight = load_checkpoint(ckpt), load_checkpoint(straight_dir / "checkpoint.pt")
     assert resumed["counters"] == straight["counters"] == {"step": 4 * target, "epoch": target}
-    assert resumed["config"]["jit"] == "auto" and resumed["config"]["compiled"] is True  # the default path
+    assert resumed["config"]["compile"] == "auto" and resumed["config"]["compiled"] is False  # the default
     _assert_bitwise(resumed["params"], straight["params"])
     _assert_bitwise(resumed["module"], straight["module"])
     assert resumed["history"]["losses"] == straight["history"]["losses"]

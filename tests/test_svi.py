@@ -51,7 +51,7 @@ def _decay(steps, final=0.05):
 def test_normal_normal_posterior_is_recovered(nn_data, estimator, kwargs, tol_mean, tol_sd):
     mean, sd = normal_normal_posterior(nn_data)
     lvm_pyro.fit(
-        (normal_normal_model, normal_normal_guide), nn_data, estimator=estimator,
+        (normal_normal_model, normal_normal_guide), nn_data, objective=estimator,
         batch_size=len(nn_data), progress=False, seed=0, lr=0.1, callbacks=[_decay(kwargs["steps"])],
         **kwargs,
     )
@@ -64,7 +64,7 @@ def test_minibatches_estimate_the_full_data_elbo(nn_data):
     """A global latent sees prior once and N likelihood terms: only data-plate sites are scaled."""
     mean, sd = normal_normal_posterior(nn_data)
     lvm_pyro.fit(
-        (normal_normal_model, normal_normal_guide), nn_data, estimator="meanfield",
+        (normal_normal_model, normal_normal_guide), nn_data, objective="meanfield",
         batch_size=10, steps=3000, lr=0.05, progress=False, seed=0, callbacks=[_decay(3000)],
     )
     q_mean, q_sd = _posterior_of_fit()
@@ -78,7 +78,7 @@ def test_amortized_local_model_reaches_log_px_for_each_estimator():
     exact = local_gaussian_log_px(x)
     for estimator in ("reparam", "meanfield", "iwae"):
         model = LocalGaussian(dim=2)
-        result = lvm_pyro.fit(model, x, estimator=estimator, epochs=150, batch_size=64, lr=0.05,
+        result = lvm_pyro.fit(model, x, objective=estimator, epochs=150, batch_size=64, lr=0.05,
                               progress=False, seed=0)
         assert result.config["estimator"] == estimator
         torch.testing.assert_close(model.a.detach(), torch.full((2,), 0.5), atol=0.06, rtol=0)
@@ -86,7 +86,7 @@ def test_amortized_local_model_reaches_log_px_for_each_estimator():
                                    atol=0.06, rtol=0)
         # an IWAE-trained guide is a proposal, not the posterior: judge it by its own bound
         bound = "iwae" if estimator == "iwae" else "reparam"
-        held_out = lvm_pyro.elbo(model, x, estimator=bound, num_particles=64, seed=0)
+        held_out = lvm_pyro.elbo(model, x, objective=bound, num_particles=64, seed=0)
         assert abs(held_out - exact) < 0.02, (estimator, held_out, exact)
 
 
@@ -96,8 +96,8 @@ def test_iwae_bound_lies_between_elbo_and_log_px():
     model = LocalGaussian(dim=2)  # untrained guide: a loose bound
     exact = local_gaussian_log_px(x)
     e = lvm_pyro.elbo(model, x, num_particles=200, seed=0)
-    iwae_5 = lvm_pyro.elbo(model, x, estimator="iwae", num_particles=5, seed=0)
-    iwae_100 = lvm_pyro.elbo(model, x, estimator="iwae", num_particles=100, seed=0)
+    iwae_5 = lvm_pyro.elbo(model, x, objective="iwae", num_particles=5, seed=0)
+    iwae_100 = lvm_pyro.elbo(model, x, objective="iwae", num_particles=100, seed=0)
     assert e < iwae_5 < iwae_100 < exact + 0.01
     assert exact - iwae_100 < 0.5 * (exact - e)
 
@@ -107,7 +107,7 @@ def test_float64_data_with_float32_default_runs_in_float64():
     x = torch.randn(64, 3, dtype=torch.float64)
     model = LocalGaussian(dim=3, learn_w=True)
     for estimator in ("reparam", "meanfield", "score", "iwae"):
-        result = lvm_pyro.fit(model, x, estimator=estimator, steps=3, batch_size=16,
+        result = lvm_pyro.fit(model, x, objective=estimator, steps=3, batch_size=16,
                               progress=False, seed=0)
         assert all(math.isfinite(v) for v in result.losses)
         assert all(p.dtype == torch.float64 for p in result.params.values()), estimator
@@ -150,7 +150,7 @@ def test_enum_estimator_sums_out_a_discrete_site():
             z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))
             pyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
 
-    lvm_pyro.fit((model, lambda x: None), x, estimator="enum", steps=300, lr=0.1,
+    lvm_pyro.fit((model, lambda x: None), x, objective="enum", steps=300, lr=0.1,
                  batch_size=400, progress=False, seed=0)
     torch.testing.assert_close(pyro.param("locs").detach(), torch.tensor([-3.0, 3.0]), atol=0.2, rtol=0)
     with pytest.raises(errors.ConfigurationError, match="estimator='enum'"):
@@ -375,11 +375,73 @@ def test_meanfield_refuses_a_discrete_guide_site():
             pyro.sample("z", dist.Bernoulli(p))
 
     with pytest.raises(errors.ConfigurationError, match=r"\['z'\] cannot be reparameterized"):
-        lvm_pyro.fit((model, guide), torch.randn(8), estimator="meanfield", steps=1, progress=False)
+        lvm_pyro.fit((model, guide), torch.randn(8), objective="meanfield", steps=1, progress=False)
 
 
 def test_kl_warmup_asked_for_with_iwae_is_refused_loudly():
     with pytest.warns(UserWarning, match="kl_warmup is not applied"):
-        result = lvm_pyro.fit(LocalGaussian(2), torch.randn(16, 2), estimator="iwae", kl_warmup=3,
+        result = lvm_pyro.fit(LocalGaussian(2), torch.randn(16, 2), objective="iwae", kl_warmup=3,
                               steps=2, progress=False)
     assert result.config["kl_warmup"] == 0.0
+
+
+def test_former_argument_names_work_with_one_future_warning(tmp_path):
+    x = torch.randn(64, 2)
+    with pytest.warns(FutureWarning, match=r"estimator=, checkpoint_dir=, jit=\) is a former spelling.*"
+                                           r"objective='meanfield'.*compile=False"):
+        old = lvm_pyro.fit(LocalGaussian(2), x, estimator="meanfield", checkpoint_dir=tmp_path / "old",
+                           jit=False, steps=5, batch_size=16, progress=False, seed=0)
+    pyro.clear_param_store()
+    new = lvm_pyro.fit(LocalGaussian(2), x, objective="meanfield", checkpoint=tmp_path / "new", compile=False,
+                       steps=5, batch_size=16, progress=False, seed=0)
+    assert old.losses == new.losses and old.config["objective"] == "meanfield"
+    with pytest.raises(errors.ConfigurationError, match="objective= or its former name estimator="):
+        with pytest.warns(FutureWarning):
+            lvm_pyro.fit(LocalGaussian(2), x, objective="iwae", estimator="meanfield", steps=1)
+    with pytest.raises(errors.ConfigurationError, match="unexpected keyword argument 'epoch'"):
+        lvm_pyro.fit(LocalGaussian(2), x, epoch=3)
+    assert lvm_pyro.infer.objectives.ESTIMATORS is lvm_pyro.infer.objectives.OBJECTIVES
+
+
+def test_checkpointing_config_every_and_resume(tmp_path):
+    from lvm_pyro.infer.checkpoint import load_checkpoint
+    from lvm_pyro.infer.trainer import Checkpointing
+
+    x = torch.randn(64, 2)
+    lvm_pyro.fit(LocalGaussian(2), x, epochs=4, batch_size=16, progress=False, seed=0,
+                 checkpoint=Checkpointing(tmp_path, every=3))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"]["epoch"] == 4  # epoch 3 and the end
+    result = lvm_pyro.fit(LocalGaussian(2), x, epochs=6, batch_size=16, progress=False,
+                          checkpoint=Checkpointing(tmp_path, resume=True))
+    assert result.config["resumed_from_step"] == 16 and result.epochs == 6
+    with pytest.raises(errors.ConfigurationError, match="Checkpointing every=0"):
+        lvm_pyro.fit(LocalGaussian(2), x, checkpoint=Checkpointing(tmp_path, every=0))
+
+
+def test_results_print_in_a_few_lines():
+    x = torch.randn(64, 2)
+    result = lvm_pyro.fit(LocalGaussian(2), x, epochs=3, batch_size=16, progress=False, seed=0, val_data=x)
+    text = repr(result)
+    assert len(text.splitlines()) == 2 and len(text) < 300, text
+    assert f"{result.epoch_losses[-1]:.4f} nats/point" in text and "3 epochs, 12 steps, eager" in text
+    ll = lvm_pyro.log_likelihood(LocalGaussian(2), x, num_samples=10, seed=0)
+    assert len(repr(ll)) < 200 and f"{ll.mean:.4f}" in repr(ll)
+
+
+def test_the_step_takes_beta_as_an_argument():
+    from lvm_pyro.infer.trainer import Trainer
+
+    x = torch.randn(64, 2)
+    seen = []
+    original = Trainer.loss
+
+    def spy(self, batch, beta):
+        seen.append(beta)
+        return original(self, batch, beta)
+
+    Trainer.loss = spy
+    try:
+        lvm_pyro.fit(LocalGaussian(2), x, epochs=2, batch_size=32, kl_warmup=2, progress=False, seed=0)
+    finally:
+        Trainer.loss = original
+    assert seen == [0.0, 0.25, 0.5, 0.75]  # the KL warm-up's beta, passed in at each step

@@ -12,13 +12,14 @@ for every model of the library and for a user's own model/guide pair.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 import pyro
 import torch
 from torch.utils.data import DataLoader
 
-from lvm_pyro.checks import check_count, check_plate_name, check_positive, check_seed
+from lvm_pyro.checks import check_count, check_plate_name, check_seed
 from lvm_pyro.data import resolve_device
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
@@ -32,8 +33,6 @@ from lvm_pyro.infer.logdensity import (
 )
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
-from lvm_pyro.models.blackbox import BlackBoxVI
-from lvm_pyro.models.vae import VAE
 
 
 @torch.no_grad()
@@ -42,16 +41,17 @@ def elbo(
     data,
     *,
     guide=None,
-    estimator: str = "reparam",
+    objective: str = "reparam",
     num_particles: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
     data_plate: str = DATA_PLATE,
+    estimator: str | None = None,
 ) -> float:
     """ELBO per data point, (1/N) sum_i E_q[log p(x_i, z) - log q(z | x_i)], on ``data``.
 
-    With ``estimator="iwae"`` it is the importance-weighted bound with K = num_particles
+    With ``objective="iwae"`` it is the importance-weighted bound with K = num_particles
     (default 5). The guide must match the model (every latent site sampled, no extra site);
     ``data_plate`` names the model's plate over data points. Several particles are drawn in one
     vectorized pass where the model broadcasts over a particle dim, else in sequence.
@@ -69,6 +69,12 @@ def elbo(
         >>> round(elbo(model, torch.zeros(4), guide=guide, num_particles=1), 3)
         -1.266
     """
+    if estimator is not None:  # the former name
+        warnings.warn(f"elbo(estimator=) is a former spelling; use objective={estimator!r}", FutureWarning,
+                      stacklevel=3)
+        if objective != "reparam":
+            raise ConfigurationError("pass objective= or its former name estimator=, not both")
+        objective = estimator
     program = as_program(model, guide)
     seed = check_seed(seed)
     check_plate_name(data_plate)
@@ -76,13 +82,13 @@ def elbo(
     first = _cast(next(iter(batches.epoch())), program.module)
     check_program(program, first, enumerable_ok=False)
     vectorize = None
-    if (num_particles or (5 if estimator == "iwae" else 1)) > 1 and estimator != "iwae":
+    if (num_particles or (5 if objective == "iwae" else 1)) > 1 and objective != "iwae":
         vectorize = broadcasts_over_particles(program, first, program.max_plate_nesting)
-    objective = make_objective(estimator, num_particles=num_particles, vectorize_particles=vectorize,
-                               max_plate_nesting=program.max_plate_nesting)
+    loss = make_objective(objective, num_particles=num_particles, vectorize_particles=vectorize,
+                          max_plate_nesting=program.max_plate_nesting)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    return -dataset_loss(program, objective, batches, plate=data_plate)
+    return -dataset_loss(program, loss, batches, plate=data_plate)
 
 
 def _device(program: Program, device) -> torch.device:
@@ -149,6 +155,11 @@ class LogLikelihood:
             f"log p(x) = {self.mean:.4f} +- {self.stderr:.4f} nats per example "
             f"(N={len(self.per_example)}, k={self.num_samples})"
         )
+
+    def __repr__(self) -> str:
+        return (f"LogLikelihood(mean={self.mean:.4f} nats/example, stderr={self.stderr:.4f}, "
+                f"N={len(self.per_example)}, k={self.num_samples}, "
+                f"median ESS={float(self.ess.median()):.1f})")
 
 
 @torch.no_grad()
@@ -244,65 +255,11 @@ def _log_weights(program: Program, batch: tuple, num: int, nesting: int, plate: 
     return local_log_weights(program, batch, num, plate=plate, nesting=nesting)
 
 
-@dataclass(frozen=True)
-class AmortizationGap:
-    """ELBO per data point with the amortized encoder and with optimized per-point guides.
+def __getattr__(name: str):
+    """``amortization_gap`` (a workflow that trains) lives in ``lvm_pyro.diagnostics.amortization``;
+    the old import path resolves to it lazily, so this module imports nothing that trains."""
+    if name in ("amortization_gap", "AmortizationGap"):
+        from lvm_pyro.diagnostics import amortization
 
-    ``gap = elbo_local - elbo_amortized`` (nats per data point, >= 0 up to optimization and
-    Monte Carlo error); ``local`` is the fitted :class:`BlackBoxVI`.
-    """
-
-    elbo_amortized: float
-    elbo_local: float
-    local: BlackBoxVI = field(repr=False)
-
-    @property
-    def gap(self) -> float:
-        return self.elbo_local - self.elbo_amortized
-
-
-def amortization_gap(
-    vae: VAE,
-    x,
-    *,
-    steps: int = 1000,
-    lr: float = 0.01,
-    num_particles: int = 100,
-    seed: int | None = 0,
-) -> AmortizationGap:
-    """Fit per-point guides on x for the fixed ``vae`` and compare ELBOs with the encoder's.
-
-    gap = (1/N) sum_i [ELBO(x_i; q_i) - ELBO(x_i; q(z | x_i))], each ELBO estimated with
-    ``num_particles`` samples per point; the q_i start at the encoder's q(z | x_i) and take
-    ``steps`` full-batch Adam steps (4 samples each) at ``lr``.
-
-    Example:
-        >>> from lvm_pyro.models.vae import VAE
-        >>> vae = VAE((64,), latent_dim=2, hidden=(16,))
-        >>> x = torch.randint(0, 2, (20, 64)).float()
-        >>> result = amortization_gap(vae, x, steps=50, num_particles=10)
-        >>> result.gap > 0
-        True
-    """
-    from lvm_pyro.infer.svi import fit  # svi imports this module: import at call time
-
-    if not isinstance(vae, VAE):
-        raise ConfigurationError(
-            f"amortization_gap compares a VAE's encoder with per-point guides; got a "
-            f"{type(vae).__name__}: pass a trained lvm_pyro.VAE"
-        )
-    check_count(steps, "steps")
-    check_count(num_particles, "num_particles")
-    check_positive(lr, "lr")
-    check_seed(seed)
-    x = vae.validate(x, "x")
-    local = BlackBoxVI(vae, len(x)).init_from_encoder(x)
-    data = local.with_index(x)
-    fit(local, data, steps=steps, lr=lr, num_particles=4, batch_size=len(x), kl_warmup=0,
-        progress=False, seed=seed, device=next(vae.parameters()).device)
-    return AmortizationGap(
-        elbo_amortized=elbo(vae, x, num_particles=num_particles, seed=seed),
-        elbo_local=elbo(local, data, num_particles=num_particles, seed=seed),
-        local=local,
-    )
-
+        return getattr(amortization, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Estimator name -> Pyro objective, plus the effect handlers the training loop needs.
+"""Objective name -> Pyro objective, plus the effect handlers the training loop needs.
 
 =============  =====================================================================
 ``reparam``    Trace_ELBO: pathwise (reparameterized) gradients where the guide allows.
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
+from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
     Trace_ELBO,
@@ -25,6 +27,8 @@ from pyro.infer import (
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import Messenger
 
 from lvm_pyro.checks import check_count
@@ -32,7 +36,9 @@ from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer.logdensity import to_points
 from lvm_pyro.models.base import DATA_PLATE
 
-ESTIMATORS = ("reparam", "meanfield", "score", "iwae", "enum")
+OBJECTIVES = ("reparam", "meanfield", "score", "iwae", "enum")
+#: the former name of ``OBJECTIVES`` (kept as an alias)
+ESTIMATORS = OBJECTIVES
 SCORE_BASELINES = ("decaying", "neural", "none")
 
 
@@ -180,7 +186,7 @@ class ImportanceWeightedELBO(ELBO):
             "flat", self.max_plate_nesting, model, guide, args, kwargs
         )
 
-    def _per_point(self, site: dict, term: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _per_point(self, site: dict, term: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
         """Sum ``term`` over every dim but the particle dim and the data-plate dim."""
         frame = next((f for f in site["cond_indep_stack"] if f.name == self.plate), None)
         if frame is None:
@@ -190,9 +196,7 @@ class ImportanceWeightedELBO(ELBO):
         term = to_points(term, self.max_plate_nesting, particles=vectorized, data_dim=frame.dim)
         if not vectorized:
             term = term.unsqueeze(0)
-        scale = site["scale"]
-        scale = float(scale) if not torch.is_tensor(scale) else float(scale.max())
-        return term, scale
+        return term, site["scale"]
 
     def _bound_and_surrogate(self, model, guide, args, kwargs):
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
@@ -204,8 +208,8 @@ class ImportanceWeightedELBO(ELBO):
                 continue
             term, scale = self._per_point(site, site["unscaled_log_prob"])
             log_w = log_w + term
-            if site["is_observed"]:
-                data_scale = scale
+            if site["is_observed"]:  # a tensor scale stays a tensor (no float taken: capturable)
+                data_scale = scale.max() if torch.is_tensor(scale) else float(scale)
         for _name, site in guide_trace.nodes.items():
             if site["type"] != "sample":
                 continue
@@ -284,23 +288,74 @@ class Objective:
         return self.elbo.loss(model, self.wrap_guide(guide), *args)
 
     def differentiable_loss(self, model, guide, *args) -> torch.Tensor:
-        """The loss as a tensor to differentiate (every estimator but "score").
+        """The loss as a tensor to differentiate (every objective but "score").
 
         Its value is the negative ELBO and its gradient the estimator's; unlike Pyro's own
-        ``differentiable_loss`` it holds no Python floats taken from tensors, so it can be
-        recorded once as a graph (``lvm_pyro.infer.compiled``) and replayed on new data.
+        ``differentiable_loss`` it never takes a Python float from a tensor, so it can be
+        captured once as a graph (``lvm_pyro.infer.compile``) and replayed on new data.
         """
+        if self.guide_handler is not None and self.guide_handler.baseline == "neural":
+            self.guide_handler.baseline_input = args[0]
         guide = self.wrap_guide(guide)
+        if isinstance(self.elbo, TraceGraph_ELBO):  # value -ELBO, gradient of the surrogate (baselines)
+            elbo, surrogate = self.elbo._loss_and_surrogate_loss(model, guide, args, {})
+            return surrogate + (-elbo - surrogate).detach()
         if not isinstance(self.elbo, (Trace_ELBO, TraceMeanField_ELBO)):
             return self.elbo.differentiable_loss(model, guide, *args)
+        mean_field = isinstance(self.elbo, TraceMeanField_ELBO)
         loss = 0.0
         for model_trace, guide_trace in self.elbo._get_traces(model, guide, args, {}):
-            _, surrogate = self.elbo._differentiable_loss_particle(model_trace, guide_trace)
-            if not isinstance(self.elbo, TraceMeanField_ELBO):  # mean-field: value == surrogate
+            if mean_field:
+                surrogate = -_mean_field_elbo(model_trace, guide_trace)  # value == surrogate
+            else:
+                surrogate = -_surrogate_elbo(model_trace, guide_trace)
                 value = _log_prob_total(guide_trace) - _log_prob_total(model_trace)
                 surrogate = surrogate + (value - surrogate).detach()
             loss = loss + surrogate / self.elbo.num_particles
         return loss
+
+
+def _surrogate_elbo(model_trace, guide_trace) -> torch.Tensor:
+    """Trace_ELBO's surrogate ELBO of one particle: log p - entropy terms + score-function terms."""
+    surrogate = _log_prob_total(model_trace)
+    log_r = None
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        _, score_function_term, entropy_term = site["score_parts"]
+        if not is_identically_zero(entropy_term):
+            surrogate = surrogate - entropy_term.sum()
+        if not is_identically_zero(score_function_term):
+            if log_r is None:
+                log_r = _compute_log_r(model_trace, guide_trace)
+            surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+    return surrogate
+
+
+def _mean_field_elbo(model_trace, guide_trace) -> torch.Tensor:
+    """TraceMeanField_ELBO's ELBO of one particle: analytic KL(q || p) where known, else sampled."""
+    elbo = 0.0
+    for name, model_site in model_trace.nodes.items():
+        if model_site["type"] != "sample":
+            continue
+        if model_site["is_observed"]:
+            elbo = elbo + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        try:
+            kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+        except NotImplementedError:
+            elbo = elbo + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+            continue
+        kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+        if torch.is_tensor(kl_qp):
+            elbo = elbo - kl_qp.sum()
+        else:
+            elbo = elbo - kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+    for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+            elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+    return elbo
 
 
 def _log_prob_total(trace) -> torch.Tensor:

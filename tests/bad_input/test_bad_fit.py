@@ -21,6 +21,8 @@ import lvm_pyro
 from lvm_pyro import errors
 from lvm_pyro.infer.callbacks import Convergence, EarlyStopping, KLWarmup, KLWarmupWarning, LRScheduler
 from lvm_pyro.infer.checkpoint import FORMAT, RunLock, load_checkpoint, save_checkpoint
+from lvm_pyro.infer.compile import Compilation
+from lvm_pyro.infer.trainer import Checkpointing
 from lvm_pyro.models.base import LatentVariableModel
 
 
@@ -67,7 +69,7 @@ def _fresh() -> Path:
 
 
 def _fit(data=X, model=None, **kw):
-    kw = {"steps": 1, "batch_size": 4, "progress": False, "seed": 0, "jit": False, **kw}
+    kw = {"steps": 1, "batch_size": 4, "progress": False, "seed": 0, "compile": False, **kw}
     return lvm_pyro.fit(model if model is not None else LocalGaussian(2), data, **kw)
 
 
@@ -206,8 +208,8 @@ CASES = [
     Case("warmup-conflicts-with-callback", _bad(kl_warmup=50, callbacks=[KLWarmup(5)]), CE,
          r"kl_warmup=50(\.0)? and the callback KLWarmup\(epochs=5\) disagree: pass one of them"),
     Case("warmup-two-callbacks", _bad(callbacks=[KLWarmup(5), KLWarmup(2)]), CE, r"at most one KLWarmup"),
-    Case("warmup-callback-with-iwae", _bad(estimator="iwae", callbacks=[KLWarmup(5)]), CE,
-         r"KLWarmup callback cannot be used with estimator 'iwae'"),
+    Case("warmup-callback-with-iwae", _bad(objective="iwae", callbacks=[KLWarmup(5)]), CE,
+         r"KLWarmup callback cannot be used with objective 'iwae'"),
     Case("warmup-callback-zero", lambda: KLWarmup(0), CE, r"epochs > 0"),
     Case("warmup-callback-nan", lambda: KLWarmup(math.nan), CE, r"epochs > 0 \(a finite number\), got nan"),
     Case("warmup-callback-start", lambda: KLWarmup(5, start=2.0), CE, r"0 <= start <= 1, got 2\.0"),
@@ -251,10 +253,31 @@ CASES = [
     Case("plate-number", _bad(data_plate=5), CE, r"data_plate=5: pass the name.*as a string"),
     Case("plate-empty", _bad(data_plate=""), CE, r"data_plate=''"),
     Case("plate-none", _bad(data_plate=None), CE, r"data_plate=None"),
-    Case("jit-string", _bad(jit="yes"), CE, r"jit='yes': pass 'auto'"),
-    Case("jit-int", _bad(jit=1), CE, r"jit=1"),
-    Case("jit-none", _bad(jit=None), CE, r"jit=None"),
+    Case("jit-string", _bad(jit="yes", compile="auto"), CE, r"jit='yes': pass 'auto'"),
+    Case("jit-int", _bad(jit=1, compile="auto"), CE, r"jit=1"),
+    Case("jit-none", _bad(jit=None, compile="auto"), CE, r"jit=None"),
     Case("progress-string", _bad(progress="no"), CE, r"progress='no': pass True or False"),
+    # the current names and configuration objects
+    Case("objective-unknown", _bad(objective="vimco"), CE,
+         r"unknown objective 'vimco'; valid objectives: reparam"),
+    Case("objective-none", _bad(objective=None), CE, r"unknown objective None"),
+    Case("objective-and-estimator", _bad(objective="iwae", estimator="reparam"), CE,
+         r"pass objective= or its former name estimator=, not both"),
+    Case("compile-string", _bad(compile="yes"), CE, r"compile='yes': pass 'auto'.*Compilation"),
+    Case("compile-none", _bad(compile=None), CE, r"compile=None"),
+    Case("compile-and-jit", _bad(compile=True, jit=False), CE, r"pass compile= or its former name jit="),
+    Case("compilation-mode", lambda: Compilation(mode="all"), CE,
+         r"Compilation\(mode='all'\): pass one of step"),
+    Case("checkpoint-number", _bad(checkpoint=123), CE, r"checkpoint=123: pass a folder path"),
+    Case("checkpoint-empty", _bad(checkpoint=""), CE, r"checkpoint=''"),
+    Case("checkpointing-every-zero", _bad(checkpoint=Checkpointing("unused", every=0)), CE,
+         r"Checkpointing every=0"),
+    Case("checkpointing-resume-string", _bad(checkpoint=Checkpointing("unused", resume="yes")), CE,
+         r"Checkpointing\(resume='yes'\): pass True or False"),
+    Case("checkpoint-and-checkpoint-dir", _bad(checkpoint="a", checkpoint_dir="b"), CE,
+         r"pass checkpoint= or the former checkpoint_dir="),
+    Case("distributed-string", _bad(distributed="yes"), CE, r"distributed='yes': pass True or False"),
+    Case("unknown-keyword", _bad(epoch=3), CE, r"unexpected keyword argument 'epoch'"),
     Case("resume-string", _bad(resume="yes", checkpoint_dir="unused"), CE, r"resume='yes'"),
     Case("device-unknown", _bad(device="tpu"), CE, r"unknown device 'tpu'"),
     # callbacks
