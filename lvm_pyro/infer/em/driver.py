@@ -1,4 +1,4 @@
-"""``em``: expectation-maximization for Pyro models with discrete latent sites.
+"""``em()``: expectation-maximization for Pyro models with discrete latent sites.
 
 Each iteration raises log p(x | theta) + log p(theta), never lowering it (up to the
 ``reg_covar`` a Gaussian mixture adds to its covariances, and re-seeding, which is reported):
@@ -64,12 +64,14 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable
 from lvm_pyro.infer.params import claim_module_params
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -122,6 +124,11 @@ class EMResult:
     gain more than ``tol`` per point: not converged; raise ``m_step_steps`` or change
     ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
+    ``param_routes``: for a user's model on the compiled chain route (``e_step == "chain"``),
+    each ``pyro.param``'s M-step, "closed_form" or "gradient" (``m_step`` is then
+    "closed_form", "gradient" or "closed_form+gradient"). ``closed_form_refused``: why a
+    user's model without its own M-step did not take the chain route (None when it did, or
+    when the model brings its own M-step).
     """
 
     model: object
@@ -138,6 +145,8 @@ class EMResult:
     wall_time: float
     config: dict = field(default_factory=dict)
     stop_reason: str = ""
+    param_routes: dict = field(default_factory=dict)
+    closed_form_refused: str | None = None
 
 
 # --------------------------------------------------------------------------- enumeration
@@ -676,6 +685,139 @@ class _EnumRoute:
         self.params, self.optimizer = None, None
 
 
+class _ChainRoute:
+    """A user's chain model (mixture, HMM) compiled once (:mod:`.chain`): forward recursion for
+    the E-step, closed-form M-steps where certified, gradient steps on Q for the other params."""
+
+    e_step_name = "chain"
+
+    def __init__(self, compiled: CompiledChain, steps: int, lr: float) -> None:
+        self.c = compiled
+        self.steps, self.lr = steps, lr
+        self.routes = dict(compiled.routes)
+        closed = [n for n, r in self.routes.items() if r == "closed_form"]
+        self.gradient = [n for n, r in self.routes.items() if r == "gradient"]
+        self.m_step_name = "closed_form" if not self.gradient else ("closed_form+gradient" if closed else "gradient")
+        self.possible_gain = 0.0
+        self.sample_weight = None
+        self.optimizer = None
+        store = dict(pyro.get_param_store().named_parameters())
+        self.unconstrained = {n: store[n] for n in compiled.names}
+
+    def values(self) -> dict:
+        return {n: transform_to(self.c.constraints[n])(self.unconstrained[n]).detach() for n in self.c.names}
+
+    @torch.no_grad()
+    def e_step(self, data: tuple):
+        total, post = self.c.e_step(self.values(), self.sample_weight)
+        return total.double(), post
+
+    def log_likelihood(self, data: tuple) -> torch.Tensor:
+        return self.e_step(data)[0]
+
+    def log_prior(self) -> float:
+        return 0.0
+
+    def reseed(self, data: tuple, post, gen) -> list:
+        return []
+
+    @torch.no_grad()
+    def _write(self, name: str, value: torch.Tensor) -> None:
+        constraint = self.c.constraints[name]
+        tiny = torch.finfo(value.dtype).tiny
+        if constraint is constraints.simplex:
+            value = value.clamp_min(tiny)
+            value = value / value.sum(-1, keepdim=True)
+        elif constraint is constraints.positive:
+            value = value.clamp_min(tiny)
+        elif constraint is constraints.unit_interval:
+            eps = torch.finfo(value.dtype).eps
+            value = value.clamp(eps, 1 - eps)
+        self.unconstrained[name].copy_(transform_to(constraint).inv(value))
+
+    def m_step(self, data: tuple, post) -> bool:
+        values = self.values()
+        with torch.no_grad():
+            new = self.c.closed_form(values, post)
+            for n in new:
+                if self.routes[n] == "closed_form":
+                    self._write(n, new[n])
+        if not self.gradient:
+            return True
+        return self._gradient_steps(post)
+
+    def _q(self, post) -> torch.Tensor:
+        values = {n: transform_to(self.c.constraints[n])(self.unconstrained[n]) for n in self.c.names}
+        return self.c.expected_log_joint(values, post, names=set(self.gradient))
+
+    def _gradient_steps(self, post) -> bool:
+        """Adam on the gradient-route params' Q (the closed-form ones held), keeping the best."""
+        params = [self.unconstrained[n] for n in self.gradient]
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        n = self.c.N
+        start_q, best_q, best = -math.inf, -math.inf, None
+        for step in range(self.steps + 1):
+            self.optimizer.zero_grad()
+            q = self._q(post)
+            value = float(q.detach())
+            if step == 0:
+                start_q = value
+            if value > best_q:
+                best_q, best = value, [p.detach().clone() for p in params]
+            if step == self.steps:
+                break
+            (-q / n).backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+        moved = best_q > start_q
+        self.possible_gain = 0.0 if moved else self._probe_gain(post, params, start_q)
+        return moved
+
+    def _probe_gain(self, post, params, start_q: float) -> float:
+        self.optimizer.zero_grad()
+        (-self._q(post) / self.c.N).backward()
+        start = [p.detach().clone() for p in params]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        best = 0.0
+        with torch.no_grad():
+            for k in range(12):
+                for p, p0, g in zip(params, start, grads):
+                    p.copy_(p0 - self.lr * 4.0**-k * g)
+                q = float(self._q(post))
+                if math.isfinite(q):
+                    best = max(best, (q - start_q) / self.c.N)
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        self.optimizer.zero_grad()
+        return best
+
+    @torch.no_grad()
+    def random_start(self, data: tuple, gen) -> None:
+        """Random independent marginals per row and step, then an M-step."""
+        c = self.c
+        qu = torch.rand(c.N, c.T, c.K, generator=gen, dtype=torch.float64).to(c.device, c.dtype)
+        qu = qu / qu.sum(-1, keepdim=True)
+        qc = torch.ones(c.N, dtype=c.dtype, device=c.device)
+        if self.sample_weight is not None:
+            qc, qu = self.sample_weight, qu * self.sample_weight[:, None, None]
+        qp = torch.zeros(c.N, c.T, c.K, c.K, dtype=c.dtype, device=c.device)
+        qp[:, 1:] = qu[:, :-1, :, None] * (qu[:, 1:, None, :] / qc[:, None, None, None])
+        with torch.enable_grad():
+            self.m_step(data, c.posterior(qc, qu, qp if c.row_pairs else qp.sum(0)))
+
+    def initialize(self, data: tuple, method: str, gen) -> None:
+        raise ConfigurationError(
+            f"init={method!r} needs a model with an initialize_(x, method, generator) "
+            "method; use init='current' (the model's parameters as they are) or 'random'"
+        )
+
+    def reset(self) -> None:
+        self.optimizer = None
+
+
 def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
     """Chunks' marginals (rows, values) joined over rows; a chunk of one row, whose row dim the
     marginal squeezed away, gets it back."""
@@ -783,7 +925,7 @@ def _program(model, guide) -> Program:
 
 
 def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group,
-                data_plate: str = DATA_PLATE):
+                data_plate: str = DATA_PLATE, gen: torch.Generator | None = None):
     source = program.source
     closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
     if e_step == "closed_form" and not closed:
@@ -803,7 +945,40 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
                 f"{len(data)} tensors: pass x, not (x, condition, ...)"
             )
         return _ClosedFormRoute(source, data, chunk_size, group)
-    return _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group, data_plate)
+    route = _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group, data_plate)
+    route.closed_form_refused = None
+    if e_step == "auto" and route.closed_m_step is None:
+        why = _chain_unsupported(program, data, route, chunk_size, group)
+        if why is None:
+            try:
+                compiled = CompiledChain(program.model, data, nesting=route.nesting, plate=data_plate, gen=gen)
+            except NotCompilable as exc:
+                why = str(exc)
+            except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as exc:
+                why = f"{type(exc).__name__} while compiling: {str(exc).splitlines()[0] if str(exc) else ''}"
+            else:
+                chain = _ChainRoute(compiled, m_step_steps, m_step_lr)
+                held = {id(t) for t in chain.unconstrained.values()}
+                others = [] if program.module is None else [
+                    n for n, t in program.module.named_parameters() if id(t) not in held]
+                if not others:
+                    return chain
+                why = f"the model's torch parameters {others[:3]} are not pyro.params the sites read"
+        route.closed_form_refused = why
+    return route
+
+
+def _chain_unsupported(program: Program, data: tuple, route: _EnumRoute, chunk_size, group) -> str | None:
+    """Why the compiled chain route does not apply before compiling (None: try it)."""
+    if group is not None:
+        return "distributed runs take the general route"
+    if chunk_size is not None and chunk_size < len(data[0]):
+        return "chunk_size splits the rows; the compiled route holds them all"
+    with poutine.block(), poutine.trace() as capture:
+        program.guide(*data)
+    if any(s["type"] == "sample" for s in capture.trace.nodes.values()):
+        return "the guide samples sites (point estimates): the compiled route needs an empty guide"
+    return None
 
 
 def _resolve_init(init, source, n_init: int):
@@ -876,7 +1051,11 @@ def em(
         seed: makes the starts reproducible.
         progress: show a tqdm bar over iterations.
         callbacks: callables receiving an :class:`EMState` after every iteration.
-        e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration).
+        e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration and the model's own or
+            the generalized M-step). With "auto", a user's model without its own M-step whose
+            discrete sites form a chain (a mixture, an HMM) of exponential-family sites over
+            ``pyro.param`` gathers is compiled once and fitted with closed-form M-steps
+            (``e_step="chain"`` in the result; see :mod:`lvm_pyro.infer.em.chain`).
         m_step_steps, m_step_lr: Adam steps and learning rate of the generalized M-step.
         data_plate: the name of the model's plate over the rows of x (as in ``fit``), e.g.
             "sequences" for a model written like Pyro's HMM example. Chunks (``chunk_size``)
@@ -932,13 +1111,14 @@ def em(
         claim_module_params(program.module)
     if hasattr(source, "check_fit_data") and (group is None or group.is_main):
         source.check_fit_data(x)
-    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate)
-    init = _resolve_init(init, source, n_init)
     seed_value = seed if seed is not None else int(torch.randint(0, 2**62, ()))
     if group is not None:  # one seed, so every process draws the same starts
         seed_value = group.broadcast_int(seed_value, dev)
     gen = torch.Generator()
     gen.manual_seed(seed_value)
+    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate,
+                        torch.Generator().manual_seed(seed_value))
+    init = _resolve_init(init, source, n_init)
     config = dict(
         max_iter=max_iter,
         tol=tol,
@@ -1009,6 +1189,8 @@ def em(
         wall_time=time.perf_counter() - started,
         config=config,
         stop_reason=best["stop_reason"],
+        param_routes=dict(getattr(route, "routes", {})),
+        closed_form_refused=getattr(route, "closed_form_refused", None),
     )
 
 
