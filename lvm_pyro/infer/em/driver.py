@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import numbers
 import time
@@ -54,6 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -249,12 +251,29 @@ def _site_marginal(q: torch.Tensor, symbol_to_dim: dict, enum_dim: int) -> torch
 class _ChunkPosterior:
     """The E-step of one chunk: per-factor weights and per-site marginals (all detached)."""
 
-    weights: dict  # site name -> packed posterior over the factor's symbols
+    weights: dict  # site name -> packed posterior over the factor's symbols (times the row weights)
     marginals: dict  # enumerated site name -> (..., values)
+    row_weight: torch.Tensor | None = None  # the chunk's sample weights, or None
 
 
-def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
-    """log p(x) and the posterior of every factor's discrete sites, by variable elimination.
+def _weighted_rows(term: torch.Tensor, weight: torch.Tensor | None, data_symbol) -> torch.Tensor:
+    """A packed tensor inside the data plate times each row's sample weight (a tensor without
+    the data dim, one shared by all rows or a chunk of one row, times their sum)."""
+    if weight is None:
+        return term
+    dims = term._pyro_dims
+    if data_symbol in dims:
+        i = dims.index(data_symbol)
+        out = term * weight.reshape((-1,) + (1,) * (term.dim() - i - 1))
+    else:
+        out = term * weight.sum()
+    out._pyro_dims = dims
+    return out
+
+
+def _enum_e_step(tr: _EnumTrace, row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, _ChunkPosterior]:
+    """log p(x) (sum_n w_n log p(x_n) with row weights) and the posterior of every factor's
+    discrete sites, by variable elimination.
 
     Factors over the same sites in the same plates share one contraction (for a mixture the
     prior of z and the likelihood of x need the same posterior p(z_n | x_n)).
@@ -279,16 +298,24 @@ def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
         return done[key]
 
     with shared_intermediates() as cache:
-        total = contract_to_tensor(factors, tr.sum_dims, cache=cache)
+        if row_weight is None:
+            total = contract_to_tensor(factors, tr.sum_dims, cache=cache).sum()
+        else:
+            rows = contract_to_tensor(factors, tr.sum_dims, target_ordinal=frozenset({tr.data_symbol}) - absent,
+                                      cache=cache)
+            total = _weighted_rows(rows, row_weight, tr.data_symbol).sum()
         weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
         marginals = {
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
             for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
         }
-    return total.sum(), _ChunkPosterior(weights, marginals)
+    if row_weight is not None:
+        weights = {name: _weighted_rows(weights[name], row_weight, tr.data_symbol) if tr.data_symbol in o
+                   else weights[name] for name, o, _, syms in tr.named if syms}
+    return total, _ChunkPosterior(weights, marginals, row_weight)
 
 
-def _random_posterior(tr: _EnumTrace, gen: torch.Generator) -> _ChunkPosterior:
+def _random_posterior(tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Tensor | None = None) -> _ChunkPosterior:
     """Independent uniform-random marginals per enumerated site (a random start)."""
     dim_to_symbol = {d: s for s, d in tr.symbol_to_dim.items()}
     site_q, marginals = {}, {}
@@ -307,18 +334,22 @@ def _random_posterior(tr: _EnumTrace, gen: torch.Generator) -> _ChunkPosterior:
         q = packed.pack(r, dim_to_symbol)
         marginals[name] = _site_marginal(q, tr.symbol_to_dim, enum_dim)
     weights = {}
-    for name, _, _, symbols in tr.named:
+    for name, ordinal, _, symbols in tr.named:
         if symbols:
             prod = math.prod(site_q[s] for s in sorted(symbols))
             weights[name] = packed.pack(prod, dim_to_symbol)
-    return _ChunkPosterior(weights, marginals)
+            if tr.data_symbol in ordinal:
+                weights[name] = _weighted_rows(weights[name], row_weight, tr.data_symbol)
+    return _ChunkPosterior(weights, marginals, row_weight)
 
 
 def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
     """Q = sum over log-factors f of sum q_f * log f (q_f = 1 for factors without a discrete site)."""
     total = tr.log_prior.new_zeros(())
-    for name, _, term, symbols in tr.named:
+    for name, ordinal, term, symbols in tr.named:
         if not symbols:
+            if tr.data_symbol in ordinal:
+                term = _weighted_rows(term, post.row_weight, tr.data_symbol)
             total = total + term.sum()
             continue
         q = post.weights[name]
@@ -381,19 +412,27 @@ class _ClosedFormRoute:
                  group: DistributedContext | None = None) -> None:
         self.model, self.chunk_size, self.group = model, chunk_size, group
         self.shift = data[0].mean(0)
+        self.sample_weight = None
 
     def _rows(self, data: tuple) -> torch.Tensor:
         return data[0] if self.group is None else self.group.shard(data[:1])[0]
 
     def e_step(self, data: tuple):
-        total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size)
+        if self.sample_weight is not None:
+            total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size,
+                                                          sample_weight=self.sample_weight)
+        else:
+            total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size)
         if self.group is not None:
             self.group.all_reduce_([total, stats.nk, stats.sx, stats.sxx])
         return total, stats
 
     def log_likelihood(self, data: tuple) -> torch.Tensor:
         """sum_n log p(x_n), without the statistics (the final evaluation)."""
-        total = self.model.log_prob(self._rows(data), self.chunk_size).sum(dtype=torch.float64)
+        log_p = self.model.log_prob(self._rows(data), self.chunk_size)
+        if self.sample_weight is not None:
+            log_p = log_p * self.sample_weight
+        total = log_p.sum(dtype=torch.float64)
         if self.group is not None:
             self.group.all_reduce_([total])
         return total
@@ -438,6 +477,7 @@ class _EnumRoute:
         self.optimizer: torch.optim.Optimizer | None = None
         self.possible_gain = 0.0  # per point, after an M-step without progress
         self._log_prior = 0.0
+        self.sample_weight = None
         self._check_data_plate(data)
 
     def _check_data_plate(self, data: tuple) -> None:
@@ -529,6 +569,12 @@ class _EnumRoute:
     def _chunks(self, data: tuple) -> list[tuple]:
         return list(zip(*(t.split(self.rows) for t in data)))
 
+    def _weights(self) -> list:
+        """The sample weights of each chunk (None for every chunk without weights)."""
+        if self.sample_weight is None:
+            return [None] * math.ceil(self.n / self.rows)
+        return list(self.sample_weight.split(self.rows))
+
     def _trace(self, chunk: tuple) -> _EnumTrace:
         tr = _trace_enum(self.program, chunk, self.nesting, self.data_plate)
         if len(chunk[0]) < self.n:
@@ -545,11 +591,11 @@ class _EnumRoute:
     def e_step(self, data: tuple):
         local = self._local(data)
         total, posts = local[0].new_zeros((), dtype=torch.float64), []
-        for i, chunk in enumerate(self._chunks(local)):
+        for i, (chunk, weight) in enumerate(zip(self._chunks(local), self._weights())):
             tr = self._trace(chunk)
             if i == 0:
                 self._log_prior = float(tr.log_prior)
-            ll, post = _enum_e_step(tr)
+            ll, post = _enum_e_step(tr, weight)
             total += ll.double()
             posts.append(post)
         if self.group is not None:
@@ -666,7 +712,8 @@ class _EnumRoute:
         # on all rows in every process (the same generator: the same start everywhere)
         group, self.group = self.group, None
         try:
-            posts = [_random_posterior(self._trace(chunk), gen) for chunk in self._chunks(data)]
+            posts = [_random_posterior(self._trace(chunk), gen, weight)
+                     for chunk, weight in zip(self._chunks(data), self._weights())]
             with torch.enable_grad():
                 self.m_step(data, posts)
         finally:
@@ -1022,6 +1069,7 @@ def em(
     canonical_order: bool = True,
     distributed: bool = False,
     data_plate: str = DATA_PLATE,
+    sample_weight=None,
 ) -> EMResult:
     """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
 
@@ -1061,6 +1109,11 @@ def em(
             "sequences" for a model written like Pyro's HMM example. Chunks (``chunk_size``)
             and shards (``distributed``) split the rows of this plate; a name given here must
             exist in the model.
+        sample_weight: one non-negative weight per row of x (None: all 1): every M-step maximizes
+            sum_n w_n E[log p(x_n, z_n)], so integer weights equal fitting replicated rows, and the
+            reported log-likelihood is the weighted mean sum_n w_n log p(x_n) / sum_n w_n. Works on
+            every route but a model's own ``m_step`` (which receives no weights) and
+            ``distributed=True``.
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
         distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
             on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
@@ -1118,6 +1171,8 @@ def em(
     gen.manual_seed(seed_value)
     route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate,
                         torch.Generator().manual_seed(seed_value))
+    if sample_weight is not None:
+        route.sample_weight = _sample_weight(sample_weight, x, route, group)
     init = _resolve_init(init, source, n_init)
     config = dict(
         max_iter=max_iter,
@@ -1194,6 +1249,45 @@ def em(
     )
 
 
+def _sample_weight(sample_weight, x: torch.Tensor, route, group) -> torch.Tensor:
+    """The sample weights checked (one finite non-negative number per row, not all zero) on x's
+    device and dtype; refused where a route cannot use them."""
+    if group is not None:
+        raise ConfigurationError("sample_weight is not supported with distributed=True: drop one of them")
+    if getattr(route, "closed_m_step", None) is not None:
+        raise ConfigurationError(
+            "sample_weight cannot reach a model's own m_step(x, posterior), which receives no "
+            "weights: fit without sample_weight, or drop the m_step so that em finds the M-step"
+        )
+    if isinstance(route, _ClosedFormRoute) and "sample_weight" not in inspect.signature(
+            route.model.expected_statistics).parameters:
+        raise ConfigurationError(
+            f"{type(route.model).__name__}.expected_statistics takes no sample_weight: fit without "
+            "sample_weight, or with e_step='enum'"
+        )
+    try:
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64) if not isinstance(
+            sample_weight, torch.Tensor) else sample_weight)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"sample_weight must be an array of numbers, one per row: {exc}") from exc
+    if w.dim() != 1 or len(w) != len(x):
+        raise DataError(
+            f"sample_weight must hold one weight per row of x ({len(x)}), got shape {tuple(w.shape)}"
+        )
+    if not w.is_floating_point() and w.dtype != torch.bool:
+        w = w.double()
+    w = w.to(x.device, x.dtype)
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        raise DataError(
+            f"sample_weight must be finite and non-negative: {int(bad.sum())} entries are not "
+            f"(the first at index {int(bad.nonzero()[0, 0])})"
+        )
+    if not float(w.sum()) > 0:
+        raise DataError("sample_weight sums to 0: at least one row needs a positive weight")
+    return w
+
+
 def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
     """Every process takes process 0's parameters (module state and Pyro's param store)."""
     tensors = []
@@ -1224,7 +1318,8 @@ def _restore(program: Program, state: tuple[dict | None, dict[str, torch.Tensor]
 
 
 def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) -> dict:
-    n = len(data[0])
+    weight = getattr(route, "sample_weight", None)
+    n = len(data[0]) if weight is None else float(weight.sum(dtype=torch.float64))
     lls, objs, reseeded = [], [], []
 
     def evaluate(state_ll) -> None:
