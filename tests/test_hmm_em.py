@@ -240,3 +240,47 @@ def test_benchmark_runs_in_quick_mode():
     assert len(rows) == 2
     for row in rows:
         assert float(row.split("|")[5].split()[0]) < 1e-9  # the same log-likelihoods as hmmlearn
+
+
+class HMMWithItsOwnMStep:
+    """A user's HMM (model, guide) object whose m_step is Baum-Welch from the posteriors em
+    passes: per-site marginals and the pairwise (z_{t-1}, z_t) marginals."""
+
+    def __init__(self):
+        self.max_plate_nesting = 2
+
+    def model(self, sequences):
+        gaussian_hmm(sequences)
+
+    def guide(self, sequences):
+        pass
+
+    def m_step(self, sequences, posterior):
+        t = sequences.shape[1]
+        gamma = torch.stack([posterior[f"z_{i}"].reshape(len(sequences), K) for i in range(t)], 1)
+        xi = torch.stack([posterior[(f"z_{i - 1}", f"z_{i}")].reshape(len(sequences), K, K)
+                          for i in range(1, t)], 1)
+        w, y = gamma.reshape(-1, K), sequences.reshape(-1, 1)
+        loc = (w * y).sum(0) / w.sum(0)
+        new = dict(init=gamma[:, 0].mean(0), trans=xi.sum((0, 1)) / xi.sum((0, 1, 3))[:, None], loc=loc,
+                   scale=((w * (y - loc) ** 2).sum(0) / w.sum(0)).sqrt())
+        with torch.no_grad():
+            for name, value in new.items():
+                constraint = pyro.get_param_store().get_state()["constraints"][name]
+                pyro.param(name).unconstrained().copy_(torch.distributions.transform_to(constraint).inv(value))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_a_models_own_m_step_receives_pairwise_marginals_and_equals_the_closed_form(chunk_size):
+    y = _sequences("gaussian", n=12, t=6, seed=3)
+    pyro.clear_param_store()
+    own = em(HMMWithItsOwnMStep(), y, data_plate="sequences", max_iter=4, tol=0.0, device="cpu",
+             chunk_size=chunk_size)
+    assert (own.e_step, own.m_step) == ("enum", "model")
+    ours = {n: pyro.param(n).detach().clone() for n in ("init", "trans", "loc", "scale")}
+    pyro.clear_param_store()
+    auto = em(gaussian_hmm, y, data_plate="sequences", max_iter=4, tol=0.0, device="cpu")
+    assert auto.e_step == "chain"
+    np.testing.assert_allclose(own.log_likelihood, auto.log_likelihood, rtol=1e-10)
+    for name, value in ours.items():
+        torch.testing.assert_close(value, pyro.param(name).detach(), rtol=1e-8, atol=1e-10)

@@ -33,7 +33,12 @@ A model may also define ``check_fit_data(x)`` (warnings about the data worth giv
 at fit time: the mixture flags constant features). The M-step is the model's own where it
 has one: ``m_step_from_statistics`` (closed_form
 route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated sites'
-marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
+marginals (enum route), ``posterior["z"]`` of shape (rows, ..., values), and of every factor's
+marginal over two or more enumerated sites, ``posterior[("z_0", "z_1")]`` of shape
+(rows, ..., values of z_0, values of z_1) (the pairwise posteriors a transition matrix needs).
+A user's model without an M-step of its own whose discrete sites form a chain of
+exponential-family sites over ``pyro.param``s takes closed-form M-steps found automatically
+(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
 An M-step whose steps find no higher Q where one exists (a small gradient step gains more than
@@ -254,6 +259,18 @@ class _ChunkPosterior:
     weights: dict  # site name -> packed posterior over the factor's symbols (times the row weights)
     marginals: dict  # enumerated site name -> (..., values)
     row_weight: torch.Tensor | None = None  # the chunk's sample weights, or None
+    axes: dict = field(default_factory=dict)  # marginal's key -> its axis over rows (negative)
+
+
+def _factor_marginal(q: torch.Tensor, tr: _EnumTrace, sites: list[str]) -> torch.Tensor:
+    """A packed factor posterior -> (..., values of sites[0], values of sites[1], ...)."""
+    probs = packed.unpack(q, tr.symbol_to_dim)
+    d = probs.dim()
+    enum = [d + tr.enum_sites[name][2] for name in sites]
+    probs = probs.permute([i for i in range(d) if i not in enum] + enum)
+    while probs.dim() > len(sites) and probs.shape[0] == 1:
+        probs = probs.squeeze(0)
+    return probs
 
 
 def _weighted_rows(term: torch.Tensor, weight: torch.Tensor | None, data_symbol) -> torch.Tensor:
@@ -309,10 +326,20 @@ def _enum_e_step(tr: _EnumTrace, row_weight: torch.Tensor | None = None) -> tupl
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
             for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
         }
+    # every factor over two or more enumerated sites (an HMM's (z_{t-1}, z_t)), for a model's m_step
+    order = list(tr.enum_sites)
+    symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
+    data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
+    axes = {name: data_dim - 1 for name in marginals}
+    for name, _, _, syms in tr.named:
+        if len(syms) > 1:
+            key = tuple(sorted((symbol_site[s] for s in syms), key=order.index))
+            marginals[key] = _factor_marginal(weights[name], tr, list(key))
+            axes[key] = data_dim - len(key)
     if row_weight is not None:
         weights = {name: _weighted_rows(weights[name], row_weight, tr.data_symbol) if tr.data_symbol in o
                    else weights[name] for name, o, _, syms in tr.named if syms}
-    return total, _ChunkPosterior(weights, marginals, row_weight)
+    return total, _ChunkPosterior(weights, marginals, row_weight, axes)
 
 
 def _random_posterior(tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Tensor | None = None) -> _ChunkPosterior:
@@ -338,9 +365,18 @@ def _random_posterior(tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Te
         if symbols:
             prod = math.prod(site_q[s] for s in sorted(symbols))
             weights[name] = packed.pack(prod, dim_to_symbol)
-            if tr.data_symbol in ordinal:
-                weights[name] = _weighted_rows(weights[name], row_weight, tr.data_symbol)
-    return _ChunkPosterior(weights, marginals, row_weight)
+    order = list(tr.enum_sites)
+    symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
+    data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
+    axes = {name: data_dim - 1 for name in marginals}
+    for name, ordinal, _, symbols in tr.named:
+        if len(symbols) > 1:
+            key = tuple(sorted((symbol_site[s] for s in symbols), key=order.index))
+            marginals[key] = _factor_marginal(weights[name], tr, list(key))
+            axes[key] = data_dim - len(key)
+        if symbols and tr.data_symbol in ordinal:
+            weights[name] = _weighted_rows(weights[name], row_weight, tr.data_symbol)
+    return _ChunkPosterior(weights, marginals, row_weight, axes)
 
 
 def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
@@ -614,9 +650,12 @@ class _EnumRoute:
     def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> bool:
         """Take the M-step; False when it left the parameters where they were (a stall)."""
         if self.closed_m_step is not None:
-            marginals = {name: _cat_rows([p.marginals[name] for p in posts]) for name in posts[0].marginals}
+            axes = posts[0].axes
+            marginals = {name: _cat_rows([p.marginals[name] for p in posts], axes.get(name, -2))
+                         for name in posts[0].marginals}
             if self.group is not None:  # the model's M-step sees every row's posterior
-                marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
+                marginals = {name: self.group.all_gather_rows(m, dim=axes.get(name, -2))
+                             for name, m in marginals.items()}
             self.closed_m_step(*data, marginals)
             return True
         return self._gradient_m_step(self._local(data), posts)
@@ -865,11 +904,11 @@ class _ChainRoute:
         self.optimizer = None
 
 
-def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Chunks' marginals (rows, values) joined over rows; a chunk of one row, whose row dim the
-    marginal squeezed away, gets it back."""
-    dim = max(2, *(p.dim() for p in parts))
-    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=-2)
+def _cat_rows(parts: list[torch.Tensor], axis: int = -2) -> torch.Tensor:
+    """Chunks' marginals (rows, ..., values) joined over rows (the negative ``axis``); a chunk
+    of one row, whose row dim the marginal squeezed away, gets it back."""
+    dim = max(-axis, *(p.dim() for p in parts))
+    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=axis)
 
 
 def _user_data(data: tuple):
