@@ -62,8 +62,11 @@ def test_a_plain_pyro_poisson_mixture_takes_the_closed_form_route_and_equals_em_
 def bernoulli_mixture(x):
     k, d = 3, x.shape[1]
     w = pyro.param("bm_w", x.new_ones(k) / k, constraint=constraints.simplex)
-    probs = pyro.param("bm_probs", 0.3 + 0.4 * torch.linspace(0, 1, k * d, dtype=x.dtype).reshape(k, d),
-                       constraint=constraints.unit_interval)
+    probs = pyro.param(
+        "bm_probs",
+        0.3 + 0.4 * torch.linspace(0, 1, k * d, dtype=x.dtype).reshape(k, d),
+        constraint=constraints.unit_interval,
+    )
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Categorical(w))  # left unmarked: em enumerates it
         pyro.sample("x", dist.Bernoulli(probs[z]).to_event(1), obs=x)
@@ -71,7 +74,9 @@ def bernoulli_mixture(x):
 
 def _bernoulli_data(n=250, d=6, seed=1):
     g = torch.Generator().manual_seed(seed)
-    truth = torch.tensor([[0.9] * 3 + [0.1] * 3, [0.1] * 3 + [0.9] * 3, [0.5] * 6], dtype=torch.float64)[:, :d]
+    truth = torch.tensor([[0.9] * 3 + [0.1] * 3, [0.1] * 3 + [0.9] * 3, [0.5] * 6], dtype=torch.float64)[
+        :, :d
+    ]
     z = torch.randint(3, (n,), generator=g)
     return torch.bernoulli(truth[z], generator=g)
 
@@ -106,8 +111,12 @@ def gaussian_mixture_shared_scale(x):
 
 def test_a_normal_mixture_with_one_shared_scale_is_exact_ecm():
     g = torch.Generator().manual_seed(2)
-    x = torch.cat([torch.randn(120, generator=g, dtype=torch.float64) - 3,
-                   torch.randn(80, generator=g, dtype=torch.float64) * 1.5 + 2])
+    x = torch.cat(
+        [
+            torch.randn(120, generator=g, dtype=torch.float64) - 3,
+            torch.randn(80, generator=g, dtype=torch.float64) * 1.5 + 2,
+        ]
+    )
     pyro.clear_param_store()
     result = em(gaussian_mixture_shared_scale, x, max_iter=10, tol=0.0, device="cpu")
     assert (result.e_step, result.m_step) == ("chain", "closed_form")
@@ -132,8 +141,12 @@ def mixed_routes(x):
 
 def test_a_model_mixes_closed_form_and_gradient_m_steps_and_stays_monotone():
     g = torch.Generator().manual_seed(3)
-    x = torch.cat([torch.randn(100, generator=g, dtype=torch.float64) + 1,
-                   torch.randn(100, generator=g, dtype=torch.float64) + 5])
+    x = torch.cat(
+        [
+            torch.randn(100, generator=g, dtype=torch.float64) + 1,
+            torch.randn(100, generator=g, dtype=torch.float64) + 5,
+        ]
+    )
     pyro.clear_param_store()
     result = em(mixed_routes, x, max_iter=60, tol=1e-9, m_step_steps=30, m_step_lr=0.1, device="cpu")
     assert (result.e_step, result.m_step) == ("chain", "closed_form+gradient")
@@ -180,8 +193,16 @@ def test_integer_sample_weights_equal_replicated_rows(route):
     fits = []
     for data, sw in ((x, weights.double()), (replicated, None)):
         pyro.clear_param_store()
-        result = em(poisson_mixture, data, max_iter=6, tol=0.0, device="cpu", e_step=route, sample_weight=sw,
-                    m_step_steps=5)
+        result = em(
+            poisson_mixture,
+            data,
+            max_iter=6,
+            tol=0.0,
+            device="cpu",
+            e_step=route,
+            sample_weight=sw,
+            m_step_steps=5,
+        )
         fits.append((result.log_likelihood, pyro.param("pm_w").detach(), pyro.param("pm_rate").detach()))
     np.testing.assert_allclose(fits[0][0], fits[1][0], rtol=1e-10)
     torch.testing.assert_close(fits[0][1], fits[1][1], rtol=1e-10, atol=0)
@@ -196,3 +217,87 @@ def test_fractional_sample_weights_match_the_weighted_closed_form():
     lls, w, rate = _poisson_em(x, 8, sw)
     np.testing.assert_allclose(result.log_likelihood, lls, rtol=1e-10)
     torch.testing.assert_close(pyro.param("pm_rate").detach(), rate, rtol=1e-10, atol=0)
+
+
+# --------------------------------------------------------------------------- missing values
+
+
+def missing_mixture(x, observed):
+    """A diagonal Gaussian mixture over D features with missing entries (Pyro's obs_mask)."""
+    k, d = 2, x.shape[1]
+    w = pyro.param("mm_w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    loc = pyro.param("mm_loc", torch.linspace(-1, 1, k * d, dtype=x.dtype).reshape(k, d))
+    scale = pyro.param("mm_scale", x.new_ones(k, d), constraint=constraints.positive)
+    with pyro.plate("data", len(x), dim=-2):
+        z = pyro.sample("z", dist.Categorical(w)).squeeze(-1)
+        with pyro.plate("features", d, dim=-1):
+            pyro.sample("x", dist.Normal(loc[z], scale[z]), obs=x, obs_mask=observed)
+
+
+def _missing_data(n=150, d=3, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randint(2, (n,), generator=g)
+    x = torch.tensor([[-2.0, 0.0, 2.0], [2.0, 1.0, -1.0]], dtype=torch.float64)[z] + torch.randn(
+        n, d, generator=g, dtype=torch.float64
+    )
+    observed = torch.rand(n, d, generator=g) > 0.2  # 20% of the entries missing at random
+    observed[:, 0] |= ~observed.any(1)  # every row keeps one entry
+    return torch.where(observed, x, torch.zeros(())), observed
+
+
+def _missing_brute_force(x, observed, w, loc, scale):
+    """log p(x_obs) per row: sum over z of w_z prod over observed entries N(x_d | loc_zd, scale_zd)."""
+    lp = dist.Normal(loc, scale).log_prob(x[:, None, :]) * observed[:, None, :]
+    return (w.log() + lp.sum(-1)).logsumexp(1)
+
+
+def test_missing_values_through_obs_mask_are_summed_out_exactly_on_both_routes():
+    x, observed = _missing_data()
+    runs = {}
+    for route in ("auto", "enum"):
+        pyro.clear_param_store()
+        runs[route] = em(
+            missing_mixture, (x, observed), max_iter=8, tol=0.0, device="cpu", e_step=route, m_step_steps=3
+        )
+    assert (runs["auto"].e_step, runs["auto"].m_step) == ("chain", "closed_form")
+    assert runs["enum"].log_likelihood[0] == pytest.approx(runs["auto"].log_likelihood[0], rel=1e-12)
+    # EM by hand on the observed entries: the E-step conditions on them, the M-step counts them
+    w = x.new_tensor([0.5, 0.5])
+    loc = torch.linspace(-1, 1, 6, dtype=x.dtype).reshape(2, 3)
+    scale = x.new_ones(2, 3)
+    lls = []
+    for _ in range(8):
+        lls.append(float(_missing_brute_force(x, observed, w, loc, scale).mean()))
+        lp = (dist.Normal(loc, scale).log_prob(x[:, None, :]) * observed[:, None, :]).sum(-1)
+        r = (w.log() + lp).softmax(1)
+        ro = r[:, :, None] * observed[:, None, :]  # (n, k, d): responsibility of each observed entry
+        w = r.mean(0)
+        loc = (ro * x[:, None, :]).sum(0) / ro.sum(0)
+        scale = ((ro * (x[:, None, :] - loc) ** 2).sum(0) / ro.sum(0)).sqrt()
+    np.testing.assert_allclose(runs["auto"].log_likelihood[:-1], lls, rtol=1e-10)
+    pyro.clear_param_store()
+    em(missing_mixture, (x, observed), max_iter=8, tol=0.0, device="cpu")
+    torch.testing.assert_close(pyro.param("mm_loc").detach(), loc, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pyro.param("mm_scale").detach(), scale, rtol=1e-10, atol=1e-12)
+
+
+def test_log_likelihood_and_the_arviz_export_of_an_obs_mask_model_are_the_observed_marginal():
+    from lvm_pyro.infer.evaluate import log_likelihood
+    from lvm_pyro.models.base import empty_guide
+
+    x, observed = _missing_data(n=40)
+    pyro.clear_param_store()
+    result = em(missing_mixture, (x, observed), max_iter=3, tol=0.0, device="cpu")
+    p = {n: pyro.param(f"mm_{n}").detach() for n in ("w", "loc", "scale")}
+    exact = _missing_brute_force(x, observed, p["w"], p["loc"], p["scale"])
+    ll = log_likelihood(missing_mixture, (x, observed), guide=empty_guide, num_samples=1, device="cpu")
+    torch.testing.assert_close(ll.per_example.double(), exact, rtol=1e-10, atol=1e-10)
+    assert result.log_likelihood[-1] == pytest.approx(float(exact.mean()), rel=1e-12)
+    az = pytest.importorskip("arviz")
+    from lvm_pyro.diagnostics.arviz import to_inference_data
+
+    with pytest.warns(Warning):  # one point estimate: the export says LOO is in-sample
+        idata = to_inference_data(result, (x, observed))
+    pointwise = sum(np.asarray(v).reshape(-1, len(x)) for v in idata.log_likelihood.data_vars.values())
+    assert az is not None
+    np.testing.assert_allclose(pointwise[0], exact.numpy(), rtol=1e-9)

@@ -15,9 +15,9 @@ from lvm_pyro.infer.em.driver import (
     EMResult,
     EMState,
     ReseedEvent,
-    _enum_e_step,
-    _EnumRoute,
-    _trace_enum,
+    _enum_e_step,  # noqa: F401  (the benchmark and tests reach the E-step pieces here)
+    _EnumRoute,  # noqa: F401
+    _trace_enum,  # noqa: F401
     em,
 )
 

@@ -46,6 +46,8 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
+from lvm_pyro.infer.logdensity import MarginalizeMissing
+
 #: distribution -> the arguments the compiled route reads (each a param gather or a constant)
 FAMILIES: dict[type, tuple[str, ...]] = {
     dist.Categorical: ("probs",),
@@ -116,7 +118,7 @@ def _unwrap(fn):
 
 
 def _trace(model, data: tuple, nesting: int, values: dict | None = None, validate: bool = True):
-    fn = config_enumerate(model)
+    fn = config_enumerate(MarginalizeMissing()(model))
     if values is not None:
         fn = poutine.substitute(fn, data=values)
     fn = poutine.enum(fn, first_available_dim=-nesting - 1)
@@ -125,7 +127,16 @@ def _trace(model, data: tuple, nesting: int, values: dict | None = None, validat
 
 
 def _sites(trace) -> list[dict]:
-    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    """Sample sites with a log-density: no plate subsample sites, no pyro.deterministic, no
+    site masked out entirely (obs_mask's missing entries)."""
+    return [
+        s
+        for s in trace.nodes.values()
+        if s["type"] == "sample"
+        and not site_is_subsample(s)
+        and not s["infer"].get("_deterministic")
+        and s["mask"] is not False
+    ]
 
 
 def _arg(fn, name: str) -> torch.Tensor:
@@ -160,8 +171,13 @@ class CompiledChain:
         """A trace with every param replaced by codes: a simplex param by rows that survive a
         Categorical's normalization and name their row, any other param by entries that name
         their index (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
-        self.simplex = [n for n in self.names if self.constraints[n] is constraints.simplex
-                        and self.values[n].dim() and self.values[n].shape[-1] > 1]
+        self.simplex = [
+            n
+            for n in self.names
+            if self.constraints[n] is constraints.simplex
+            and self.values[n].dim()
+            and self.values[n].shape[-1] > 1
+        ]
         rows, r0 = {}, 0
         total_rows = sum(self.values[n].numel() // self.values[n].shape[-1] for n in self.simplex)
         for n in self.simplex:
@@ -179,8 +195,11 @@ class CompiledChain:
         for j, n in enumerate(self.names):
             if n not in rows:
                 v = self.values[n]
-                values[n] = ((2 * j + 1) * _CODE + torch.arange(v.numel(), dtype=torch.float64)
-                             + 0.25).reshape(v.shape).to(self.device)
+                values[n] = (
+                    ((2 * j + 1) * _CODE + torch.arange(v.numel(), dtype=torch.float64) + 0.25)
+                    .reshape(v.shape)
+                    .to(self.device)
+                )
         return _trace(self.model, self.data, self.nesting, values, validate=False)
 
     def _decode_rows(self, probs: torch.Tensor):
@@ -204,7 +223,9 @@ class CompiledChain:
             if n in self.simplex:
                 continue
             ia = a - (2 * j + 1) * _CODE - 0.25
-            if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(((ia >= 0) & (ia < self.values[n].numel())).all()):
+            if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(
+                ((ia >= 0) & (ia < self.values[n].numel())).all()
+            ):
                 return ("param", n), ia.round().long()
         if a.shape == real.shape and torch.equal(a, real.double()):
             return ("const", None), real
@@ -235,15 +256,22 @@ class CompiledChain:
         for s in sites:
             deps = sorted(symbol[d] for d in s["packed"]["log_prob"]._pyro_dims if d in symbol)
             own = symbol.get(s["infer"].get("_enumerate_symbol"))
-            if own is not None and (deps[-1] != own or (len(deps) == 2 and deps[0] != own - 1) or len(deps) > 2):
-                raise NotCompilable(f"site {s['name']!r} does not depend on the previous site of the chain alone")
+            if own is not None and (
+                deps[-1] != own or (len(deps) == 2 and deps[0] != own - 1) or len(deps) > 2
+            ):
+                raise NotCompilable(
+                    f"site {s['name']!r} does not depend on the previous site of the chain alone"
+                )
             if len(deps) > 2 or (len(deps) == 2 and deps[0] != deps[1] - 1):
-                raise NotCompilable(f"site {s['name']!r} depends on sites that are not neighbours in the chain")
+                raise NotCompilable(
+                    f"site {s['name']!r} depends on sites that are not neighbours in the chain"
+                )
             base, event, fmask = _unwrap(s["fn"])
             family = type(base)
             if family not in FAMILIES:
-                raise NotCompilable(f"site {s['name']!r} is a {family.__name__}, not one of "
-                                    f"{[f.__name__ for f in FAMILIES]}")
+                raise NotCompilable(
+                    f"site {s['name']!r} is a {family.__name__}, not one of {[f.__name__ for f in FAMILIES]}"
+                )
             lp = s["log_prob"]
             shape = list((1,) * (rank - lp.dim()) + tuple(lp.shape))
             data_dim = next(f.dim for f in s["cond_indep_stack"] if f.name == self.plate)
@@ -273,8 +301,10 @@ class CompiledChain:
                 read = [(base.probs, 1), (s["value"], 0)]
             else:
                 read = [(_arg(base, a), event) for a in FAMILIES[family]] + [(s["value"], event)]
-            shared = all(t.dim() - e < -data_dim or t.shape[data_dim - e] == 1 or t.stride(data_dim - e) == 0
-                         for t, e in read)
+            shared = all(
+                t.dim() - e < -data_dim or t.shape[data_dim - e] == 1 or t.stride(data_dim - e) == 0
+                for t, e in read
+            )
             shared = shared and wshape[rank + data_dim] == 1 and fmask is None
             if shared:
                 n, shape[data_dim], base_kind = 0, 1, 3
@@ -285,21 +315,26 @@ class CompiledChain:
             elif len(deps) == 1:
                 pos, kind = (n * self.T + deps[0]) * self.K + ar(dims["j"], self.K), base_kind + 1
             else:
-                pos = ((n * self.T + deps[1]) * self.K + ar(dims["i"], self.K)) * self.K + ar(dims["j"], self.K)
+                pos = ((n * self.T + deps[1]) * self.K + ar(dims["i"], self.K)) * self.K + ar(
+                    dims["j"], self.K
+                )
                 kind = base_kind + 2
             batch = torch.Size(shape)
-            event_shape = tuple(base.batch_shape[len(base.batch_shape) - event:]) if event else ()
+            event_shape = tuple(base.batch_shape[len(base.batch_shape) - event :]) if event else ()
             full = batch + torch.Size(event_shape)
 
-            def flat(t, size=full):
+            rows_at, events = data_dim - len(event_shape), len(event_shape)
+
+            def flat(t, size=full, at=rows_at, shared=shared):
+                """A tensor aligned to ``size`` (rows narrowed to one where shared), flattened."""
                 t = torch.as_tensor(t, device=self.device)
-                at = data_dim - len(size) + len(batch)
                 if shared and t.dim() >= -at and t.shape[at] > 1:
                     t = t.narrow(at, 0, 1)
                 return t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size).reshape(-1)
 
-            def batch_only(t):
-                return flat(t.reshape(t.shape + (1,) * len(event_shape)) if event_shape else t)
+            def batch_only(t, events=events, flat=flat):
+                """A tensor of the batch shape, repeated over the event dims, flattened."""
+                return flat(t.reshape(t.shape + (1,) * events))
 
             value = s["value"]
             if family is dist.Categorical:
@@ -353,7 +388,9 @@ class CompiledChain:
     # ------------------------------------------------------------------ evaluation
 
     def _args(self, g: _Group, values: dict) -> list[torch.Tensor]:
-        return [values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix for src, ix in zip(g.sources, g.idx)]
+        return [
+            values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix for src, ix in zip(g.sources, g.idx)
+        ]
 
     def log_probs(self, g: _Group, values: dict) -> torch.Tensor:
         """Every element's log-density under ``values`` (masked elements 0)."""
@@ -501,7 +538,9 @@ class CompiledChain:
                         continue
                     n, ix, y = src[1], g.idx[a], g.y
                     size = values[n].numel()
-                    s = stats.setdefault(n, [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(2)])
+                    s = stats.setdefault(
+                        n, [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(2)]
+                    )
                     if g.family is dist.Categorical:
                         s[0].index_add_(0, ix, w)
                     elif g.family is dist.Bernoulli:

@@ -38,7 +38,8 @@ marginal over two or more enumerated sites, ``posterior[("z_0", "z_1")]`` of sha
 (rows, ..., values of z_0, values of z_1) (the pairwise posteriors a transition matrix needs).
 A user's model without an M-step of its own whose discrete sites form a chain of
 exponential-family sites over ``pyro.param``s takes closed-form M-steps found automatically
-(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
+(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM:
+``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
 An M-step whose steps find no higher Q where one exists (a small gradient step gains more than
@@ -75,7 +76,15 @@ from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
-from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
+from lvm_pyro.errors import (
+    ConfigurationError,
+    ConvergenceWarning,
+    DataError,
+    DiagnosticWarning,
+    DivergenceError,
+    LVMError,
+    ModelContractError,
+)
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
 from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable
@@ -155,6 +164,29 @@ class EMResult:
     param_routes: dict = field(default_factory=dict)
     closed_form_refused: str | None = None
 
+    def __repr__(self) -> str:
+        ll = self.log_likelihood
+        start = f" from {ll[0]:.6g}" if len(ll) > 1 else ""
+        n_starts = len(self.init_objectives)
+        starts = f", best_init={self.best_init} of {n_starts}" if n_starts > 1 else ""
+        reseeded = f", reseeded={len(self.reseeded)}" if self.reseeded else ""
+        return (
+            f"EMResult(model={_name(self.model)}, "
+            f"e_step={self.e_step!r}, m_step={self.m_step!r}, log_likelihood={ll[-1]:.6g}{start} per point, "
+            f"n_iter={self.n_iter}, converged={self.converged}, stop_reason={self.stop_reason!r}"
+            f"{starts}{reseeded}, "
+            f"wall_time={self.wall_time:.3g}s)"
+        )
+
+
+def _name(model) -> str:
+    """A model's short name: a function's name, else its class's (a (model, guide) pair: the model's)."""
+    if isinstance(model, tuple) and model:
+        model = model[0]
+    if callable(model) and not hasattr(model, "model") and hasattr(model, "__name__"):
+        return model.__name__
+    return type(model).__name__
+
 
 # --------------------------------------------------------------------------- enumeration
 
@@ -220,6 +252,8 @@ def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor,
                 "enumerable nor sampled by the guide: em needs every latent site to be discrete "
                 "(summed out) or a point estimate in the guide (Delta / AutoDelta)"
             )
+        if site["mask"] is False:  # no factor at all (a masked-out site: obs_mask's missing entries)
+            continue
         term = site["packed"]["log_prob"]
         factors.setdefault(ordinal, []).append(term)
         named.append((name, ordinal, term))
@@ -288,7 +322,9 @@ def _weighted_rows(term: torch.Tensor, weight: torch.Tensor | None, data_symbol)
     return out
 
 
-def _enum_e_step(tr: _EnumTrace, row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, _ChunkPosterior]:
+def _enum_e_step(
+    tr: _EnumTrace, row_weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, _ChunkPosterior]:
     """log p(x) (sum_n w_n log p(x_n) with row weights) and the posterior of every factor's
     discrete sites, by variable elimination.
 
@@ -318,10 +354,18 @@ def _enum_e_step(tr: _EnumTrace, row_weight: torch.Tensor | None = None) -> tupl
         if row_weight is None:
             total = contract_to_tensor(factors, tr.sum_dims, cache=cache).sum()
         else:
-            rows = contract_to_tensor(factors, tr.sum_dims, target_ordinal=frozenset({tr.data_symbol}) - absent,
-                                      cache=cache)
+            rows = contract_to_tensor(
+                factors, tr.sum_dims, target_ordinal=frozenset({tr.data_symbol}) - absent, cache=cache
+            )
             total = _weighted_rows(rows, row_weight, tr.data_symbol).sum()
-        weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
+        # a factor's posterior lives in the plates of its enumerated sites (the entries of a plate
+        # nested inside them, say features, share it)
+        site_ordinal = {symbol: ordinal for symbol, ordinal, _ in tr.enum_sites.values()}
+        weights = {
+            name: posterior(o & frozenset.intersection(*(site_ordinal[s] for s in syms)), syms)
+            for name, o, _, syms in tr.named
+            if syms
+        }
         marginals = {
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
             for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
@@ -342,7 +386,9 @@ def _enum_e_step(tr: _EnumTrace, row_weight: torch.Tensor | None = None) -> tupl
     return total, _ChunkPosterior(weights, marginals, row_weight, axes)
 
 
-def _random_posterior(tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Tensor | None = None) -> _ChunkPosterior:
+def _random_posterior(
+    tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Tensor | None = None
+) -> _ChunkPosterior:
     """Independent uniform-random marginals per enumerated site (a random start)."""
     dim_to_symbol = {d: s for s, d in tr.symbol_to_dim.items()}
     site_q, marginals = {}, {}
@@ -361,7 +407,7 @@ def _random_posterior(tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Te
         q = packed.pack(r, dim_to_symbol)
         marginals[name] = _site_marginal(q, tr.symbol_to_dim, enum_dim)
     weights = {}
-    for name, ordinal, _, symbols in tr.named:
+    for name, _, _, symbols in tr.named:
         if symbols:
             prod = math.prod(site_q[s] for s in sorted(symbols))
             weights[name] = packed.pack(prod, dim_to_symbol)
@@ -540,7 +586,7 @@ class _EnumRoute:
                 "sequences), log_likelihood and objective include log K per masked value, a "
                 "constant that leaves the EM updates unchanged; to report log p(x) of the "
                 "unpadded data, subtract it, or pass sequences without padding",
-                UserWarning,
+                DiagnosticWarning,
                 stacklevel=5,
             )
         plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
@@ -783,7 +829,8 @@ class _ChainRoute:
         self.routes = dict(compiled.routes)
         closed = [n for n, r in self.routes.items() if r == "closed_form"]
         self.gradient = [n for n, r in self.routes.items() if r == "gradient"]
-        self.m_step_name = "closed_form" if not self.gradient else ("closed_form+gradient" if closed else "gradient")
+        mixed = "closed_form+gradient" if closed else "gradient"
+        self.m_step_name = "closed_form" if not self.gradient else mixed
         self.possible_gain = 0.0
         self.sample_weight = None
         self.optimizer = None
@@ -1037,7 +1084,9 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
         why = _chain_unsupported(program, data, route, chunk_size, group)
         if why is None:
             try:
-                compiled = CompiledChain(program.model, data, nesting=route.nesting, plate=data_plate, gen=gen)
+                compiled = CompiledChain(
+                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen
+                )
             except NotCompilable as exc:
                 why = str(exc)
             except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as exc:
@@ -1263,7 +1312,7 @@ def em(
             "log-likelihood, although small gradient steps still gain more than tol per point. Raise "
             "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
             "crawl); result.stop_reason is 'stalled' and result.converged is False",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     if canonical_order and hasattr(source, "canonicalize_"):
