@@ -6,10 +6,17 @@ offers its methods and fitted attributes, so it can be swapped in; underneath it
 :func:`~lvm_pyro.infer.em.em`. It takes numpy arrays or torch tensors (on any device):
 fitted attributes follow the type of the data given to ``fit``, and every method returns
 the type it is given.
+
+Beyond scikit-learn's mixture: ``fit(X, sample_weight=w)`` (integer weights equal replicated
+rows), ``partial_fit`` (online EM, one minibatch a call, as ``MiniBatchKMeans.partial_fit``)
+and ``batch_size=`` (``fit`` by online EM over minibatches of an array, a memory-mapped
+``.npy`` array or a ``.npy`` path, memory bounded by the batch).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import warnings
 
 import numpy as np
@@ -25,7 +32,8 @@ from sklearn.utils.validation import validate_data as sk_validate_data
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, NotFittedError
 from lvm_pyro.infer.em import EMState, em
-from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel
+from lvm_pyro.infer.online_em import OnlineEM, online_em
+from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, check_sample_weight
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -51,6 +59,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     - ``chunk_size``: rows per E-step chunk (None: sized automatically; memory stays bounded).
     - ``sort_components``: put the fitted components in canonical order (decreasing weight,
       ties by first mean coordinate); False keeps the order EM ends with (scikit-learn's).
+      ``partial_fit`` never reorders (its running statistics are per component).
+    - ``batch_size``: None (batch EM, the default) or rows per minibatch: ``fit`` then runs
+      online EM (:func:`~lvm_pyro.infer.online_em.online_em`) for ``max_iter`` passes over
+      X, which may be a memory-mapped array or a path to a ``.npy`` file, with Polyak
+      averaging of the statistics after the first pass; ``tol`` compares the passes' mean
+      log-likelihoods, and ``n_init`` must be 1.
+    - ``learning_decay``, ``learning_offset``: the step sizes of online EM (``partial_fit``
+      and ``batch_size``), gamma_t = (t + learning_offset)^-learning_decay, as scikit-learn's
+      ``LatentDirichletAllocation``; learning_decay in (0.5, 1].
+
+    Sample weights (``fit(X, sample_weight=w)``, ``partial_fit(X, sample_weight=w)``):
+    non-negative, one per row; a row of weight w counts as w copies in every E-step
+    statistic, in the k-means(++) initialization and in ``lower_bound_`` (a weighted mean).
+    ``score`` stays the unweighted mean over the rows given.
 
     Differences from scikit-learn: with ``sort_components=True`` the labels are the
     canonical order, not the order of the initialization; the best of ``n_init`` starts is
@@ -93,6 +115,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         dtype: torch.dtype | None = None,
         chunk_size: int | None = None,
         sort_components: bool = True,
+        batch_size: int | None = None,
+        learning_decay: float = 0.6,
+        learning_offset: float = 0.0,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -112,6 +137,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.sort_components = sort_components
+        self.batch_size = batch_size
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
 
     # ----------------------------------------------------------------- input handling
 
@@ -145,6 +173,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for name in ("warm_start", "sort_components"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
+            raise ConfigurationError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
+        decay = self.learning_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.5 < decay <= 1:
+            raise ConfigurationError(f"learning_decay must be in (0.5, 1], got {decay!r}")
+        offset = self.learning_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < np.inf:
+            raise ConfigurationError(f"learning_offset must be a finite number >= 0, got {offset!r}")
         floating = isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
         if self.dtype is not None and not floating:
             raise ConfigurationError(
@@ -193,7 +229,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ----------------------------------------------------------------- fitting
 
-    def _init_function(self):
+    def _init_function(self, sample_weight: torch.Tensor | None = None):
         given = {
             "weights": self.weights_init,
             "means": self.means_init,
@@ -204,54 +240,78 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         def init(model: GaussianMixtureModel, x: torch.Tensor, gen: torch.Generator) -> None:
             if not fully_given:
-                model.initialize_(x, method, gen, self.chunk_size)
+                model.initialize_(x, method, gen, self.chunk_size, sample_weight=sample_weight)
             model.set_parameters(**{k: _as_numpy(v) for k, v in given.items() if v is not None})
 
         return init
 
-    def fit(self, X, y=None):
-        """Estimate the parameters by EM (``n_init`` starts, the best kept); returns self.
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the parameters by EM (``n_init`` starts, the best kept), or by online EM
+        over minibatches when ``batch_size`` is set; returns self.
 
         Example:
             >>> import numpy as np
             >>> GaussianMixture(2, random_state=0).fit(np.arange(10.0)[:, None]).n_iter_ >= 1
             True
         """
-        self.fit_predict(X, y)
+        self._check_parameters()
+        self._forget_online()
+        if self.batch_size is not None:
+            return self._fit_online(X, sample_weight)
+        self._fit_batch(X, sample_weight)
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the MAP component of every point (as ``fit(X).predict(X)``)."""
         self._check_parameters()
+        self._forget_online()
+        if self.batch_size is not None:
+            return self._fit_online(X, sample_weight).predict(X)
+        x = self._fit_batch(X, sample_weight)
+        return self._out(self.model_.map_z(x, self.chunk_size), X)
+
+    def _forget_online(self) -> None:
+        """A fit starts afresh: a later partial_fit continues from it with new counters."""
+        self._online_ = None
+        for name in ("n_steps_", "n_samples_seen_"):
+            self.__dict__.pop(name, None)
+
+    def _new_model(self, n_features: int, like: torch.Tensor) -> GaussianMixtureModel:
+        return GaussianMixtureModel(
+            int(self.n_components), n_features, self.covariance_type, reg_covar=float(self.reg_covar)
+        ).to(device=like.device, dtype=like.dtype)
+
+    def _fit_batch(self, X, sample_weight) -> torch.Tensor:
         warm = self.warm_start and hasattr(self, "model_")
         x = self._to_tensor(X, reset=not warm)
-        K = int(self.n_components)
-        if warm:
-            model = self.model_
-        else:
-            model = GaussianMixtureModel(
-                K, x.shape[1], self.covariance_type, reg_covar=float(self.reg_covar)
-            ).to(device=x.device, dtype=x.dtype)
-        seed = self._seed()
+        w = check_sample_weight(sample_weight, len(x), x)
+        model = self.model_ if warm else self._new_model(x.shape[1], x)
+        weighted = {} if w is None else {"sample_weight": w}
+        if weighted and "sample_weight" not in inspect.signature(em).parameters:
+            raise ConfigurationError(
+                "this version of lvm_pyro.em has no sample_weight: fit with batch_size=... (online "
+                "EM takes weights) or upgrade"
+            )
         result = em(
             model,
             x,
             max_iter=int(self.max_iter),
             tol=float(self.tol),
             n_init=1 if warm else int(self.n_init),
-            init="current" if warm else self._init_function(),
+            init="current" if warm else self._init_function(w),
             chunk_size=self.chunk_size,
             device=x.device,
-            seed=seed,
+            seed=self._seed(),
             callbacks=(self._verbose_callback,) if self.verbose else (),
             canonical_order=bool(self.sort_components),
+            **weighted,
         )
         if not result.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.model_ = model
         self.em_result_ = result
@@ -261,7 +321,107 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = result.objective[: result.n_iter]
         self.reseeded_ = result.reseeded
         self._set_attributes(like=X)
-        return self._out(model.map_z(x, self.chunk_size), X)
+        return x
+
+    def _fit_online(self, X, sample_weight):
+        """fit with batch_size: online EM over minibatches of X (array, memmap or .npy path)."""
+        if int(self.n_init) != 1:
+            raise ConfigurationError(
+                f"n_init={self.n_init} with batch_size: online EM runs one start; pass n_init=1"
+            )
+        if self.max_iter < 1:
+            raise ConfigurationError("max_iter (passes over the data) must be >= 1 with batch_size")
+        warm = self.warm_start and hasattr(self, "model_")
+        source = np.load(os.fspath(X), mmap_mode="r") if isinstance(X, (str, os.PathLike)) else X
+        if not _is_torch(source):
+            source = _dense_2d(source, "X")
+        if source.ndim != 2:
+            raise DataError(f"X has shape {tuple(source.shape)}: pass a 2-D array of rows")
+        if warm and source.shape[1] != self.n_features_in_:
+            raise DataError(
+                f"X has {source.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        dtype = self._fit_dtype(source)
+        first_row = source[:1] if _is_torch(source) else np.array(source[:1])
+        probe = validate_data(first_row, name="X", dtype=dtype, device=self.device)
+        model = self.model_ if warm else self._new_model(source.shape[1], probe)
+        self.n_features_in_ = source.shape[1]
+        weights = None
+        if sample_weight is not None:
+            weights = check_sample_weight(sample_weight, len(source), probe.cpu().double()).numpy()
+        result = online_em(
+            model,
+            source,
+            batch_size=int(self.batch_size),
+            max_passes=int(self.max_iter),
+            kappa=float(self.learning_decay),
+            t0=float(self.learning_offset),
+            sample_weight=weights,
+            init="current" if warm else self._init_function(),
+            tol=float(self.tol),
+            seed=self._seed(),
+            chunk_size=self.chunk_size,
+            dtype=dtype,
+            device=probe.device,
+        )
+        if self.sort_components:
+            model.canonicalize_()
+        self.model_ = model
+        self.em_result_ = result
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_passes
+        self.n_steps_ = result.n_steps
+        self.lower_bound_ = result.pass_log_likelihood[-1]
+        self.lower_bounds_ = list(result.pass_log_likelihood)
+        self.reseeded_ = []
+        self._set_attributes(like=source if _is_torch(source) else np.empty(0))
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One step of online EM on the minibatch X (Cappe and Moulines, 2009); returns self.
+
+        The first call checks the parameters and initializes the mixture from X (``init_params``
+        on X, or the given ``*_init``; X needs at least ``n_components`` rows), as
+        ``MiniBatchKMeans.partial_fit``; every call then updates the running statistics
+        s <- (1 - gamma_t) s + gamma_t s(X), gamma_t = (t + learning_offset)^-learning_decay
+        (gamma_1 = 1), and sets the parameters to their M-step. ``n_steps_`` counts the
+        calls, ``n_samples_seen_`` the rows. The last iterate is kept (no averaging), and the
+        components are not reordered.
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> gm = GaussianMixture(2, covariance_type="diag", random_state=0)
+            >>> for _ in range(20):
+            ...     z = rng.integers(2, size=200)
+            ...     _ = gm.partial_fit(np.where(z[:, None] == 1, 4.0, -4.0) + rng.normal(size=(200, 1)))
+            >>> gm.n_steps_, sorted(np.round(gm.means_[:, 0]).tolist())
+            (20, [-4.0, 4.0])
+        """
+        first = not hasattr(self, "model_")
+        if first:
+            self._check_parameters()
+        x = self._to_tensor(X, reset=first)
+        w = check_sample_weight(sample_weight, len(x), x)
+        if first:
+            self.model_ = self._new_model(x.shape[1], x)
+            self._init_function(w)(self.model_, x, torch.Generator().manual_seed(self._seed()))
+            self.n_steps_ = 0
+            self.n_samples_seen_ = 0
+        if getattr(self, "_online_", None) is None:  # first call, or the first after fit
+            self._online_ = OnlineEM(
+                self.model_,
+                kappa=float(self.learning_decay),
+                t0=float(self.learning_offset),
+                averaging=None,
+                chunk_size=self.chunk_size,
+            )
+        self._online_.step(x, w)
+        self.n_steps_ = getattr(self, "n_steps_", 0) + 1
+        self.n_samples_seen_ = getattr(self, "n_samples_seen_", 0) + len(x)
+        self._set_attributes(like=X)
+        return self
 
     def _seed(self) -> int:
         """A seed for em / sampling drawn from ``random_state`` (scikit-learn's convention)."""

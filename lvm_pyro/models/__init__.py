@@ -1,3 +1,4 @@
-"""Model/guide pairs (one file a model) and the registry the command line reads."""
+"""Model/guide pairs (one file or package a model) and the registry the command line reads.
 
-from lvm_pyro.models import transforms  # noqa: F401  (registers biject_to(positive_definite))
+Importing this package registers nothing with torch or Pyro (see
+:mod:`lvm_pyro.models.transforms` for the positive-definite bijection, used explicitly)."""

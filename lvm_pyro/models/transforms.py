@@ -2,18 +2,40 @@
 
 torch registers ``transform_to(constraints.positive_definite)`` but no ``biject_to`` for it
 (its ``PositiveDefiniteTransform`` maps D x D matrices, not a space of the same dimension),
-so autoguides such as ``AutoNormal`` cannot place a posterior over a Wishart-distributed
-precision matrix. :class:`CholeskyVectorToPositiveDefinite` maps the D(D+1)/2 unconstrained
-numbers of a lower-triangular matrix, with its diagonal exponentiated, to L L^T: a smooth
-bijection R^{D(D+1)/2} -> {positive-definite D x D} with a closed-form Jacobian. Importing
-``lvm_pyro`` registers it as ``biject_to(constraints.positive_definite)``, which is how
-``GaussianMixtureModel.global_guide`` and PSIS-LOO work for full and tied covariances.
+so autoguides such as ``AutoNormal`` (and NUTS) cannot place a posterior over a
+Wishart-distributed precision matrix. :class:`CholeskyVectorToPositiveDefinite` maps the
+D(D+1)/2 unconstrained numbers of a lower-triangular matrix, with its diagonal exponentiated,
+to L L^T: a smooth bijection R^{D(D+1)/2} -> {positive-definite D x D} with a closed-form
+Jacobian.
+
+Importing ``lvm_pyro`` registers nothing in torch's ``biject_to`` registry. Two explicit routes:
+
+- :func:`bijective_positive_definite` returns a positive-definite constraint of this
+  module's own type, whose ``biject_to`` is the bijection above (registered for that type the
+  first time it is asked for; torch's own constraints keep their behaviour). The Gaussian
+  mixture's Wishart and flat precision sites use it, which is how
+  ``GaussianMixtureModel.global_guide``, NUTS and PSIS-LOO work for full and tied
+  covariances. :class:`BijectiveWishart` is a Wishart with that support, for a user's own
+  model.
+- :func:`positive_definite_bijection` is a context manager that registers the bijection for
+  torch's ``constraints.positive_definite`` for the duration of a ``with`` block and restores
+  the registry on exit.
+
+Example:
+    >>> from torch.distributions import biject_to
+    >>> support = bijective_positive_definite()
+    >>> type(biject_to(support)).__name__
+    'CholeskyVectorToPositiveDefinite'
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pyro.distributions as dist
 import torch
 from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
@@ -87,6 +109,65 @@ class CholeskyVectorToPositiveDefinite(Transform):
         return torch.Size((*shape[:-2], d * (d + 1) // 2))
 
 
-@biject_to.register(constraints.positive_definite)
-def _positive_definite_bijection(constraint) -> Transform:
+def _bijection(constraint) -> Transform:
     return CholeskyVectorToPositiveDefinite()
+
+
+class BijectivePositiveDefinite(type(constraints.positive_definite)):
+    """Positive-definite matrices, as ``constraints.positive_definite``, with
+    ``biject_to(this) = CholeskyVectorToPositiveDefinite()``; made by
+    :func:`bijective_positive_definite`."""
+
+
+_SUPPORT = BijectivePositiveDefinite()
+_LOCK = threading.Lock()
+
+
+def bijective_positive_definite() -> BijectivePositiveDefinite:
+    """The positive-definite constraint whose ``biject_to`` is
+    :class:`CholeskyVectorToPositiveDefinite`. The first call registers that bijection for
+    this module's constraint type only (no torch constraint changes behaviour)."""
+    with _LOCK:
+        if BijectivePositiveDefinite not in biject_to._registry:
+            biject_to.register(BijectivePositiveDefinite, _bijection)
+    return _SUPPORT
+
+
+class BijectiveWishart(dist.Wishart):
+    """Pyro's Wishart with the support :func:`bijective_positive_definite`, so autoguides and
+    NUTS can transform its site (the distribution is otherwise the same).
+
+    Example:
+        >>> w = BijectiveWishart(torch.tensor(3.0), torch.eye(2))
+        >>> type(biject_to(w.support)).__name__
+        'CholeskyVectorToPositiveDefinite'
+    """
+
+    @property
+    def support(self) -> BijectivePositiveDefinite:
+        return bijective_positive_definite()
+
+
+@contextmanager
+def positive_definite_bijection() -> Iterator[None]:
+    """Within the block, ``biject_to(constraints.positive_definite)`` is
+    :class:`CholeskyVectorToPositiveDefinite` (for a model written with a plain
+    ``dist.Wishart``); the registry is restored on exit.
+
+    Example:
+        >>> with positive_definite_bijection():
+        ...     type(biject_to(constraints.positive_definite)).__name__
+        'CholeskyVectorToPositiveDefinite'
+    """
+    key = type(constraints.positive_definite)
+    with _LOCK:
+        had, previous = key in biject_to._registry, biject_to._registry.get(key)
+        biject_to.register(key, _bijection)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            if had:
+                biject_to._registry[key] = previous
+            else:
+                biject_to._registry.pop(key, None)

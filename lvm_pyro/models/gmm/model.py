@@ -1,38 +1,25 @@
 """Gaussian mixture: p(x) = sum_k w_k N(x; mu_k, Sigma_k), as a Pyro model/guide pair.
 
 The Pyro program draws the global parameters (sites "mixture_weights", "locs", "precisions")
-from their priors,
-then per data point ``z ~ Categorical(weights)`` (marked for enumeration) and
-``x ~ N(loc[z], precision[z]^-1)``. The guide is a point estimate (Delta) at the module's
+from their priors, then per data point ``z ~ Categorical(weights)`` (marked for enumeration)
+and ``x ~ N(loc[z], precision[z]^-1)``. The guide is a point estimate (Delta) at the module's
 parameters, so with z summed out ``TraceEnum_ELBO`` is exactly -log p(x) - log p(theta):
-``fit(gmm, x, estimator="enum")`` does gradient ascent on the marginal likelihood, the way
+``fit(gmm, x, objective="enum")`` does gradient ascent on the marginal likelihood, the way
 Pyro's GMM tutorial does, and ``em(gmm, x)`` runs expectation-maximization on the same
 parameters. Without a prior (the default) the priors are flat and both give maximum
-likelihood; with a :class:`GMMPrior` they give MAP estimates, and NUTS or SVI over
-:meth:`GaussianMixtureModel.global_guide` give a posterior.
+likelihood; with a :class:`~lvm_pyro.models.gmm.prior.GMMPrior` they give MAP estimates, and
+NUTS or SVI over :meth:`GaussianMixtureModel.global_guide` give a posterior.
 
-Besides the Pyro program, the model carries what EM needs in closed form: the log joint
-log p(x, z = k) as one matrix product per chunk of rows (:meth:`~GaussianMixtureModel.log_joint`),
-expected sufficient statistics accumulated over chunks (bounded memory) and the M-step from
-them. Those are tested equal to Pyro's enumeration of the program.
+Besides the Pyro program, the model carries what EM needs in closed form (the statistics
+protocol of ``em`` and ``online_em``): the log joint log p(x, z = k) as one matrix product
+per chunk of rows (:meth:`~GaussianMixtureModel.log_joint`), expected sufficient statistics
+accumulated over chunks (bounded memory, optional sample weights) and the M-step from them.
+Those are tested equal to Pyro's enumeration of the program. Everything that depends on the
+covariance type is one object of :mod:`lvm_pyro.models.gmm.covariance`.
 
-Covariance types follow scikit-learn: ``full`` (one D x D matrix per component), ``tied``
-(one shared matrix), ``diag`` (one variance per component and feature), ``spherical`` (one
-variance per component).
-
-Numerics: the closed-form E-step expands (x - mu)^T Lambda (x - mu) into products with the
-features [x, x x^T] of x shifted by the data mean, so it costs one matrix product per chunk
-and never forms an N x K x D block. The rounding of that expansion is about eps (|x - mean| /
-sigma)^2 relative: negligible in float64 (scikit-learn's precision, the default of the
-estimator); in float32 (eps ~ 1e-7, faster) it matters only for clusters hundreds of standard
-deviations from the data mean. Responsibilities below exp(log(tiny) / 2) are rounded up to
-that value so no subnormal numbers slow the CPU.
-
-Speed on a CPU: a chunk's buffers (about 2 MiB) stay in cache across its passes; phi carries
-a column of ones, so the constant term rides in the first matrix product and sum_n r_nk in
-the second. The per-chunk operations are too small for torch's intra-op threads (a fork-join
-per operation, very slow when a core is busy with other work), so they run single-threaded
-and whole chunks are handed out in turn to as many threads as torch uses; the statistics are
+The per-chunk operations are too small for torch's intra-op threads (a fork-join per
+operation, very slow when a core is busy with other work), so they run single-threaded and
+whole chunks are handed out in turn to as many threads as torch uses; the statistics are
 summed in chunk order, so the result does not depend on the number of threads.
 
 Canonical order (label switching): :meth:`~GaussianMixtureModel.canonicalize_` sorts the
@@ -43,10 +30,8 @@ and the estimator apply it at the end of fitting.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -60,170 +45,73 @@ from torch.distributions import constraints
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
-from lvm_pyro.models.registry import register_model
+from lvm_pyro.models.gmm.covariance import COVARIANCE_TYPES, COVARIANCES, Covariance
+from lvm_pyro.models.gmm.kmeans import as_generator, kmeans, kmeans_plusplus
+from lvm_pyro.models.gmm.prior import GMMPrior, is_number
+from lvm_pyro.models.gmm.statistics import (
+    GROUP,
+    Coefficients,
+    GMMStatistics,
+    Workspace,
+    Workspaces,
+    chunk_rows,
+    log_sum_exp_columns_,
+    softmax_columns_,
+)
 from lvm_pyro.threads import run_chunks, single_threaded
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 #: The global (per-dataset) sample sites of the Pyro program; "z" is the local discrete site.
 GLOBAL_SITES = ("mixture_weights", "locs", "precisions")
 INIT_METHODS = ("kmeans", "kmeans++", "k-means++", "random", "random_from_data")
 _LOG_2PI = math.log(2 * math.pi)
-_CHUNK_BYTES = 2**21
-_ILL_DEFINED = (
-    "{name} are not all positive-definite; for fitted covariances this means some components "
-    "have ill-defined empirical covariance (a singleton or collapsed sample): increase "
-    "reg_covar, decrease n_components, or scale the input data"
-)
 
 
-def _is_number(value, low: float | None = None) -> bool:
-    """A finite real number (not a bool), above ``low`` when given."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    return math.isfinite(value) and (low is None or value > low)
-
-
-def _check_covariance_type(covariance_type: str) -> str:
+def _check_covariance_type(covariance_type: str) -> Covariance:
     if covariance_type not in COVARIANCE_TYPES:
         raise ConfigurationError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
         )
-    return covariance_type
+    return COVARIANCES[covariance_type]
 
 
-def chunk_rows(n_columns: int, itemsize: int, chunk_size: int | None = None) -> int:
-    """Rows per chunk so that a (rows x n_columns) block stays about 2 MiB: large enough that
-    per-operation overheads (Python, dispatch) stay small, small enough that a chunk's buffers
-    stay in a core's cache across the passes over them (measured best at 1-2 MiB).
-
-    Example:
-        >>> chunk_rows(32, 8)
-        8192
-    """
-    if chunk_size is not None:
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ConfigurationError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        return chunk_size
-    return int(min(65536, max(1024, _CHUNK_BYTES // (itemsize * max(n_columns, 1)))))
-
-
-@dataclass(frozen=True)
-class GMMPrior:
-    """Priors on the global parameters; None leaves that parameter's prior flat.
-
-    weights ~ Dirichlet(weight_concentration * 1_K);
-    loc[k] ~ Normal(mean_loc, mean_scale^2 I), mean_loc one number or one per feature;
-    precision ~ Wishart(precision_df, I / (precision_df * covariance_scale^2)) per component
-    (full) or shared (tied), and each precision ~ Gamma(precision_df / 2,
-    precision_df * covariance_scale^2 / 2) (diag, spherical): E[precision] = 1 /
-    covariance_scale^2 either way.
-
-    EM with a prior returns the MAP estimate (weights need weight_concentration >= 1 for an
-    interior maximum); NUTS and SVI need every prior set.
+def check_sample_weight(sample_weight, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """scikit-learn's conventions: None, a number (the same weight for every row) or N
+    finite non-negative weights, not all zero; returned as a (N,) tensor like ``like``.
 
     Example:
-        >>> GMMPrior(weight_concentration=2.0, mean_scale=10.0).mean_scale
-        10.0
+        >>> check_sample_weight([1, 2], 2, torch.zeros(1)).tolist()
+        [1.0, 2.0]
     """
-
-    weight_concentration: float | None = None
-    mean_loc: float | tuple[float, ...] = 0.0
-    mean_scale: float | None = None
-    precision_df: float | None = None
-    covariance_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("weight_concentration", "mean_scale", "precision_df"):
-            value = getattr(self, name)
-            if value is not None and not _is_number(value, low=0.0):
-                raise ConfigurationError(
-                    f"GMMPrior.{name} must be a finite positive number or None, got {value!r}"
-                )
-        if not _is_number(self.covariance_scale, low=0.0):
-            raise ConfigurationError(
-                f"GMMPrior.covariance_scale must be a finite positive number, got {self.covariance_scale!r}"
-            )
-        locs = self.mean_loc if isinstance(self.mean_loc, (tuple, list)) else (self.mean_loc,)
-        if not locs or not all(_is_number(v) for v in locs):
-            raise ConfigurationError(
-                f"GMMPrior.mean_loc must be a finite number or a tuple of them (one per feature), "
-                f"got {self.mean_loc!r}"
-            )
-
-    @property
-    def is_proper(self) -> bool:
-        """True when every global parameter has a proper prior (needed by NUTS and SVI)."""
-        return None not in (self.weight_concentration, self.mean_scale, self.precision_df)
-
-
-@dataclass
-class GMMStatistics:
-    """Expected sufficient statistics of a Gaussian mixture, additive over chunks of data.
-
-    With r_nk = p(z_n = k | x_n) and x' = x - shift: ``nk`` = sum_n r_nk, ``sx`` = sum_n
-    r_nk x'_n (K, D), ``sxx`` = sum_n r_nk x'_n x'_n^T (K, D, D) for full, its diagonal (K, D)
-    for diag, sum_n r_nk |x'_n|^2 (K,) for spherical and sum_n x'_n x'_n^T (D, D) for tied.
-    Shifting by the data mean keeps the expanded second moments accurate.
-    """
-
-    shift: torch.Tensor
-    nk: torch.Tensor
-    sx: torch.Tensor
-    sxx: torch.Tensor
-
-    def __add__(self, other: GMMStatistics) -> GMMStatistics:
-        return GMMStatistics(self.shift, self.nk + other.nk, self.sx + other.sx, self.sxx + other.sxx)
-
-    @property
-    def n(self) -> float:
-        return float(self.nk.sum())
-
-
-@dataclass(frozen=True)
-class _Coefficients:
-    """log p(x, z = k) = A_k . phi(x') (+ a per-row term for tied), x' = x - shift, with
-    phi's last feature 1 so that A's last column (A is (K, F + 1)) is the constant term."""
-
-    shift: torch.Tensor
-    A: torch.Tensor
-    tied_factor: torch.Tensor | None
-
-
-class _Workspace:
-    """Buffers reused over the chunks of rows: phi (rows, F + 1) whose last column holds 1,
-    the (K, rows) block and two row vectors. The views for a chunk of n <= rows rows are
-    contiguous."""
-
-    def __init__(self, x: torch.Tensor, rows: int, shape: tuple[int, int]) -> None:
-        self.K, F1 = shape
-        self._phi = x.new_empty(rows, F1)
-        self._phi[:, -1] = 1
-        self._block = x.new_empty(self.K * rows)
-        self._vectors = x.new_empty(2, rows)
-
-    def phi(self, n: int) -> torch.Tensor:
-        return self._phi[:n]
-
-    def block(self, n: int) -> torch.Tensor:
-        return self._block[: self.K * n].view(self.K, n)
-
-    def top(self, n: int) -> torch.Tensor:
-        return self._vectors[0, :n]
-
-    def norm(self, n: int) -> torch.Tensor:
-        return self._vectors[1, :n]
-
-
-class _Workspaces(dict):
-    """One :class:`_Workspace` per thread slot of :func:`run_chunks`, made on first use."""
-
-    def __init__(self, x: torch.Tensor, rows: int, shape: tuple[int, int]) -> None:
-        super().__init__()
-        self._args = (x, rows, shape)
-
-    def __missing__(self, slot: int) -> _Workspace:
-        work = self[slot] = _Workspace(*self._args)
-        return work
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, bool):
+        raise DataError(f"sample_weight must be numbers, got {sample_weight!r}")
+    if is_number(sample_weight):
+        w = like.new_full((n,), float(sample_weight))
+    else:
+        try:
+            if torch.is_tensor(sample_weight):
+                w = sample_weight.detach().to(dtype=like.dtype, device=like.device)
+            else:
+                w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), dtype=like.dtype,
+                                    device=like.device)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"sample_weight must be an array of numbers: {exc}") from exc
+    if w.dim() != 1 or len(w) != n:
+        raise DataError(
+            f"sample_weight has shape {tuple(w.shape)}, expected ({n},): one weight per row of the data"
+        )
+    if not bool(torch.isfinite(w).all()):
+        raise DataError(f"sample_weight has {int((~torch.isfinite(w)).sum())} non-finite value(s)")
+    if bool((w < 0).any()):
+        first = int(torch.nonzero(w < 0)[0, 0])
+        raise DataError(
+            f"sample_weight has {int((w < 0).sum())} negative value(s) (first at index {first}): "
+            "weights must be non-negative"
+        )
+    if not bool((w > 0).any()):
+        raise DataError("sample_weight is zero for every row: at least one weight must be positive")
+    return w
 
 
 class GaussianMixtureModel(LatentVariableModel):
@@ -265,10 +153,11 @@ class GaussianMixtureModel(LatentVariableModel):
         super().__init__()
         self.n_components = check_latent_size(n_components, "n_components")
         self.n_features = check_latent_size(n_features, "n_features")
-        self.covariance_type = _check_covariance_type(covariance_type)
-        if not (_is_number(reg_covar) and reg_covar >= 0):
+        self._cov = _check_covariance_type(covariance_type)
+        self.covariance_type = covariance_type
+        if not (is_number(reg_covar) and reg_covar >= 0):
             raise ConfigurationError(f"reg_covar must be non-negative and finite, got {reg_covar!r}")
-        if not (_is_number(min_count) and min_count >= 0):
+        if not (is_number(min_count) and min_count >= 0):
             raise ConfigurationError(f"min_count must be non-negative and finite, got {min_count!r}")
         if prior is not None and not isinstance(prior, GMMPrior):
             raise ConfigurationError(
@@ -278,7 +167,7 @@ class GaussianMixtureModel(LatentVariableModel):
         self.reg_covar = float(reg_covar)
         self.prior = prior if prior is not None else GMMPrior()
         df = self.prior.precision_df
-        if df is not None and covariance_type in ("full", "tied") and not df > n_features - 1:
+        if df is not None and self._cov.matrix and not df > n_features - 1:
             raise ConfigurationError(
                 f"a Wishart prior in {n_features} dimensions needs precision_df > "
                 f"{n_features - 1}, got {df}: raise GMMPrior.precision_df"
@@ -294,13 +183,22 @@ class GaussianMixtureModel(LatentVariableModel):
         K, D = n_components, n_features
         self.weights = PyroParam(torch.full((K,), 1.0 / K), constraints.simplex)
         self.loc = PyroParam(torch.zeros(K, D))
-        if covariance_type == "full":
-            self.scale_tril = PyroParam(torch.eye(D).expand(K, D, D).clone(), constraints.lower_cholesky)
-        elif covariance_type == "tied":
-            self.scale_tril = PyroParam(torch.eye(D), constraints.lower_cholesky)
-        else:
-            shape = (K, D) if covariance_type == "diag" else (K,)
-            self.scale = PyroParam(torch.ones(shape), constraints.positive)
+        setattr(self, self._cov.param, PyroParam(self._cov.initial_factor(K, D), self._cov.constraint()))
+
+    def __repr__(self) -> str:
+        loc = self.loc
+        extras = [f"reg_covar={self.reg_covar:g}"]
+        if self.prior != GMMPrior():
+            extras.append(f"prior={self.prior}")
+        if self.min_count != 2.0:
+            extras.append(f"min_count={self.min_count:g}")
+        where = f", dtype={str(loc.dtype).removeprefix('torch.')}"
+        if loc.device.type != "cpu":
+            where += f", device={loc.device}"
+        return (
+            f"{type(self).__name__}(n_components={self.n_components}, n_features={self.n_features}, "
+            f"covariance_type={self.covariance_type!r}, {', '.join(extras)}{where})"
+        )
 
     def check_fit_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Called by ``em`` on validated data: a constant feature (zero variance) is accepted
@@ -327,30 +225,26 @@ class GaussianMixtureModel(LatentVariableModel):
     # ----------------------------------------------------------------- parameters
 
     @property
-    def _full_cov(self) -> bool:
-        return self.covariance_type in ("full", "tied")
+    def _factor(self) -> torch.Tensor:
+        """The covariance factor: ``scale_tril`` (full, tied) or ``scale`` (diag, spherical)."""
+        return getattr(self, self._cov.param)
+
+    @_factor.setter
+    def _factor(self, value: torch.Tensor) -> None:
+        setattr(self, self._cov.param, value)
 
     def covariances(self) -> torch.Tensor:
         """Covariances in sklearn's shapes: (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical."""
-        if self._full_cov:
-            L = self.scale_tril
-            return L @ L.mT
-        return self.scale**2
+        return self._cov.covariances(self._factor)
 
     def precisions(self) -> torch.Tensor:
         """Precisions (inverse covariances) in sklearn's shapes."""
-        if self._full_cov:
-            return torch.cholesky_inverse(self.scale_tril)
-        return self.scale**-2
+        return self._cov.precisions(self._factor)
 
     def precisions_cholesky(self) -> torch.Tensor:
         """P with P P^T = precision, as scikit-learn's ``precisions_cholesky_`` (upper
         triangular L^-T for full/tied, 1 / scale for diag/spherical)."""
-        if self._full_cov:
-            L = self.scale_tril
-            eye = torch.eye(self.n_features, dtype=L.dtype, device=L.device).expand_as(L)
-            return torch.linalg.solve_triangular(L, eye, upper=False).mT
-        return 1.0 / self.scale
+        return self._cov.precisions_cholesky(self._factor)
 
     def set_parameters(
         self,
@@ -399,29 +293,13 @@ class GaussianMixtureModel(LatentVariableModel):
             raise ConfigurationError("pass covariances or precisions, not both")
         if covariances is None and precisions is None:
             return
-        shape = self._covariance_shape()
         name = "covariances" if covariances is not None else "precisions"
-        value = tensor(covariances if covariances is not None else precisions, shape, name)
-        if self._full_cov:
-            if covariances is None:
-                value = torch.cholesky_inverse(self._cholesky(value, "precisions"))
-            self.scale_tril = self._cholesky(value, name)
-        else:
-            if bool((value <= 0).any()):
-                raise ConfigurationError(f"{name} must be positive")
-            self.scale = value.sqrt() if covariances is not None else value.rsqrt()
+        value = tensor(covariances if covariances is not None else precisions, self._covariance_shape(), name)
+        self._factor = self._cov.factor_from(value, name)
 
     def _covariance_shape(self) -> tuple[int, ...]:
         """sklearn's shape of the covariances (and precisions) for this covariance type."""
-        K, D = self.n_components, self.n_features
-        return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
-
-    @staticmethod
-    def _cholesky(matrix: torch.Tensor, name: str) -> torch.Tensor:
-        L, info = torch.linalg.cholesky_ex(matrix)
-        if bool((info != 0).any()):
-            raise ConfigurationError(_ILL_DEFINED.format(name=name))
-        return L
+        return self._cov.shape(self.n_components, self.n_features)
 
     def num_parameters(self) -> int:
         """Free parameters: K - 1 weights, K D means, and the covariance parameters.
@@ -431,19 +309,12 @@ class GaussianMixtureModel(LatentVariableModel):
             17
         """
         K, D = self.n_components, self.n_features
-        cov = {
-            "full": K * D * (D + 1) // 2,
-            "tied": D * (D + 1) // 2,
-            "diag": K * D,
-            "spherical": K,
-        }[self.covariance_type]
-        return K - 1 + K * D + cov
+        return K - 1 + K * D + self._cov.n_parameters(K, D)
 
     # ----------------------------------------------------------------- the Pyro program
 
     def _priors(self, like: torch.Tensor) -> dict[str, dist.Distribution]:
         K, D, p = self.n_components, self.n_features, self.prior
-        prec_shape = self._covariance_shape()
         if p.weight_concentration is None:
             weights = dist.ImproperUniform(constraints.simplex, (), (K,))
         else:
@@ -453,36 +324,8 @@ class GaussianMixtureModel(LatentVariableModel):
         else:
             m0 = torch.as_tensor(p.mean_loc, dtype=like.dtype, device=like.device)
             loc = dist.Normal(m0.expand(K, D), p.mean_scale).to_event(2)
-        if p.precision_df is None:
-            support = constraints.positive_definite if self._full_cov else constraints.positive
-            n_event = 2 if self._full_cov else 0
-            batch, event = prec_shape[: len(prec_shape) - n_event], prec_shape[len(prec_shape) - n_event :]
-            precision = dist.ImproperUniform(support, batch, event)
-            if batch:
-                precision = precision.to_event(len(batch))
-        elif self._full_cov:
-            df = like.new_tensor(p.precision_df)
-            tril = torch.eye(D, dtype=like.dtype, device=like.device) / math.sqrt(
-                p.precision_df * p.covariance_scale**2
-            )
-            precision = dist.Wishart(df, scale_tril=tril)
-            if self.covariance_type == "full":
-                precision = precision.expand((K,)).to_event(1)
-        else:
-            a = like.new_full(prec_shape, p.precision_df / 2)
-            b = like.new_full(prec_shape, p.precision_df * p.covariance_scale**2 / 2)
-            precision = dist.Gamma(a, b).to_event(len(prec_shape))
+        precision = self._cov.precision_prior(p, like, K, D)
         return dict(zip(GLOBAL_SITES, (weights, loc, precision)))
-
-    def _component(self, loc: torch.Tensor, precision: torch.Tensor, z: torch.Tensor):
-        if self.covariance_type == "full":
-            return dist.MultivariateNormal(loc[z], precision_matrix=precision[z])
-        if self.covariance_type == "tied":
-            return dist.MultivariateNormal(loc[z], precision_matrix=precision)
-        scale = precision.rsqrt()[z]
-        if self.covariance_type == "spherical":
-            scale = scale.unsqueeze(-1)
-        return dist.Normal(loc[z], scale).to_event(1)
 
     @pyro_method
     def model(self, x: torch.Tensor) -> None:
@@ -492,7 +335,7 @@ class GaussianMixtureModel(LatentVariableModel):
         weights, loc, precision = (pyro.sample(name, priors[name]) for name in GLOBAL_SITES)
         with self.data_plate(x):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            pyro.sample("x", self._component(loc, precision, z), obs=x)
+            pyro.sample("x", self._cov.component(loc, precision, z), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor) -> None:
@@ -502,7 +345,10 @@ class GaussianMixtureModel(LatentVariableModel):
 
     def global_guide(self, family: str = "normal") -> AutoNormal | AutoDelta:
         """An autoguide over the global sites only (z stays enumerated), for Bayesian SVI:
-        ``fit(gmm.model, x, guide=gmm.global_guide(), estimator="enum")``.
+        ``fit(gmm.model, x, guide=gmm.global_guide(), objective="enum")``. For full and tied
+        covariances the precision sites are mapped to unconstrained space by
+        :class:`~lvm_pyro.models.transforms.CholeskyVectorToPositiveDefinite` (their support
+        is :func:`~lvm_pyro.models.transforms.bijective_positive_definite`).
 
         family: "normal" (AutoNormal, a posterior approximation) or "delta" (AutoDelta, MAP).
 
@@ -548,7 +394,8 @@ class GaussianMixtureModel(LatentVariableModel):
         weights, locs, precisions = (samples[name] for name in GLOBAL_SITES)
         rows = []
         for w, loc, prec in zip(weights, locs, precisions):
-            component = self._component(loc.to(x), prec.to(x), torch.arange(len(loc), device=x.device))
+            k = torch.arange(len(loc), device=x.device)
+            component = self._cov.component(loc.to(x), prec.to(x), k)
             rows.append(torch.logsumexp(torch.log(w.to(x)) + component.log_prob(x.unsqueeze(-2)), -1))
         return torch.stack(rows)
 
@@ -567,46 +414,13 @@ class GaussianMixtureModel(LatentVariableModel):
 
     # ----------------------------------------------------------------- closed forms
 
-    def _coefficients(self, shift: torch.Tensor) -> _Coefficients:
-        """Coefficients of log p(x, z = k) as a linear function of the features of x - shift."""
+    def _coefficients(self, shift: torch.Tensor) -> Coefficients:
+        """Coefficients of log p(x, z = k) as a linear function of the features of x - shift:
+        log w_k - D/2 log 2 pi - 1/2 log det Sigma_k - 1/2 mu_k^T Lambda_k mu_k + A_k . phi."""
         mu = self.loc - shift
-        logw = torch.log(self.weights)
-        D = self.n_features
-        base = logw - 0.5 * D * _LOG_2PI
-        tied_factor = None
-        if self._full_cov:
-            L = self.scale_tril
-            prec = torch.cholesky_inverse(L)
-            half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-            if self.covariance_type == "full":
-                lin = (prec @ mu.unsqueeze(-1)).squeeze(-1)
-                # x^T Lambda x over the upper triangle: Lambda_ii x_i^2 + 2 Lambda_ij x_i x_j
-                rows, cols = torch.triu_indices(D, D, device=prec.device)
-                quad = torch.where(rows == cols, -0.5, -1.0).to(prec) * prec[:, rows, cols]
-                A = torch.cat([lin, quad], 1)
-            else:
-                lin = mu @ prec
-                A = lin
-                eye = torch.eye(D, dtype=L.dtype, device=L.device)
-                tied_factor = torch.linalg.solve_triangular(L, eye, upper=False).T
-            const = base - half_logdet - 0.5 * (mu * lin).sum(1)
-        elif self.covariance_type == "diag":
-            prec = self.scale**-2
-            lin = mu * prec
-            A = torch.cat([lin, -0.5 * prec], 1)
-            const = base - torch.log(self.scale).sum(1) - 0.5 * (mu * lin).sum(1)
-        else:
-            prec = self.scale**-2
-            lin = mu * prec[:, None]
-            A = torch.cat([lin, -0.5 * prec[:, None]], 1)
-            const = base - D * torch.log(self.scale) - 0.5 * (mu * lin).sum(1)
-        return _Coefficients(shift, torch.cat([A, const[:, None]], 1).contiguous(), tied_factor)
-
-    def _n_features_phi(self) -> int:
-        D = self.n_features
-        return {"full": D + D * (D + 1) // 2, "tied": D, "diag": 2 * D, "spherical": D + 1}[
-            self.covariance_type
-        ]
+        A, lin, half_logdet, tied_factor = self._cov.coefficients(mu, self._factor)
+        const = torch.log(self.weights) - 0.5 * self.n_features * _LOG_2PI - half_logdet - 0.5 * (mu * lin).sum(1)
+        return Coefficients(shift, torch.cat([A, const[:, None]], 1).contiguous(), tied_factor)
 
     def _features(self, x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None):
         """phi = [x', and x'_i x'_j (i <= j, triu_indices order) | x'^2 | |x'|^2, 1], x' = x -
@@ -614,25 +428,17 @@ class GaussianMixtureModel(LatentVariableModel):
         is 1 (it carries the constant term of the log density, and gives sum_n r_nk in the
         statistics' product). Written into ``out`` if given, whose last column must hold 1."""
         n, D = x.shape
-        F = self._n_features_phi()
+        F = self._cov.n_phi(D)
         if out is None:
             phi = x.new_empty(n, F + 1)
             phi[:, F] = 1
         else:
             phi = out
         xs = torch.sub(x, shift, out=phi[:, :D])
-        if self.covariance_type == "full":
-            start = D
-            for i in range(D):
-                torch.mul(xs[:, i:], xs[:, i : i + 1], out=phi[:, start : start + D - i])
-                start += D - i
-        elif self.covariance_type == "diag":
-            torch.mul(xs, xs, out=phi[:, D:F])
-        elif self.covariance_type == "spherical":
-            torch.linalg.vecdot(xs, xs, out=phi[:, D])
+        self._cov.write_second_order(xs, phi[:, D:F])
         return phi
 
-    def _log_joint_chunk(self, x: torch.Tensor, coef: _Coefficients, work: _Workspace | None = None):
+    def _log_joint_chunk(self, x: torch.Tensor, coef: Coefficients, work: Workspace | None = None):
         """(features phi (n, F + 1), log p(x, z = k) transposed to (K, n) up to a per-row term,
         that per-row term (n,) or None). The (K, n) layout makes the reductions over k
         vectorized along the rows. With ``work``, phi and the (K, n) block are its buffers."""
@@ -653,7 +459,7 @@ class GaussianMixtureModel(LatentVariableModel):
                              device=self.loc.device)
 
     def _n_columns(self) -> int:
-        return self._n_features_phi() + 1 + self.n_components
+        return self._cov.n_phi(self.n_features) + 1 + self.n_components
 
     def _chunks(self, x: torch.Tensor, chunk_size: int | None):
         return x.split(chunk_rows(self._n_columns(), x.element_size(), chunk_size))
@@ -667,7 +473,7 @@ class GaussianMixtureModel(LatentVariableModel):
         parts: list[torch.Tensor | None] = [None] * len(chunks)
         with single_threaded(x.device) as threads:
             coef = self._coefficients(shift)
-            works = _Workspaces(x, len(chunks[0]), coef.A.shape)
+            works = Workspaces(x, len(chunks[0]), coef.A.shape)
 
             def body(i: int, slot: int) -> None:
                 _, lj, row = self._log_joint_chunk(chunks[i], coef, works[slot])
@@ -697,7 +503,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(float(gmm.log_prob(torch.zeros(1, 1))), 4)
             -0.9189
         """
-        return self._per_chunk(self._rows(x), chunk_size, _log_sum_exp_columns_)
+        return self._per_chunk(self._rows(x), chunk_size, log_sum_exp_columns_)
 
     def posterior(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Responsibilities r_nk = p(z_n = k | x_n) = w_k N(x_n; k) / sum_j w_j N(x_n; j), (N, K).
@@ -726,10 +532,15 @@ class GaussianMixtureModel(LatentVariableModel):
         x: torch.Tensor,
         shift: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, GMMStatistics]:
-        """E-step: (sum_n log p(x_n), expected sufficient statistics under r = p(z | x)).
+        """E-step: (sum_n w_n log p(x_n), expected sufficient statistics under r = p(z | x),
+        each row weighted by w_n) with w_n = 1 when ``sample_weight`` is None.
 
-        Runs over chunks of rows; memory beyond x is O(chunk_size x (K + features)).
+        ``x`` is a (N, D) tensor in the model's dtype and device, ``shift`` a (D,) tensor
+        (statistics are kept about it; zero when None), ``sample_weight`` N non-negative
+        weights (integer weights equal replicated rows). Runs over chunks of rows; memory
+        beyond x is O(chunk_size x (K + features)).
 
         Example:
             >>> gmm = GaussianMixtureModel(2, 1, "diag")
@@ -737,25 +548,28 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> stats.nk.tolist()
             [2.0, 2.0]
         """
+        w = check_sample_weight(sample_weight, len(x), x)
         with single_threaded(x.device) as threads:
-            return self._expected_statistics(x, self._shift(x, shift), chunk_size, threads)
+            return self._expected_statistics(x, self._shift(x, shift), chunk_size, threads, w)
 
-    def _expected_statistics(self, x, shift, chunk_size, threads):
+    def _expected_statistics(self, x, shift, chunk_size, threads, w=None):
         coef = self._coefficients(shift)
         K, F1 = coef.A.shape
         D, F = self.n_features, F1 - 1
-        tied = self.covariance_type == "tied"
+        tied = self._cov.pooled
         chunks = self._chunks(x, chunk_size)
+        weights = None if w is None else w.split(len(chunks[0]))
         rows = len(chunks[0])
-        # per chunk: S_k = sum_n r_nk phi_n (the statistics, and sum_n r_nk from phi's column
-        # of ones), sum_n log p(x_n) and for tied sum_n x'_n x'_n^T; summed in chunk order
-        group = min(len(chunks), _GROUP)
+        # per chunk: S_k = sum_n w_n r_nk phi_n (the statistics, and sum_n w_n r_nk from phi's
+        # column of ones), sum_n w_n log p(x_n) and for tied sum_n w_n x'_n x'_n^T; summed in
+        # chunk order
+        group = min(len(chunks), GROUP)
         parts = x.new_empty(group, K, F1)
         totals = x.new_empty(group, dtype=torch.float64)
         sxx_parts = x.new_empty(group, D, D) if tied else None
         S, total = x.new_zeros(K, F1), x.new_zeros((), dtype=torch.float64)
         sxx = x.new_zeros(D, D) if tied else None
-        works = _Workspaces(x, rows, (K, F1))
+        works = Workspaces(x, rows, (K, F1))
         # normalize the responsibilities through phi (n x (F + 1) products) when it is
         # narrower than the (K, n) block: its last column becomes 1 / norm, giving sum_n r_nk
         scale_phi = F1 < K
@@ -765,14 +579,21 @@ class GaussianMixtureModel(LatentVariableModel):
             chunk, j = chunks[i], i % group
             phi, lj, row = self._log_joint_chunk(chunk, coef, work)  # lj: (K, n)
             top = work.top(len(chunk))
-            inv = _softmax_columns_(lj, top, work.norm(len(chunk)))
+            inv = softmax_columns_(lj, top, work.norm(len(chunk)))
             # sum_n log p(x_n) = sum_n (top_n + log sum_k exp(lj_kn - top_n)) = sum_n (top_n - log inv_n)
             top.sub_(inv.log())
             if row is not None:
                 top.add_(row)
+            if weights is None:
+                torch.sum(top, 0, dtype=torch.float64, out=totals[j])
+            else:
+                wi = weights[i]
+                totals[j] = torch.dot(top.double(), wi.double())
+                inv.mul_(wi)
+            if row is not None:
                 xs = phi[:, :D]
-                torch.mm(xs.T, xs, out=sxx_parts[j])
-            torch.sum(top, 0, dtype=torch.float64, out=totals[j])
+                rhs = xs if weights is None else xs * weights[i][:, None]
+                torch.mm(xs.T, rhs, out=sxx_parts[j])
             if scale_phi:
                 phi.mul_(inv[:, None])
                 torch.mm(lj, phi, out=parts[j])
@@ -789,18 +610,12 @@ class GaussianMixtureModel(LatentVariableModel):
                 sxx += sxx_parts[:m].sum(0)
         return total, self._statistics_from_products(shift, S[:, F], S[:, :F].T, sxx)
 
-    def _statistics_from_products(self, shift, nk, S, sxx) -> GMMStatistics:
+    def _statistics_from_products(self, shift, nk, S, pooled) -> GMMStatistics:
+        """Statistics from S = sum_n r_nk phi_n^T (F, K) (without the column of ones), n_k and,
+        for tied, the pooled second moments."""
         D, K = self.n_features, self.n_components
         sx = S[:D].T
-        if self.covariance_type == "full":
-            rows, cols = torch.triu_indices(D, D, device=S.device)
-            upper = S.new_zeros(K, D, D)
-            upper[:, rows, cols] = S[D:].T
-            sxx = upper + upper.mT - torch.diag_embed(torch.diagonal(upper, dim1=-2, dim2=-1))
-        elif self.covariance_type == "diag":
-            sxx = S[D:].T
-        elif self.covariance_type == "spherical":
-            sxx = S[D]
+        sxx = self._cov.second_moments(S[D:], pooled, K, D)
         return GMMStatistics(shift, nk.contiguous(), sx.contiguous(), sxx.contiguous())
 
     def _shift(self, x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
@@ -808,9 +623,14 @@ class GaussianMixtureModel(LatentVariableModel):
 
     @torch.no_grad()
     def sufficient_statistics(
-        self, x: torch.Tensor, resp: torch.Tensor, shift: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        resp: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> GMMStatistics:
-        """Sufficient statistics for given responsibilities resp (N, K) (see GMMStatistics).
+        """Sufficient statistics for given responsibilities resp (N, K), each row weighted by
+        ``sample_weight`` when given (see GMMStatistics).
 
         Example:
             >>> gmm = GaussianMixtureModel(2, 1, "spherical")
@@ -818,11 +638,14 @@ class GaussianMixtureModel(LatentVariableModel):
             [3.0, 0.0]
         """
         shift = self._shift(x, shift)
+        resp = resp.to(x)
+        w = check_sample_weight(sample_weight, len(x), x)
+        if w is not None:
+            resp = resp * w[:, None]
         phi = self._features(x, shift)
-        xs = phi[:, : self.n_features]
-        sxx = xs.T @ xs if self.covariance_type == "tied" else None
-        S = phi.T @ resp.to(x)  # (F + 1, K); the last row is sum_n r_nk
-        return self._statistics_from_products(shift, S[-1], S[:-1], sxx)
+        pooled = self._cov.responsibility_second_moments(phi[:, : self.n_features], resp)
+        S = phi.T @ resp  # (F + 1, K); the last row is sum_n r_nk
+        return self._statistics_from_products(shift, S[-1], S[:-1], pooled)
 
     def m_step(self, x: torch.Tensor, posterior: torch.Tensor | Mapping[str, torch.Tensor]) -> None:
         """Closed-form M-step from responsibilities: a (N, K) tensor, or a mapping with the
@@ -851,10 +674,9 @@ class GaussianMixtureModel(LatentVariableModel):
             self._m_step_from_statistics(stats)
 
     def _m_step_from_statistics(self, stats: GMMStatistics) -> None:
-        p, D, cov_type = self.prior, self.n_features, self.covariance_type
+        p = self.prior
         nk_raw = stats.nk.to(self.loc)
-        dtype = nk_raw.dtype
-        nk = nk_raw + 10 * torch.finfo(dtype).eps
+        nk = nk_raw + 10 * torch.finfo(nk_raw.dtype).eps
         sx, sxx, shift = stats.sx.to(nk), stats.sxx.to(nk), stats.shift.to(nk)
         if p.weight_concentration is None:
             weights = nk / nk.sum()
@@ -868,61 +690,12 @@ class GaussianMixtureModel(LatentVariableModel):
             weights = nk + (p.weight_concentration - 1)
             weights = weights / weights.sum()
         mu = self._map_means(nk, sx, shift)
-        # scatter about mu: sum_n r_nk (x'_n - mu_k)(x'_n - mu_k)^T
-        if cov_type == "full":
-            outer = sx.unsqueeze(2) * mu.unsqueeze(1)
-            scatter = sxx - outer - outer.mT + nk_raw[:, None, None] * mu.unsqueeze(2) * mu.unsqueeze(1)
-        elif cov_type == "tied":
-            outer = sx.T @ mu
-            scatter = sxx - outer - outer.T + (nk_raw[:, None] * mu).T @ mu
-        elif cov_type == "diag":
-            scatter = sxx - 2 * sx * mu + nk_raw[:, None] * mu * mu
-        else:  # spherical: the scatter per feature, averaged over the D features
-            scatter = (sxx - 2 * (sx * mu).sum(1) + nk_raw * (mu * mu).sum(1)) / D
-        if p.precision_df is None:
-            if cov_type == "full":
-                cov = scatter / nk[:, None, None]
-            elif cov_type == "tied":
-                cov = scatter / nk.sum()
-            else:
-                cov = scatter / (nk[:, None] if cov_type == "diag" else nk)
-        else:
-            df, s2 = p.precision_df, p.covariance_scale**2
-            eye = torch.eye(D, dtype=dtype, device=nk.device)
-            if cov_type == "full":
-                cov = (scatter + df * s2 * eye) / (nk + df - D - 1)[:, None, None]
-            elif cov_type == "tied":
-                cov = (scatter + df * s2 * eye) / (nk.sum() + df - D - 1)
-            elif cov_type == "diag":
-                cov = (scatter + df * s2) / (nk + df - 2)[:, None]
-            else:
-                cov = (D * scatter + df * s2) / (D * nk + df - 2)
-        if self._full_cov:
-            scale_tril = self._regularized_cholesky(0.5 * (cov + cov.mT))
-        else:
-            # rounding can leave a zero scatter (a single point) slightly negative
-            cov = cov.clamp_min(0) + self.reg_covar
-            if bool((cov <= 0).any()):
-                raise ConfigurationError(_ILL_DEFINED.format(name="covariances"))
-            scale_tril = cov.sqrt()
+        scatter = self._cov.scatter(sxx, sx, mu, nk_raw)  # sum_n r_nk (x'_n - mu_k)(x'_n - mu_k)^T
+        cov = self._cov.covariance(scatter, nk, p, self.n_features)
+        factor = self._cov.factor_from_covariance(cov, self.reg_covar)
         self.weights = weights
         self.loc = mu + shift
-        if self._full_cov:
-            self.scale_tril = scale_tril
-        else:
-            self.scale = scale_tril
-
-    def _regularized_cholesky(self, cov: torch.Tensor) -> torch.Tensor:
-        """Cholesky factor of cov + reg_covar I. Where rounding left cov slightly indefinite
-        (a zero scatter computed as a difference of second moments), its negative
-        eigenvalues are first set to zero."""
-        eye = torch.eye(self.n_features, dtype=cov.dtype, device=cov.device)
-        L, info = torch.linalg.cholesky_ex(cov + self.reg_covar * eye)
-        if bool((info != 0).any()):
-            evals, evecs = torch.linalg.eigh(cov)
-            cov = (evecs * evals.clamp_min(0).unsqueeze(-2)) @ evecs.mT
-            L = self._cholesky(cov + self.reg_covar * eye, "covariances")
-        return L
+        self._factor = factor
 
     def _map_means(self, nk: torch.Tensor, sx: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """mu' = sx / n_k, or with a Normal(m0, s0^2) prior the maximizer given the current
@@ -930,18 +703,8 @@ class GaussianMixtureModel(LatentVariableModel):
         p = self.prior
         if p.mean_scale is None:
             return sx / nk[:, None]
-        tau = p.mean_scale**-2
         m0 = torch.as_tensor(p.mean_loc, dtype=sx.dtype, device=sx.device).expand_as(sx) - shift
-        prec = self.precisions().detach().to(sx)
-        if self._full_cov:
-            prec = prec.expand(self.n_components, self.n_features, self.n_features)
-            eye = torch.eye(self.n_features, dtype=sx.dtype, device=sx.device)
-            lhs = nk[:, None, None] * prec + tau * eye
-            rhs = (prec @ sx.unsqueeze(-1)).squeeze(-1) + tau * m0
-            return torch.linalg.solve(lhs, rhs)
-        if self.covariance_type == "spherical":
-            prec = prec[:, None]
-        return (prec * sx + tau * m0) / (nk[:, None] * prec + tau)
+        return self._cov.map_means(nk, sx, self.precisions().detach().to(sx), p.mean_scale**-2, m0)
 
     # ----------------------------------------------------------------- EM support
 
@@ -952,6 +715,7 @@ class GaussianMixtureModel(LatentVariableModel):
         method: str = "kmeans++",
         generator: torch.Generator | None = None,
         chunk_size: int | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> None:
         """Initialize from data, as scikit-learn does: responsibilities from ``method``, then
         one M-step.
@@ -960,7 +724,10 @@ class GaussianMixtureModel(LatentVariableModel):
         "k-means++"): one-hot at k-means++ seeds; "random_from_data": one-hot at K random
         points; "random": uniform random responsibilities. With one-hot seeds the
         covariances start at reg_covar, and the first E-step assigns points to the nearest
-        seed.
+        seed. With ``sample_weight`` a row counts w_n times: k-means(++) is weighted, K
+        random points are drawn with probability proportional to w_n, and the
+        responsibilities of "kmeans" and "random" are weighted in the M-step (k-means++ and
+        random_from_data seeds count once each, as without weights).
 
         Example:
             >>> gmm = GaussianMixtureModel(2, 1, "diag")
@@ -978,28 +745,33 @@ class GaussianMixtureModel(LatentVariableModel):
                 "use n_components <= n_samples, or more data"
             )
         self.to(dtype=x.dtype, device=x.device)
+        w = check_sample_weight(sample_weight, len(x), x)
         shift = x.mean(0)
         if method == "random":
-            gen = _generator(generator)
-            stats = None
+            gen = as_generator(generator)
+            stats, start = None, 0
             for chunk in self._chunks(x, chunk_size):
                 r = torch.rand(len(chunk), K, generator=gen, dtype=x.dtype).to(x.device)
-                part = self.sufficient_statistics(chunk, r / r.sum(1, keepdim=True), shift)
+                cw = None if w is None else w[start : start + len(chunk)]
+                part = self.sufficient_statistics(chunk, r / r.sum(1, keepdim=True), shift, cw)
                 stats = part if stats is None else stats + part
+                start += len(chunk)
         else:
+            rows, rw = x, w
             if method == "kmeans":
-                labels = kmeans(x, K, generator=generator, chunk_size=chunk_size)[1]
-                seeds = None
-            elif method == "random_from_data":
-                seeds = torch.randperm(len(x), generator=_generator(generator))[:K].to(x.device)
+                labels = kmeans(x, K, generator=generator, chunk_size=chunk_size, sample_weight=w)[1]
             else:
-                seeds = kmeans_plusplus(x, K, generator=generator, chunk_size=chunk_size)
-            if seeds is not None:
-                rows, labels = x[seeds], torch.arange(K, device=x.device)
-            else:
-                rows = x
+                if method == "random_from_data":
+                    gen = as_generator(generator)
+                    if w is None:
+                        seeds = torch.randperm(len(x), generator=gen)[:K]
+                    else:
+                        seeds = torch.multinomial(w.double().cpu(), K, replacement=False, generator=gen)
+                else:
+                    seeds = kmeans_plusplus(x, K, generator=generator, chunk_size=chunk_size, sample_weight=w)
+                rows, rw, labels = x[seeds.to(x.device)], None, torch.arange(K, device=x.device)
             resp = torch.nn.functional.one_hot(labels, K).to(x.dtype)
-            stats = self.sufficient_statistics(rows, resp, shift)
+            stats = self.sufficient_statistics(rows, resp, shift, rw)
         self.m_step_from_statistics(stats)
 
     def empty_components(self, stats: GMMStatistics) -> torch.Tensor:
@@ -1009,40 +781,35 @@ class GaussianMixtureModel(LatentVariableModel):
 
     @torch.no_grad()
     def reseed_(
-        self, x: torch.Tensor, stats: GMMStatistics, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        stats: GMMStatistics,
+        generator: torch.Generator | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> list[int]:
         """Re-seed empty or collapsing components; returns their indices.
 
-        Each one is moved to a random data point, with the data's overall covariance and
+        Each one is moved to a random data point (drawn with probability proportional to its
+        weight when ``sample_weight`` is given), with the data's overall covariance and
         weight 1 / K (the weights are then renormalized).
         """
         empty = self.empty_components(stats)
         if len(empty) == 0:
             return []
         n = stats.nk.sum()
-        sx = stats.sx.sum(0)
-        mean = sx / n
-        if self.covariance_type in ("full", "tied"):
-            total = stats.sxx if self.covariance_type == "tied" else stats.sxx.sum(0)
-            cov = total / n - mean[:, None] * mean[None, :]
-            cov = cov + self.reg_covar * torch.eye(self.n_features, dtype=cov.dtype, device=cov.device)
-        elif self.covariance_type == "diag":
-            cov = stats.sxx.sum(0) / n - mean**2 + self.reg_covar
+        mean = stats.sx.sum(0) / n
+        cov = self._cov.pooled_covariance(stats.sxx, mean, n, self.n_features, self.reg_covar)
+        gen = as_generator(generator)
+        w = check_sample_weight(sample_weight, len(x), x)
+        if w is None:
+            idx = torch.randint(len(x), (len(empty),), generator=gen)
         else:
-            cov = (stats.sxx.sum() / n - (mean**2).sum()) / self.n_features + self.reg_covar
-        idx = torch.randint(len(x), (len(empty),), generator=_generator(generator)).to(x.device)
+            idx = torch.multinomial(w.double().cpu(), len(empty), replacement=True, generator=gen)
         loc, weights = self.loc.detach().clone(), self.weights.detach().clone()
-        loc[empty] = x[idx].to(loc)
+        loc[empty] = x[idx.to(x.device)].to(loc)
         weights[empty] = 1.0 / self.n_components
         self.loc, self.weights = loc, weights / weights.sum()
-        if self.covariance_type == "full":
-            tril = self.scale_tril.detach().clone()
-            tril[empty] = self._cholesky(cov.to(tril), "covariances")
-            self.scale_tril = tril
-        elif self.covariance_type != "tied":
-            scale = self.scale.detach().clone()
-            scale[empty] = cov.clamp_min(torch.finfo(cov.dtype).tiny).sqrt().to(scale)
-            self.scale = scale
+        self._factor = self._cov.reseed(self._factor.detach(), empty, cov)
         return [int(k) for k in empty]
 
     @torch.no_grad()
@@ -1060,10 +827,7 @@ class GaussianMixtureModel(LatentVariableModel):
         perm = by_mean[torch.argsort(-self.weights[by_mean], stable=True)]
         self.weights = self.weights[perm]
         self.loc = self.loc[perm]
-        if self.covariance_type == "full":
-            self.scale_tril = self.scale_tril[perm]
-        elif self.covariance_type != "tied":
-            self.scale = self.scale[perm]
+        self._factor = self._cov.permute(self._factor, perm)
         return perm
 
     # ----------------------------------------------------------------- generation, criteria
@@ -1087,7 +851,7 @@ class GaussianMixtureModel(LatentVariableModel):
             raise ConfigurationError(f"the number of samples must be a positive integer, got {n!r}")
         K = self.n_components
         w, loc = self.weights, self.loc
-        gen = _generator(generator)
+        gen = as_generator(generator)
         if component is None:
             z = torch.multinomial(w.cpu().double(), n, replacement=True, generator=gen)
         else:
@@ -1096,15 +860,7 @@ class GaussianMixtureModel(LatentVariableModel):
             z = torch.full((n,), component, dtype=torch.long)
         eps = torch.randn(n, self.n_features, generator=gen, dtype=loc.dtype).to(loc.device)
         z = z.to(loc.device)
-        if self.covariance_type == "full":
-            noise = (self.scale_tril[z] @ eps.unsqueeze(-1)).squeeze(-1)
-        elif self.covariance_type == "tied":
-            noise = eps @ self.scale_tril.T
-        elif self.covariance_type == "diag":
-            noise = eps * self.scale[z]
-        else:
-            noise = eps * self.scale[z].unsqueeze(-1)
-        return loc[z] + noise, z
+        return loc[z] + self._cov.noise(self._factor, eps, z), z
 
     def bic(self, x: torch.Tensor, chunk_size: int | None = None) -> float:
         """Bayesian information criterion: -2 log p(x) + p log N (lower is better).
@@ -1129,133 +885,4 @@ class GaussianMixtureModel(LatentVariableModel):
         return float(self.log_prob(x, chunk_size).sum(dtype=torch.float64))
 
 
-#: exp(d) for d below this is exp(this): no subnormal numbers (slow on CPUs); the relative
-#: change of a sum of such terms is below K sqrt(tiny), far below the rounding error
-def _exp_floor(dtype: torch.dtype) -> float:
-    return 0.5 * math.log(torch.finfo(dtype).tiny)
-
-
-def _softmax_columns_(lj: torch.Tensor, top: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """Unnormalized softmax over dim 0 of a (K, n) block, in place: top <- lj.amax(0), lj <-
-    exp(max(lj - top, floor)); returns 1 / lj.sum(0), written into ``norm``."""
-    torch.amax(lj, 0, out=top)
-    lj.sub_(top).clamp_min_(_exp_floor(lj.dtype)).exp_()
-    return torch.sum(lj, 0, out=norm).reciprocal_()
-
-
-def _log_sum_exp_columns_(lj: torch.Tensor) -> torch.Tensor:
-    """logsumexp over dim 0 of a (K, n) block, overwriting it (faster than torch.logsumexp)."""
-    top = lj.amax(0)
-    return lj.sub_(top).clamp_min_(_exp_floor(lj.dtype)).exp_().sum(0).log_().add_(top)
-
-
-#: at most this many chunks' partial statistics are held before they are summed (in order)
-_GROUP = 64
-
-
-def _generator(generator: torch.Generator | None) -> torch.Generator:
-    if generator is not None:
-        return generator
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-
-
-def _sq_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    d = (x * x).sum(1, keepdim=True) - 2 * x @ centers.T + (centers * centers).sum(1)
-    return d.clamp_min_(0)
-
-
-@torch.no_grad()
-def kmeans_plusplus(
-    x: torch.Tensor,
-    n_clusters: int,
-    *,
-    generator: torch.Generator | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Greedy k-means++ seeding: each new seed is the best of 2 + log K candidates drawn with
-    probability proportional to the squared distance D(x)^2 to the nearest seed so far.
-    Returns the indices of the seeds in x.
-
-    Example:
-        >>> x = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
-        >>> idx = kmeans_plusplus(x, 2, generator=torch.Generator().manual_seed(0))
-        >>> sorted(int(x[i, 0] > 5) for i in idx)
-        [0, 1]
-    """
-    gen = _generator(generator)
-    n = len(x)
-    rows = chunk_rows(max(n_clusters, 8), x.element_size(), chunk_size)
-    trials = 2 + int(math.log(n_clusters))
-    xc = x - x.mean(0)
-    first = int(torch.randint(n, (), generator=gen))
-    seeds = [first]
-    closest = torch.cat([_sq_distances(c, xc[first : first + 1])[:, 0] for c in xc.split(rows)])
-    for _ in range(1, n_clusters):
-        weights = closest.double().cpu()
-        if float(weights.sum()) <= 0:
-            weights = torch.ones(n, dtype=torch.float64)
-        cand = torch.multinomial(weights, trials, replacement=True, generator=gen).to(x.device)
-        dist_to_cand = torch.cat(
-            [
-                torch.minimum(cl[:, None], _sq_distances(c, xc[cand]))
-                for c, cl in zip(xc.split(rows), closest.split(rows))
-            ]
-        )
-        best = int(dist_to_cand.sum(0, dtype=torch.float64).argmin())
-        seeds.append(int(cand[best]))
-        closest = dist_to_cand[:, best].contiguous()
-    return torch.tensor(seeds, device=x.device)
-
-
-@torch.no_grad()
-def kmeans(
-    x: torch.Tensor,
-    n_clusters: int,
-    *,
-    generator: torch.Generator | None = None,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from k-means++ seeds: minimize sum_n |x_n - c_{label_n}|^2.
-    Stops when the centers move less than tol x (mean feature variance). Returns
-    (centers (K, D), labels (N,)).
-
-    Example:
-        >>> x = torch.tensor([[0.0], [0.2], [10.0], [10.2]])
-        >>> centers, labels = kmeans(x, 2, generator=torch.Generator().manual_seed(0))
-        >>> sorted(round(c, 3) for c in centers[:, 0].tolist())
-        [0.1, 10.1]
-    """
-    mean = x.mean(0)
-    xc = x - mean
-    rows = chunk_rows(max(n_clusters, 8), x.element_size(), chunk_size)
-    centers = xc[kmeans_plusplus(x, n_clusters, generator=generator, chunk_size=chunk_size)]
-    threshold = tol * float(xc.var(0, unbiased=False).mean())
-    for _ in range(max_iter):
-        labels = torch.cat([_sq_distances(c, centers).argmin(1) for c in xc.split(rows)])
-        sums = torch.zeros_like(centers).index_add_(0, labels, xc)
-        counts = torch.bincount(labels, minlength=n_clusters).to(xc.dtype)
-        new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
-        shift = float(((new - centers) ** 2).sum())
-        centers = new
-        if shift <= threshold:
-            break
-    labels = torch.cat([_sq_distances(c, centers).argmin(1) for c in xc.split(rows)])
-    return centers + mean, labels
-
-
-def _digits_mixture(data, n_components: int = 10, covariance_type: str = "diag", reg_covar: float = 1e-2,
-                    **options) -> GaussianMixtureModel:
-    return GaussianMixtureModel(n_components, math.prod(data.event_shape), covariance_type,
-                                reg_covar=reg_covar, **options)
-
-
-register_model(
-    "gmm",
-    _digits_mixture,
-    description="Gaussian mixture, 10 diagonal components (reg_covar 0.01 on pixels in [0, 1]), by EM",
-    data_options={"scale": True},
-    fit_options={"max_iter": 200, "tol": 1e-4, "n_init": 3},
-    trainer="em",
-)
+__all__ = ["GLOBAL_SITES", "INIT_METHODS", "GaussianMixtureModel", "check_sample_weight"]
