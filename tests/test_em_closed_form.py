@@ -301,3 +301,28 @@ def test_log_likelihood_and_the_arviz_export_of_an_obs_mask_model_are_the_observ
     pointwise = sum(np.asarray(v).reshape(-1, len(x)) for v in idata.log_likelihood.data_vars.values())
     assert az is not None
     np.testing.assert_allclose(pointwise[0], exact.numpy(), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- online EM
+
+
+def test_em_with_batch_size_runs_online_em_close_to_batch_em():
+    from lvm_pyro.models.gmm import GaussianMixtureModel
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(3000, 2, generator=g) - 3, torch.randn(3000, 2, generator=g) + 3]).double()
+    online = em(GaussianMixtureModel(2, 2, "diag"), x, seed=0, device="cpu", batch_size=500, max_iter=3)
+    batch = em(GaussianMixtureModel(2, 2, "diag"), x, seed=0, device="cpu")
+    assert (online.e_step, online.m_step, online.n_iter) == ("closed_form", "online", 3)
+    assert len(online.log_likelihood) == 3
+    ll_online = float(online.model.log_prob(x.to(online.model.loc.dtype)).double().mean())
+    ll_batch = float(batch.model.log_prob(x).mean())
+    assert abs(ll_online - ll_batch) <= 1e-2 * abs(ll_batch)  # online EM's accuracy: tests/test_online_em.py
+
+
+def test_em_with_batch_size_refuses_a_model_without_closed_form_statistics():
+    from lvm_pyro.errors import ConfigurationError
+
+    pyro.clear_param_store()
+    with pytest.raises(ConfigurationError, match=r"batch_size=.*expected_statistics"):
+        em(poisson_mixture, _poisson_data(n=20), batch_size=5, device="cpu")

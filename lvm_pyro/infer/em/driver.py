@@ -1158,6 +1158,7 @@ def em(
     distributed: bool = False,
     data_plate: str = DATA_PLATE,
     sample_weight=None,
+    batch_size: int | None = None,
 ) -> EMResult:
     """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
 
@@ -1202,6 +1203,12 @@ def em(
             reported log-likelihood is the weighted mean sum_n w_n log p(x_n) / sum_n w_n. Works on
             every route but a model's own ``m_step`` (which receives no weights) and
             ``distributed=True``.
+        batch_size: online EM (Cappe and Moulines 2009, :func:`lvm_pyro.infer.online_em.online_em`)
+            in minibatches of this many rows, for a model with the statistics protocol
+            (``expected_statistics`` / ``m_step_from_statistics``, the Gaussian mixture): memory
+            is bounded by the batch, and ``data`` may be an array, a memmap, a ``.npy`` path or
+            a DataLoader. ``max_iter`` then counts passes over the data, ``log_likelihood`` holds
+            each pass's mean batch log-likelihood, and ``m_step`` is "online".
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
         distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
             on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
@@ -1223,6 +1230,11 @@ def em(
         (True, [-4, 4])
     """
     started = time.perf_counter()
+    if batch_size is not None:
+        return _online(model, data, guide=guide, batch_size=batch_size, max_iter=max_iter, tol=tol,
+                       n_init=n_init, init=init, chunk_size=chunk_size, device=device, seed=seed,
+                       sample_weight=sample_weight, e_step=e_step, distributed=distributed,
+                       canonical_order=canonical_order, started=started)
     checked = _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr,
                             chunk_size=chunk_size, seed=seed, data_plate=data_plate,
                             callbacks=callbacks, progress=progress, canonical_order=canonical_order,
@@ -1334,6 +1346,55 @@ def em(
         stop_reason=best["stop_reason"],
         param_routes=dict(getattr(route, "routes", {})),
         closed_form_refused=getattr(route, "closed_form_refused", None),
+    )
+
+
+def _online(model, data, *, guide, batch_size, max_iter, tol, n_init, init, chunk_size, device, seed,
+            sample_weight, e_step, distributed, canonical_order, started) -> EMResult:
+    """em(..., batch_size=): online EM over minibatches for a model with the statistics protocol."""
+    from lvm_pyro.infer.online_em import online_em
+
+    batch_size = _integer(batch_size, "batch_size", 1, "rows per online-EM step, e.g. 65536", optional=True)
+    max_iter = _integer(max_iter, "max_iter", 1, "passes over the data with batch_size=")
+    tol = _number(tol, "tol", "the change of a pass's mean log-likelihood that counts as convergence",
+                  positive=False)
+    source = model if guide is None else None
+    closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
+    if source is None or not closed:
+        raise ConfigurationError(
+            "em(..., batch_size=) runs online EM, which needs a model with closed-form statistics "
+            "(expected_statistics and m_step_from_statistics, e.g. GaussianMixtureModel); for "
+            f"{_name(model)} leave batch_size=None (em holds all rows, chunk_size= bounds the "
+            "E-step's memory) or train it with fit(..., batch_size=)"
+        )
+    if e_step == "enum" or distributed or n_init != 1:
+        raise ConfigurationError(
+            "em(..., batch_size=) takes neither e_step='enum', distributed=True nor n_init > 1"
+        )
+    if init == "auto":
+        init = "kmeans"
+    run = online_em(source, data, batch_size=batch_size, max_passes=max_iter, tol=tol, init=init,
+                    seed=seed, chunk_size=chunk_size, sample_weight=sample_weight,
+                    device=None if device == "auto" else device)
+    if canonical_order and hasattr(source, "canonicalize_"):
+        source.canonicalize_()
+    lls = list(run.pass_log_likelihood)
+    return EMResult(
+        model=model,
+        log_likelihood=lls,
+        objective=lls,
+        converged=run.converged,
+        n_iter=run.n_passes,
+        best_init=0,
+        init_objectives=lls[-1:],
+        reseeded=[],
+        lower_bound=lls[-1] if lls else math.nan,
+        e_step="closed_form",
+        m_step="online",
+        wall_time=time.perf_counter() - started,
+        config=dict(batch_size=batch_size, max_passes=max_iter, tol=tol, init=str(init), seed=seed,
+                    n_steps=run.n_steps, n_seen=run.n_seen),
+        stop_reason="converged" if run.converged else "max_iter",
     )
 
 
