@@ -57,8 +57,11 @@ def make_model(kind: str, start: dict):
         with pyro.plate("sequences", sequences.shape[0], dim=-2) as batch:
             z = None
             for t in pyro.markov(range(sequences.shape[1])):
-                z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
-                                infer={"enumerate": "parallel"})
+                z = pyro.sample(
+                    f"z_{t}",
+                    dist.Categorical(init if z is None else trans[z]),
+                    infer={"enumerate": "parallel"},
+                )
                 y = sequences[batch, t].unsqueeze(-1)
                 if kind == "categorical":
                     pyro.sample(f"y_{t}", dist.Categorical(emit[z]), obs=y)
@@ -104,8 +107,9 @@ def hmmlearn_model(kind: str, start: dict, n_iter: int, tol: float):
         m = hmm.CategoricalHMM(k, n_iter=n_iter, tol=tol, init_params="", params="ste", n_features=V)
         m.emissionprob_ = start["emit"].numpy()
     else:
-        m = hmm.GaussianHMM(k, covariance_type="diag", n_iter=n_iter, tol=tol, init_params="",
-                            params="stmc", covars_prior=0.0)
+        m = hmm.GaussianHMM(
+            k, covariance_type="diag", n_iter=n_iter, tol=tol, init_params="", params="stmc", covars_prior=0.0
+        )
         m.means_ = start["loc"].numpy()[:, None]
         m.covars_ = (start["scale"].numpy() ** 2)[:, None]
     m.startprob_ = start["init"].numpy()
@@ -131,13 +135,22 @@ def fit_ours(kind, y, start, iters, target=None):
     n = y.shape[0]
     callbacks = []
     if target is not None:
+
         def stop_at_target(state):
             if state.log_likelihood[-1] * n >= target - 1e-9 * abs(target):
                 state.stop = True
+
         callbacks.append(stop_at_target)
     t0 = time.perf_counter()
-    result = em(make_model(kind, start), y, data_plate="sequences", max_iter=iters, tol=0.0, device="cpu",
-                callbacks=callbacks)
+    result = em(
+        make_model(kind, start),
+        y,
+        data_plate="sequences",
+        max_iter=iters,
+        tol=0.0,
+        device="cpu",
+        callbacks=callbacks,
+    )
     return result, time.perf_counter() - t0
 
 
@@ -162,8 +175,20 @@ def run(kind, n, t, k, rounds, iters):
         reached = result.log_likelihood[-1] * n >= target - 1e-9 * abs(target)
     assert ours.e_step == "chain" and ours.m_step == "closed_form", (ours.e_step, ours.m_step)
     th, to = statistics.median(t_h), statistics.median(t_o)
-    return dict(kind=kind, n=n, t=t, k=k, rel=rel, iters=len(theirs), t_h=th, t_o=to, ratio=to / th,
-                it_h=statistics.median(it_h), it_o=statistics.median(it_o), reached=reached)
+    return dict(
+        kind=kind,
+        n=n,
+        t=t,
+        k=k,
+        rel=rel,
+        iters=len(theirs),
+        t_h=th,
+        t_o=to,
+        ratio=to / th,
+        it_h=statistics.median(it_h),
+        it_o=statistics.median(it_o),
+        reached=reached,
+    )
 
 
 def main(argv=None) -> int:
@@ -172,27 +197,37 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10, help="iterations of the agreement check")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (hmmlearn is single-threaded)")
+    parser.add_argument("--kinds", default="categorical,gaussian", help="emissions to run")
+    parser.add_argument("--sizes", default=None, help="problems as N:T:K,N:T:K (default: the issue's two)")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(args.threads)
     problems = QUICK if args.quick else PROBLEMS
+    if args.sizes:
+        problems = [tuple(int(v) for v in size.split(":")) for size in args.sizes.split(",")]
     rounds = 1 if args.quick else args.rounds
     import hmmlearn
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, hmmlearn {hmmlearn.__version__}, "
-          f"float64, torch threads {args.threads}, {rounds} round(s), load average {load:.1f}")
+    print(
+        f"torch {torch.__version__}, pyro {pyro.__version__}, hmmlearn {hmmlearn.__version__}, "
+        f"float64, torch threads {args.threads}, {rounds} round(s), load average {load:.1f}"
+    )
     print()
-    print("| emissions | N | T | K | rel. diff after same iterations | hmmlearn s (iters) | "
-          "ours s (iters) | ratio | target <= 3 |")
+    print(
+        "| emissions | N | T | K | rel. diff after same iterations | hmmlearn s (iters) | "
+        "ours s (iters) | ratio | target <= 3 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for kind in ("categorical", "gaussian"):
+    for kind in args.kinds.split(","):
         for n, t, k in problems:
             r = run(kind, n, t, k, rounds, args.iters)
             ok = "ok" if r["ratio"] <= 3 else "MISSED"
-            print(f"| {kind} | {n} | {t} | {k} | {r['rel']:.1e} ({r['iters']} it) | {r['t_h']:.3f} "
-                  f"({r['it_h']:.0f}) | {r['t_o']:.3f} ({r['it_o']:.0f}) | {r['ratio']:.2f} | {ok} |",
-                  flush=True)
+            print(
+                f"| {kind} | {n} | {t} | {k} | {r['rel']:.1e} ({r['iters']} it) | {r['t_h']:.3f} "
+                f"({r['it_h']:.0f}) | {r['t_o']:.3f} ({r['it_o']:.0f}) | {r['ratio']:.2f} | {ok} |",
+                flush=True,
+            )
     return 0
 
 
