@@ -496,15 +496,16 @@ def _hmm_exact(kind, sequences):
     return forward_algorithm(init.log(), trans.log(), log_emission)
 
 
+@pytest.mark.parametrize("e_step, routes", [("enum", ("enum", "gradient")), ("auto", ("chain", "closed_form"))])
 @pytest.mark.parametrize("kind, model", [("categorical", hmm_categorical), ("gaussian", hmm_gaussian)])
-def test_em_on_a_pyro_style_hmm_without_a_guide_equals_the_forward_algorithm(kind, model):
+def test_em_on_a_pyro_style_hmm_without_a_guide_equals_the_forward_algorithm(kind, model, e_step, routes):
     sequences = _hmm_sequences(kind)
     pyro.clear_param_store()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no stall: every M-step moved
         result = em(model, sequences, data_plate="sequences", max_iter=4, tol=0.0, m_step_steps=8,
-                    m_step_lr=0.05, device="cpu")
-    assert (result.e_step, result.m_step, result.stop_reason) == ("enum", "gradient", "max_iter")
+                    m_step_lr=0.05, device="cpu", e_step=e_step)
+    assert (result.e_step, result.m_step, result.stop_reason) == (*routes, "max_iter")
     ll = np.array(result.log_likelihood)
     assert len(ll) == 5
     assert np.all(np.diff(ll) >= -1e-10), np.diff(ll)
@@ -521,7 +522,7 @@ def test_em_chunks_split_the_users_plate_and_change_nothing_but_memory():
     for chunk_size in (None, 4):
         pyro.clear_param_store()
         result = em(hmm_categorical, sequences, data_plate="sequences", chunk_size=chunk_size,
-                    max_iter=2, tol=0.0, m_step_steps=5, device="cpu")
+                    max_iter=2, tol=0.0, m_step_steps=5, device="cpu", e_step="enum")
         runs.append((result.log_likelihood, float(_hmm_exact("categorical", sequences).mean())))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10)
     assert runs[1][0][-1] == pytest.approx(runs[1][1], abs=1e-9)
@@ -534,11 +535,11 @@ def test_a_chunk_of_one_row_and_data_of_one_row_are_right():
     for chunk_size in (None, 2):  # chunks of 2, 2, 1
         pyro.clear_param_store()
         lls.append(em(hmm_categorical, sequences, data_plate="sequences", chunk_size=chunk_size,
-                      max_iter=2, tol=0.0, m_step_steps=3, device="cpu").log_likelihood)
+                      max_iter=2, tol=0.0, m_step_steps=3, device="cpu", e_step="enum").log_likelihood)
     np.testing.assert_allclose(lls[0], lls[1], rtol=1e-10)
     pyro.clear_param_store()
     one = em(hmm_categorical, sequences[:1], data_plate="sequences", max_iter=2, tol=0.0, m_step_steps=3,
-             device="cpu")
+             device="cpu", e_step="enum")
     assert one.log_likelihood[-1] == pytest.approx(float(_hmm_exact("categorical", sequences[:1])), abs=1e-9)
     # a model's own m_step receives (rows, values) marginals whatever the chunking
     x = torch.tensor([[2.0], [12.0], [3.0], [11.0], [5.0]])
@@ -623,20 +624,21 @@ def test_a_generalized_m_step_without_progress_is_a_stall_not_convergence():
     pyro.clear_param_store()
     with pytest.warns(RuntimeWarning, match=r"stopped without converging.*Raise m_step_steps.*m_step_lr"):
         stalled = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=5, m_step_lr=0.5,
-                     device="cpu")
+                     device="cpu", e_step="enum")
     assert (stalled.converged, stalled.stop_reason) == (False, "stalled")
     # short of the optimum by more than tol: calling this convergence would be wrong
     assert optimum - stalled.log_likelihood[-1] > 1e-5
     assert np.all(np.diff(stalled.log_likelihood) >= -1e-12)
     pyro.clear_param_store()
-    good = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=20, m_step_lr=1.0, device="cpu")
+    good = em(unit_variance_mixture, x, max_iter=300, tol=1e-6, m_step_steps=20, m_step_lr=1.0, device="cpu",
+              e_step="enum")
     assert (good.converged, good.stop_reason) == (True, "converged")
     assert good.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
     # restarted at that fixed point, an M-step without progress is convergence, not a stall
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         again = em(unit_variance_mixture, x, max_iter=50, tol=1e-6, m_step_steps=20, m_step_lr=1.0,
-                   device="cpu")
+                   device="cpu", e_step="enum")
     assert (again.converged, again.stop_reason, again.n_iter) == (True, "converged", 1)
     assert again.log_likelihood[-1] == pytest.approx(optimum, abs=1e-6)
 

@@ -20,9 +20,9 @@ def _snapshot(folder: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("*")} if folder.is_dir() else {}
 
 
-def test_there_are_eight_numbered_tutorials():
-    assert len(TUTORIALS) == 8
-    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 9)]
+def test_there_are_nine_numbered_tutorials():
+    assert len(TUTORIALS) == 9
+    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 10)]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)

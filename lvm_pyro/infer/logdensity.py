@@ -166,6 +166,43 @@ def plate_nesting(program: Program, args: tuple) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# Missing values (Pyro's obs_mask)
+# ------------------------------------------------------------------------------------------
+
+
+class MarginalizeMissing(Messenger):
+    """Sums out the entries that Pyro's ``obs_mask`` marks missing, where no guide samples them.
+
+    ``pyro.sample("x", fn, obs=x, obs_mask=m)`` splits the site into ``x_observed`` (masked to
+    the observed entries) and ``x_unobserved``, a latent site masked to the missing ones, whose
+    values a guide would impute. When the guide does not sample ``x_unobserved`` (an empty guide,
+    em), this handler makes it an observed site of weight 0 at the observed values: the missing
+    entries' density integrates to one, so log p(x) is the exact marginal of the observed
+    entries, p(x_obs | z) = prod over observed entries. Right as long as the model uses the
+    returned value of ``x`` only as its observation (as a likelihood does), not as an input to
+    later sites. ``sampled``: the sites the guide samples (left alone).
+    """
+
+    SUFFIX_OBSERVED, SUFFIX_MISSING = "_observed", "_unobserved"
+
+    def __init__(self, sampled: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.sampled = set(sampled)
+        self.observed: dict[str, torch.Tensor] = {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        name = msg["name"]
+        if name.endswith(self.SUFFIX_OBSERVED) and msg["is_observed"]:
+            self.observed[name[: -len(self.SUFFIX_OBSERVED)]] = msg["value"]
+            return
+        prefix = name[: -len(self.SUFFIX_MISSING)] if name.endswith(self.SUFFIX_MISSING) else None
+        if prefix in self.observed and not msg["is_observed"] and name not in self.sampled:
+            msg["value"] = self.observed[prefix]
+            msg["is_observed"] = True
+            msg["mask"] = False
+
+
+# ------------------------------------------------------------------------------------------
 # Global values held fixed
 # ------------------------------------------------------------------------------------------
 
@@ -273,6 +310,7 @@ def trace_pair(
         model = HoldGlobals(plate, values=fix_model.values)(model)
     if particles is not None:
         model = pyro.plate(PARTICLE_PLATE, particles, dim=-rank)(model)
+    model = MarginalizeMissing(sampled=guide_trace.nodes)(model)
     model = poutine.enum(model, first_available_dim=-rank - 1)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     if check:
@@ -359,8 +397,8 @@ def point_log_weights(traces: WeightedTraces, *, by_site: bool = False,
             if not site["is_observed"]:
                 global_p = _add(global_p, _reduce(site["log_prob"], site, traces, keep_data=False))
             continue
-        if observed_only and is_latent(site):
-            continue
+        if (observed_only and is_latent(site)) or site["mask"] is False:
+            continue  # a site masked out entirely (obs_mask's missing entries) adds nothing
         local.append((name, site))
     observed = [n for n, site in local if site["is_observed"]]
     if not observed:
@@ -540,6 +578,7 @@ def global_values(trace: poutine.Trace, plate: str) -> dict[str, torch.Tensor]:
 __all__: list[str] = [
     "PARTICLE_PLATE",
     "HoldGlobals",
+    "MarginalizeMissing",
     "PointLogWeights",
     "WeightedTraces",
     "broadcasts_over_particles",

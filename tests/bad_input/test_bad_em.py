@@ -447,7 +447,45 @@ CASES = [
         ModelContractError,
         r"no parameters to fit.*pyro.param",
     ),
+    # sample weights and online EM
+    Case("sample_weight wrong length", lambda: em(mixture, _x(), sample_weight=np.ones(19), device="cpu"),
+         DataError, r"one weight per row of x \(20\)"),
+    Case("sample_weight 2-d", lambda: em(mixture, _x(), sample_weight=np.ones((20, 1)), device="cpu"),
+         DataError, r"one weight per row"),
+    Case("sample_weight negative", lambda: em(mixture, _x(), sample_weight=-np.ones(20), device="cpu"),
+         DataError, r"finite and non-negative.*20 entries.*index 0"),
+    Case("sample_weight nan", lambda: em(mixture, _x(), sample_weight=np.r_[np.ones(19), np.nan],
+                                         device="cpu"), DataError, r"finite and non-negative.*index 19"),
+    Case("sample_weight all zero", lambda: em(mixture, _x(), sample_weight=np.zeros(20), device="cpu"),
+         DataError, r"sums to 0"),
+    Case("sample_weight strings", lambda: em(mixture, _x(), sample_weight=["a"] * 20, device="cpu"),
+         DataError, r"array of numbers"),
+    Case("sample_weight with a model's m_step",
+         lambda: em(_PoissonWithMStep(), torch.ones(6, 1), sample_weight=np.ones(6), device="cpu"),
+         ConfigurationError, r"own m_step.*receives no weights"),
+    Case("batch_size on a user model", lambda: em(mixture, _x(), batch_size=5, device="cpu"),
+         ConfigurationError, r"batch_size=.*expected_statistics.*fit\(\.\.\., batch_size=\)"),
+    Case("batch_size zero", lambda: _gmm(batch_size=0), ConfigurationError,
+         r"batch_size must be a positive integer"),
+    Case("batch_size with n_init", lambda: _gmm(batch_size=5, n_init=2), ConfigurationError,
+         r"batch_size=.*n_init > 1"),
 ]
+
+
+class _PoissonWithMStep:
+    """A (model, guide) object with its own m_step."""
+
+    def model(self, x):
+        rate = pyro.param("pw_rate", x.new_tensor([1.0, 3.0]), constraint=constraints.positive)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(x.new_tensor([0.5, 0.5])))
+            pyro.sample("obs", dist.Poisson(rate[z]), obs=x[:, 0])
+
+    def guide(self, x):
+        pass
+
+    def m_step(self, x, posterior):
+        pass
 
 
 def _error(case: Case) -> Case:

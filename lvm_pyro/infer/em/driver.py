@@ -1,4 +1,4 @@
-"""``em``: expectation-maximization for Pyro models with discrete latent sites.
+"""``em()``: expectation-maximization for Pyro models with discrete latent sites.
 
 Each iteration raises log p(x | theta) + log p(theta), never lowering it (up to the
 ``reg_covar`` a Gaussian mixture adds to its covariances, and re-seeding, which is reported):
@@ -33,7 +33,13 @@ A model may also define ``check_fit_data(x)`` (warnings about the data worth giv
 at fit time: the mixture flags constant features). The M-step is the model's own where it
 has one: ``m_step_from_statistics`` (closed_form
 route) or ``m_step(x, posterior)`` with ``posterior`` a dict of the enumerated sites'
-marginals (enum route). Otherwise it is generalized EM: ``m_step_steps`` Adam steps on
+marginals (enum route), ``posterior["z"]`` of shape (rows, ..., values), and of every factor's
+marginal over two or more enumerated sites, ``posterior[("z_0", "z_1")]`` of shape
+(rows, ..., values of z_0, values of z_1) (the pairwise posteriors a transition matrix needs).
+A user's model without an M-step of its own whose discrete sites form a chain of
+exponential-family sites over ``pyro.param``s takes closed-form M-steps found automatically
+(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM:
+``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
 An M-step whose steps find no higher Q where one exists (a small gradient step gains more than
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import numbers
 import time
@@ -54,6 +61,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -64,12 +72,22 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
 from lvm_pyro.data import resolve_device, validate_with_conditions
-from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, LVMError, ModelContractError
+from lvm_pyro.errors import (
+    ConfigurationError,
+    ConvergenceWarning,
+    DataError,
+    DiagnosticWarning,
+    DivergenceError,
+    LVMError,
+    ModelContractError,
+)
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -122,6 +140,11 @@ class EMResult:
     gain more than ``tol`` per point: not converged; raise ``m_step_steps`` or change
     ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
+    ``param_routes``: for a user's model on the compiled chain route (``e_step == "chain"``),
+    each ``pyro.param``'s M-step, "closed_form" or "gradient" (``m_step`` is then
+    "closed_form", "gradient" or "closed_form+gradient"). ``closed_form_refused``: why a
+    user's model without its own M-step did not take the chain route (None when it did, or
+    when the model brings its own M-step).
     """
 
     model: object
@@ -138,6 +161,31 @@ class EMResult:
     wall_time: float
     config: dict = field(default_factory=dict)
     stop_reason: str = ""
+    param_routes: dict = field(default_factory=dict)
+    closed_form_refused: str | None = None
+
+    def __repr__(self) -> str:
+        ll = self.log_likelihood
+        start = f" from {ll[0]:.6g}" if len(ll) > 1 else ""
+        n_starts = len(self.init_objectives)
+        starts = f", best_init={self.best_init} of {n_starts}" if n_starts > 1 else ""
+        reseeded = f", reseeded={len(self.reseeded)}" if self.reseeded else ""
+        return (
+            f"EMResult(model={_name(self.model)}, "
+            f"e_step={self.e_step!r}, m_step={self.m_step!r}, log_likelihood={ll[-1]:.6g}{start} per point, "
+            f"n_iter={self.n_iter}, converged={self.converged}, stop_reason={self.stop_reason!r}"
+            f"{starts}{reseeded}, "
+            f"wall_time={self.wall_time:.3g}s)"
+        )
+
+
+def _name(model) -> str:
+    """A model's short name: a function's name, else its class's (a (model, guide) pair: the model's)."""
+    if isinstance(model, tuple) and model:
+        model = model[0]
+    if callable(model) and not hasattr(model, "model") and hasattr(model, "__name__"):
+        return model.__name__
+    return type(model).__name__
 
 
 # --------------------------------------------------------------------------- enumeration
@@ -204,6 +252,8 @@ def _trace_enum(program: Program, data: tuple[torch.Tensor, ...] | torch.Tensor,
                 "enumerable nor sampled by the guide: em needs every latent site to be discrete "
                 "(summed out) or a point estimate in the guide (Delta / AutoDelta)"
             )
+        if site["mask"] is False:  # no factor at all (a masked-out site: obs_mask's missing entries)
+            continue
         term = site["packed"]["log_prob"]
         factors.setdefault(ordinal, []).append(term)
         named.append((name, ordinal, term))
@@ -240,12 +290,43 @@ def _site_marginal(q: torch.Tensor, symbol_to_dim: dict, enum_dim: int) -> torch
 class _ChunkPosterior:
     """The E-step of one chunk: per-factor weights and per-site marginals (all detached)."""
 
-    weights: dict  # site name -> packed posterior over the factor's symbols
+    weights: dict  # site name -> packed posterior over the factor's symbols (times the row weights)
     marginals: dict  # enumerated site name -> (..., values)
+    row_weight: torch.Tensor | None = None  # the chunk's sample weights, or None
+    axes: dict = field(default_factory=dict)  # marginal's key -> its axis over rows (negative)
 
 
-def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
-    """log p(x) and the posterior of every factor's discrete sites, by variable elimination.
+def _factor_marginal(q: torch.Tensor, tr: _EnumTrace, sites: list[str]) -> torch.Tensor:
+    """A packed factor posterior -> (..., values of sites[0], values of sites[1], ...)."""
+    probs = packed.unpack(q, tr.symbol_to_dim)
+    d = probs.dim()
+    enum = [d + tr.enum_sites[name][2] for name in sites]
+    probs = probs.permute([i for i in range(d) if i not in enum] + enum)
+    while probs.dim() > len(sites) and probs.shape[0] == 1:
+        probs = probs.squeeze(0)
+    return probs
+
+
+def _weighted_rows(term: torch.Tensor, weight: torch.Tensor | None, data_symbol) -> torch.Tensor:
+    """A packed tensor inside the data plate times each row's sample weight (a tensor without
+    the data dim, one shared by all rows or a chunk of one row, times their sum)."""
+    if weight is None:
+        return term
+    dims = term._pyro_dims
+    if data_symbol in dims:
+        i = dims.index(data_symbol)
+        out = term * weight.reshape((-1,) + (1,) * (term.dim() - i - 1))
+    else:
+        out = term * weight.sum()
+    out._pyro_dims = dims
+    return out
+
+
+def _enum_e_step(
+    tr: _EnumTrace, row_weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, _ChunkPosterior]:
+    """log p(x) (sum_n w_n log p(x_n) with row weights) and the posterior of every factor's
+    discrete sites, by variable elimination.
 
     Factors over the same sites in the same plates share one contraction (for a mixture the
     prior of z and the likelihood of x need the same posterior p(z_n | x_n)).
@@ -270,16 +351,44 @@ def _enum_e_step(tr: _EnumTrace) -> tuple[torch.Tensor, _ChunkPosterior]:
         return done[key]
 
     with shared_intermediates() as cache:
-        total = contract_to_tensor(factors, tr.sum_dims, cache=cache)
-        weights = {name: posterior(o, syms) for name, o, _, syms in tr.named if syms}
+        if row_weight is None:
+            total = contract_to_tensor(factors, tr.sum_dims, cache=cache).sum()
+        else:
+            rows = contract_to_tensor(
+                factors, tr.sum_dims, target_ordinal=frozenset({tr.data_symbol}) - absent, cache=cache
+            )
+            total = _weighted_rows(rows, row_weight, tr.data_symbol).sum()
+        # a factor's posterior lives in the plates of its enumerated sites (the entries of a plate
+        # nested inside them, say features, share it)
+        site_ordinal = {symbol: ordinal for symbol, ordinal, _ in tr.enum_sites.values()}
+        weights = {
+            name: posterior(o & frozenset.intersection(*(site_ordinal[s] for s in syms)), syms)
+            for name, o, _, syms in tr.named
+            if syms
+        }
         marginals = {
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
             for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
         }
-    return total.sum(), _ChunkPosterior(weights, marginals)
+    # every factor over two or more enumerated sites (an HMM's (z_{t-1}, z_t)), for a model's m_step
+    order = list(tr.enum_sites)
+    symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
+    data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
+    axes = {name: data_dim - 1 for name in marginals}
+    for name, _, _, syms in tr.named:
+        if len(syms) > 1:
+            key = tuple(sorted((symbol_site[s] for s in syms), key=order.index))
+            marginals[key] = _factor_marginal(weights[name], tr, list(key))
+            axes[key] = data_dim - len(key)
+    if row_weight is not None:
+        weights = {name: _weighted_rows(weights[name], row_weight, tr.data_symbol) if tr.data_symbol in o
+                   else weights[name] for name, o, _, syms in tr.named if syms}
+    return total, _ChunkPosterior(weights, marginals, row_weight, axes)
 
 
-def _random_posterior(tr: _EnumTrace, gen: torch.Generator) -> _ChunkPosterior:
+def _random_posterior(
+    tr: _EnumTrace, gen: torch.Generator, row_weight: torch.Tensor | None = None
+) -> _ChunkPosterior:
     """Independent uniform-random marginals per enumerated site (a random start)."""
     dim_to_symbol = {d: s for s, d in tr.symbol_to_dim.items()}
     site_q, marginals = {}, {}
@@ -302,14 +411,27 @@ def _random_posterior(tr: _EnumTrace, gen: torch.Generator) -> _ChunkPosterior:
         if symbols:
             prod = math.prod(site_q[s] for s in sorted(symbols))
             weights[name] = packed.pack(prod, dim_to_symbol)
-    return _ChunkPosterior(weights, marginals)
+    order = list(tr.enum_sites)
+    symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
+    data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
+    axes = {name: data_dim - 1 for name in marginals}
+    for name, ordinal, _, symbols in tr.named:
+        if len(symbols) > 1:
+            key = tuple(sorted((symbol_site[s] for s in symbols), key=order.index))
+            marginals[key] = _factor_marginal(weights[name], tr, list(key))
+            axes[key] = data_dim - len(key)
+        if symbols and tr.data_symbol in ordinal:
+            weights[name] = _weighted_rows(weights[name], row_weight, tr.data_symbol)
+    return _ChunkPosterior(weights, marginals, row_weight, axes)
 
 
 def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
     """Q = sum over log-factors f of sum q_f * log f (q_f = 1 for factors without a discrete site)."""
     total = tr.log_prior.new_zeros(())
-    for name, _, term, symbols in tr.named:
+    for name, ordinal, term, symbols in tr.named:
         if not symbols:
+            if tr.data_symbol in ordinal:
+                term = _weighted_rows(term, post.row_weight, tr.data_symbol)
             total = total + term.sum()
             continue
         q = post.weights[name]
@@ -372,19 +494,27 @@ class _ClosedFormRoute:
                  group: DistributedContext | None = None) -> None:
         self.model, self.chunk_size, self.group = model, chunk_size, group
         self.shift = data[0].mean(0)
+        self.sample_weight = None
 
     def _rows(self, data: tuple) -> torch.Tensor:
         return data[0] if self.group is None else self.group.shard(data[:1])[0]
 
     def e_step(self, data: tuple):
-        total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size)
+        if self.sample_weight is not None:
+            total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size,
+                                                          sample_weight=self.sample_weight)
+        else:
+            total, stats = self.model.expected_statistics(self._rows(data), self.shift, self.chunk_size)
         if self.group is not None:
             self.group.all_reduce_([total, stats.nk, stats.sx, stats.sxx])
         return total, stats
 
     def log_likelihood(self, data: tuple) -> torch.Tensor:
         """sum_n log p(x_n), without the statistics (the final evaluation)."""
-        total = self.model.log_prob(self._rows(data), self.chunk_size).sum(dtype=torch.float64)
+        log_p = self.model.log_prob(self._rows(data), self.chunk_size)
+        if self.sample_weight is not None:
+            log_p = log_p * self.sample_weight
+        total = log_p.sum(dtype=torch.float64)
         if self.group is not None:
             self.group.all_reduce_([total])
         return total
@@ -429,6 +559,7 @@ class _EnumRoute:
         self.optimizer: torch.optim.Optimizer | None = None
         self.possible_gain = 0.0  # per point, after an M-step without progress
         self._log_prior = 0.0
+        self.sample_weight = None
         self._check_data_plate(data)
 
     def _check_data_plate(self, data: tuple) -> None:
@@ -455,7 +586,7 @@ class _EnumRoute:
                 "sequences), log_likelihood and objective include log K per masked value, a "
                 "constant that leaves the EM updates unchanged; to report log p(x) of the "
                 "unpadded data, subtract it, or pass sequences without padding",
-                UserWarning,
+                DiagnosticWarning,
                 stacklevel=5,
             )
         plates = sorted({f.name for frames in watch_model.frames.values() for f in frames})
@@ -520,6 +651,12 @@ class _EnumRoute:
     def _chunks(self, data: tuple) -> list[tuple]:
         return list(zip(*(t.split(self.rows) for t in data)))
 
+    def _weights(self) -> list:
+        """The sample weights of each chunk (None for every chunk without weights)."""
+        if self.sample_weight is None:
+            return [None] * math.ceil(self.n / self.rows)
+        return list(self.sample_weight.split(self.rows))
+
     def _trace(self, chunk: tuple) -> _EnumTrace:
         tr = _trace_enum(self.program, chunk, self.nesting, self.data_plate)
         if len(chunk[0]) < self.n:
@@ -536,11 +673,11 @@ class _EnumRoute:
     def e_step(self, data: tuple):
         local = self._local(data)
         total, posts = local[0].new_zeros((), dtype=torch.float64), []
-        for i, chunk in enumerate(self._chunks(local)):
+        for i, (chunk, weight) in enumerate(zip(self._chunks(local), self._weights())):
             tr = self._trace(chunk)
             if i == 0:
                 self._log_prior = float(tr.log_prior)
-            ll, post = _enum_e_step(tr)
+            ll, post = _enum_e_step(tr, weight)
             total += ll.double()
             posts.append(post)
         if self.group is not None:
@@ -559,9 +696,12 @@ class _EnumRoute:
     def m_step(self, data: tuple, posts: list[_ChunkPosterior]) -> bool:
         """Take the M-step; False when it left the parameters where they were (a stall)."""
         if self.closed_m_step is not None:
-            marginals = {name: _cat_rows([p.marginals[name] for p in posts]) for name in posts[0].marginals}
+            axes = posts[0].axes
+            marginals = {name: _cat_rows([p.marginals[name] for p in posts], axes.get(name, -2))
+                         for name in posts[0].marginals}
             if self.group is not None:  # the model's M-step sees every row's posterior
-                marginals = {name: self.group.all_gather_rows(m, dim=-2) for name, m in marginals.items()}
+                marginals = {name: self.group.all_gather_rows(m, dim=axes.get(name, -2))
+                             for name, m in marginals.items()}
             self.closed_m_step(*data, marginals)
             return True
         return self._gradient_m_step(self._local(data), posts)
@@ -657,7 +797,8 @@ class _EnumRoute:
         # on all rows in every process (the same generator: the same start everywhere)
         group, self.group = self.group, None
         try:
-            posts = [_random_posterior(self._trace(chunk), gen) for chunk in self._chunks(data)]
+            posts = [_random_posterior(self._trace(chunk), gen, weight)
+                     for chunk, weight in zip(self._chunks(data), self._weights())]
             with torch.enable_grad():
                 self.m_step(data, posts)
         finally:
@@ -676,11 +817,145 @@ class _EnumRoute:
         self.params, self.optimizer = None, None
 
 
-def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Chunks' marginals (rows, values) joined over rows; a chunk of one row, whose row dim the
-    marginal squeezed away, gets it back."""
-    dim = max(2, *(p.dim() for p in parts))
-    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=-2)
+class _ChainRoute:
+    """A user's chain model (mixture, HMM) compiled once (:mod:`.chain`): forward recursion for
+    the E-step, closed-form M-steps where certified, gradient steps on Q for the other params."""
+
+    e_step_name = "chain"
+
+    def __init__(self, compiled: CompiledChain, steps: int, lr: float) -> None:
+        self.c = compiled
+        self.steps, self.lr = steps, lr
+        self.routes = dict(compiled.routes)
+        closed = [n for n, r in self.routes.items() if r == "closed_form"]
+        self.gradient = [n for n, r in self.routes.items() if r == "gradient"]
+        mixed = "closed_form+gradient" if closed else "gradient"
+        self.m_step_name = "closed_form" if not self.gradient else mixed
+        self.possible_gain = 0.0
+        self.sample_weight = None
+        self.optimizer = None
+        store = dict(pyro.get_param_store().named_parameters())
+        self.unconstrained = {n: store[n] for n in compiled.names}
+
+    def values(self) -> dict:
+        return {n: transform_to(self.c.constraints[n])(self.unconstrained[n]).detach() for n in self.c.names}
+
+    @torch.no_grad()
+    def e_step(self, data: tuple):
+        total, post = self.c.e_step(self.values(), self.sample_weight)
+        return total.double(), post
+
+    def log_likelihood(self, data: tuple) -> torch.Tensor:
+        return self.e_step(data)[0]
+
+    def log_prior(self) -> float:
+        return 0.0
+
+    def reseed(self, data: tuple, post, gen) -> list:
+        return []
+
+    @torch.no_grad()
+    def _write(self, name: str, value: torch.Tensor) -> None:
+        constraint = self.c.constraints[name]
+        tiny = torch.finfo(value.dtype).tiny
+        if constraint is constraints.simplex:
+            value = value.clamp_min(tiny)
+            value = value / value.sum(-1, keepdim=True)
+        elif constraint is constraints.positive:
+            value = value.clamp_min(tiny)
+        elif constraint is constraints.unit_interval:
+            eps = torch.finfo(value.dtype).eps
+            value = value.clamp(eps, 1 - eps)
+        self.unconstrained[name].copy_(transform_to(constraint).inv(value))
+
+    def m_step(self, data: tuple, post) -> bool:
+        values = self.values()
+        with torch.no_grad():
+            new = self.c.closed_form(values, post)
+            for n in new:
+                if self.routes[n] == "closed_form":
+                    self._write(n, new[n])
+        if not self.gradient:
+            return True
+        return self._gradient_steps(post)
+
+    def _q(self, post) -> torch.Tensor:
+        values = {n: transform_to(self.c.constraints[n])(self.unconstrained[n]) for n in self.c.names}
+        return self.c.expected_log_joint(values, post, names=set(self.gradient))
+
+    def _gradient_steps(self, post) -> bool:
+        """Adam on the gradient-route params' Q (the closed-form ones held), keeping the best."""
+        params = [self.unconstrained[n] for n in self.gradient]
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        n = self.c.N
+        start_q, best_q, best = -math.inf, -math.inf, None
+        for step in range(self.steps + 1):
+            self.optimizer.zero_grad()
+            q = self._q(post)
+            value = float(q.detach())
+            if step == 0:
+                start_q = value
+            if value > best_q:
+                best_q, best = value, [p.detach().clone() for p in params]
+            if step == self.steps:
+                break
+            (-q / n).backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+        moved = best_q > start_q
+        self.possible_gain = 0.0 if moved else self._probe_gain(post, params, start_q)
+        return moved
+
+    def _probe_gain(self, post, params, start_q: float) -> float:
+        self.optimizer.zero_grad()
+        (-self._q(post) / self.c.N).backward()
+        start = [p.detach().clone() for p in params]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        best = 0.0
+        with torch.no_grad():
+            for k in range(12):
+                for p, p0, g in zip(params, start, grads):
+                    p.copy_(p0 - self.lr * 4.0**-k * g)
+                q = float(self._q(post))
+                if math.isfinite(q):
+                    best = max(best, (q - start_q) / self.c.N)
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        self.optimizer.zero_grad()
+        return best
+
+    @torch.no_grad()
+    def random_start(self, data: tuple, gen) -> None:
+        """Random independent marginals per row and step, then an M-step."""
+        c = self.c
+        qu = torch.rand(c.N, c.T, c.K, generator=gen, dtype=torch.float64).to(c.device, c.dtype)
+        qu = qu / qu.sum(-1, keepdim=True)
+        qc = torch.ones(c.N, dtype=c.dtype, device=c.device)
+        if self.sample_weight is not None:
+            qc, qu = self.sample_weight, qu * self.sample_weight[:, None, None]
+        qp = torch.zeros(c.N, c.T, c.K, c.K, dtype=c.dtype, device=c.device)
+        qp[:, 1:] = qu[:, :-1, :, None] * (qu[:, 1:, None, :] / qc[:, None, None, None])
+        with torch.enable_grad():
+            self.m_step(data, c.posterior(qc, qu, qp if c.row_pairs else qp.sum(0)))
+
+    def initialize(self, data: tuple, method: str, gen) -> None:
+        raise ConfigurationError(
+            f"init={method!r} needs a model with an initialize_(x, method, generator) "
+            "method; use init='current' (the model's parameters as they are) or 'random'"
+        )
+
+    def reset(self) -> None:
+        self.optimizer = None
+
+
+def _cat_rows(parts: list[torch.Tensor], axis: int = -2) -> torch.Tensor:
+    """Chunks' marginals (rows, ..., values) joined over rows (the negative ``axis``); a chunk
+    of one row, whose row dim the marginal squeezed away, gets it back."""
+    dim = max(-axis, *(p.dim() for p in parts))
+    return torch.cat([p.reshape((1,) * (dim - p.dim()) + p.shape) for p in parts], dim=axis)
 
 
 def _user_data(data: tuple):
@@ -783,7 +1058,7 @@ def _program(model, guide) -> Program:
 
 
 def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps, m_step_lr, group,
-                data_plate: str = DATA_PLATE):
+                data_plate: str = DATA_PLATE, gen: torch.Generator | None = None):
     source = program.source
     closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
     if e_step == "closed_form" and not closed:
@@ -803,7 +1078,42 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
                 f"{len(data)} tensors: pass x, not (x, condition, ...)"
             )
         return _ClosedFormRoute(source, data, chunk_size, group)
-    return _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group, data_plate)
+    route = _EnumRoute(program, data, chunk_size, m_step_steps, m_step_lr, group, data_plate)
+    route.closed_form_refused = None
+    if e_step == "auto" and route.closed_m_step is None:
+        why = _chain_unsupported(program, data, route, chunk_size, group)
+        if why is None:
+            try:
+                compiled = CompiledChain(
+                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen
+                )
+            except NotCompilable as exc:
+                why = str(exc)
+            except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as exc:
+                why = f"{type(exc).__name__} while compiling: {str(exc).splitlines()[0] if str(exc) else ''}"
+            else:
+                chain = _ChainRoute(compiled, m_step_steps, m_step_lr)
+                held = {id(t) for t in chain.unconstrained.values()}
+                others = [] if program.module is None else [
+                    n for n, t in program.module.named_parameters() if id(t) not in held]
+                if not others:
+                    return chain
+                why = f"the model's torch parameters {others[:3]} are not pyro.params the sites read"
+        route.closed_form_refused = why
+    return route
+
+
+def _chain_unsupported(program: Program, data: tuple, route: _EnumRoute, chunk_size, group) -> str | None:
+    """Why the compiled chain route does not apply before compiling (None: try it)."""
+    if group is not None:
+        return "distributed runs take the general route"
+    if chunk_size is not None and chunk_size < len(data[0]):
+        return "chunk_size splits the rows; the compiled route holds them all"
+    with poutine.block(), poutine.trace() as capture:
+        program.guide(*data)
+    if any(s["type"] == "sample" for s in capture.trace.nodes.values()):
+        return "the guide samples sites (point estimates): the compiled route needs an empty guide"
+    return None
 
 
 def _resolve_init(init, source, n_init: int):
@@ -848,6 +1158,8 @@ def em(
     canonical_order: bool = True,
     distributed: bool = False,
     data_plate: str = DATA_PLATE,
+    sample_weight=None,
+    batch_size: int | None = None,
 ) -> EMResult:
     """Expectation-maximization: theta <- argmax E_{p(z | x, theta_old)}[log p(x, z | theta)] + log p(theta).
 
@@ -877,12 +1189,27 @@ def em(
         seed: makes the starts reproducible.
         progress: show a tqdm bar over iterations.
         callbacks: callables receiving an :class:`EMState` after every iteration.
-        e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration).
+        e_step: "auto", "closed_form" or "enum" (force Pyro's enumeration and the model's own or
+            the generalized M-step). With "auto", a user's model without its own M-step whose
+            discrete sites form a chain (a mixture, an HMM) of exponential-family sites over
+            ``pyro.param`` gathers is compiled once and fitted with closed-form M-steps
+            (``e_step="chain"`` in the result; see :mod:`lvm_pyro.infer.em.chain`).
         m_step_steps, m_step_lr: Adam steps and learning rate of the generalized M-step.
         data_plate: the name of the model's plate over the rows of x (as in ``fit``), e.g.
             "sequences" for a model written like Pyro's HMM example. Chunks (``chunk_size``)
             and shards (``distributed``) split the rows of this plate; a name given here must
             exist in the model.
+        sample_weight: one non-negative weight per row of x (None: all 1): every M-step maximizes
+            sum_n w_n E[log p(x_n, z_n)], so integer weights equal fitting replicated rows, and the
+            reported log-likelihood is the weighted mean sum_n w_n log p(x_n) / sum_n w_n. Works on
+            every route but a model's own ``m_step`` (which receives no weights) and
+            ``distributed=True``.
+        batch_size: online EM (Cappe and Moulines 2009, :func:`lvm_pyro.infer.online_em.online_em`)
+            in minibatches of this many rows, for a model with the statistics protocol
+            (``expected_statistics`` / ``m_step_from_statistics``, the Gaussian mixture): memory
+            is bounded by the batch, and ``data`` may be an array, a memmap, a ``.npy`` path or
+            a DataLoader. ``max_iter`` then counts passes over the data, ``log_likelihood`` holds
+            each pass's mean batch log-likelihood, and ``m_step`` is "online".
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
         distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
             on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
@@ -904,6 +1231,11 @@ def em(
         (True, [-4, 4])
     """
     started = time.perf_counter()
+    if batch_size is not None:
+        return _online(model, data, guide=guide, batch_size=batch_size, max_iter=max_iter, tol=tol,
+                       n_init=n_init, init=init, chunk_size=chunk_size, device=device, seed=seed,
+                       sample_weight=sample_weight, e_step=e_step, distributed=distributed,
+                       canonical_order=canonical_order, started=started)
     checked = _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr,
                             chunk_size=chunk_size, seed=seed, data_plate=data_plate,
                             callbacks=callbacks, progress=progress, canonical_order=canonical_order,
@@ -933,13 +1265,16 @@ def em(
         claim_module_params(program.module)
     if hasattr(source, "check_fit_data") and (group is None or group.is_main):
         source.check_fit_data(x)
-    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate)
-    init = _resolve_init(init, source, n_init)
     seed_value = seed if seed is not None else int(torch.randint(0, 2**62, ()))
     if group is not None:  # one seed, so every process draws the same starts
         seed_value = group.broadcast_int(seed_value, dev)
     gen = torch.Generator()
     gen.manual_seed(seed_value)
+    route = _make_route(program, batch, e_step, chunk_size, m_step_steps, m_step_lr, group, data_plate,
+                        torch.Generator().manual_seed(seed_value))
+    if sample_weight is not None:
+        route.sample_weight = _sample_weight(sample_weight, x, route, group)
+    init = _resolve_init(init, source, n_init)
     config = dict(
         max_iter=max_iter,
         tol=tol,
@@ -990,7 +1325,7 @@ def em(
             "log-likelihood, although small gradient steps still gain more than tol per point. Raise "
             "m_step_steps, or change m_step_lr (smaller if the steps overshoot, larger if they "
             "crawl); result.stop_reason is 'stalled' and result.converged is False",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     if canonical_order and hasattr(source, "canonicalize_"):
@@ -1010,7 +1345,97 @@ def em(
         wall_time=time.perf_counter() - started,
         config=config,
         stop_reason=best["stop_reason"],
+        param_routes=dict(getattr(route, "routes", {})),
+        closed_form_refused=getattr(route, "closed_form_refused", None),
     )
+
+
+def _online(model, data, *, guide, batch_size, max_iter, tol, n_init, init, chunk_size, device, seed,
+            sample_weight, e_step, distributed, canonical_order, started) -> EMResult:
+    """em(..., batch_size=): online EM over minibatches for a model with the statistics protocol."""
+    from lvm_pyro.infer.online_em import online_em
+
+    batch_size = _integer(batch_size, "batch_size", 1, "rows per online-EM step, e.g. 65536", optional=True)
+    max_iter = _integer(max_iter, "max_iter", 1, "passes over the data with batch_size=")
+    tol = _number(tol, "tol", "the change of a pass's mean log-likelihood that counts as convergence",
+                  positive=False)
+    source = model if guide is None else None
+    closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
+    if source is None or not closed:
+        raise ConfigurationError(
+            "em(..., batch_size=) runs online EM, which needs a model with closed-form statistics "
+            "(expected_statistics and m_step_from_statistics, e.g. GaussianMixtureModel); for "
+            f"{_name(model)} leave batch_size=None (em holds all rows, chunk_size= bounds the "
+            "E-step's memory) or train it with fit(..., batch_size=)"
+        )
+    if e_step == "enum" or distributed or n_init != 1:
+        raise ConfigurationError(
+            "em(..., batch_size=) takes neither e_step='enum', distributed=True nor n_init > 1"
+        )
+    if init == "auto":
+        init = "kmeans"
+    run = online_em(source, data, batch_size=batch_size, max_passes=max_iter, tol=tol, init=init,
+                    seed=seed, chunk_size=chunk_size, sample_weight=sample_weight,
+                    device=None if device == "auto" else device)
+    if canonical_order and hasattr(source, "canonicalize_"):
+        source.canonicalize_()
+    lls = list(run.pass_log_likelihood)
+    return EMResult(
+        model=model,
+        log_likelihood=lls,
+        objective=lls,
+        converged=run.converged,
+        n_iter=run.n_passes,
+        best_init=0,
+        init_objectives=lls[-1:],
+        reseeded=[],
+        lower_bound=lls[-1] if lls else math.nan,
+        e_step="closed_form",
+        m_step="online",
+        wall_time=time.perf_counter() - started,
+        config=dict(batch_size=batch_size, max_passes=max_iter, tol=tol, init=str(init), seed=seed,
+                    n_steps=run.n_steps, n_seen=run.n_seen),
+        stop_reason="converged" if run.converged else "max_iter",
+    )
+
+
+def _sample_weight(sample_weight, x: torch.Tensor, route, group) -> torch.Tensor:
+    """The sample weights checked (one finite non-negative number per row, not all zero) on x's
+    device and dtype; refused where a route cannot use them."""
+    if group is not None:
+        raise ConfigurationError("sample_weight is not supported with distributed=True: drop one of them")
+    if getattr(route, "closed_m_step", None) is not None:
+        raise ConfigurationError(
+            "sample_weight cannot reach a model's own m_step(x, posterior), which receives no "
+            "weights: fit without sample_weight, or drop the m_step so that em finds the M-step"
+        )
+    if isinstance(route, _ClosedFormRoute) and "sample_weight" not in inspect.signature(
+            route.model.expected_statistics).parameters:
+        raise ConfigurationError(
+            f"{type(route.model).__name__}.expected_statistics takes no sample_weight: fit without "
+            "sample_weight, or with e_step='enum'"
+        )
+    try:
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64) if not isinstance(
+            sample_weight, torch.Tensor) else sample_weight)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"sample_weight must be an array of numbers, one per row: {exc}") from exc
+    if w.dim() != 1 or len(w) != len(x):
+        raise DataError(
+            f"sample_weight must hold one weight per row of x ({len(x)}), got shape {tuple(w.shape)}"
+        )
+    if not w.is_floating_point() and w.dtype != torch.bool:
+        w = w.double()
+    w = w.to(x.device, x.dtype)
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        raise DataError(
+            f"sample_weight must be finite and non-negative: {int(bad.sum())} entries are not "
+            f"(the first at index {int(bad.nonzero()[0, 0])})"
+        )
+    if not float(w.sum()) > 0:
+        raise DataError("sample_weight sums to 0: at least one row needs a positive weight")
+    return w
 
 
 def _broadcast_parameters(program: Program, group: DistributedContext) -> None:
@@ -1043,7 +1468,8 @@ def _restore(program: Program, state: tuple[dict | None, dict[str, torch.Tensor]
 
 
 def _run(route, source, data, start, max_iter, tol, gen, progress, callbacks) -> dict:
-    n = len(data[0])
+    weight = getattr(route, "sample_weight", None)
+    n = len(data[0]) if weight is None else float(weight.sum(dtype=torch.float64))
     lls, objs, reseeded = [], [], []
 
     def evaluate(state_ll) -> None:

@@ -1,0 +1,622 @@
+"""Closed-form EM for a user's Pyro program whose discrete sites form a chain (Baum-Welch).
+
+A mixture (one discrete site per row) and a hidden Markov model written like Pyro's
+``examples/hmm.py`` (``pyro.markov`` over time, sequences in a plate, ``pyro.param``s, an
+empty guide) are both chains z_0 -> z_1 -> ... -> z_{T-1} inside the data plate, with every
+other site's log-factor depending on one z_t (an emission) or on (z_{t-1}, z_t). When, in
+addition, every distribution is an exponential family from :data:`FAMILIES` whose
+parameters are plain *gathers* of ``pyro.param``s (``trans[z]``, ``locs[z]``, ``probs``) or
+constants, the model is compiled once, from a few traces, into flat arrays:
+
+- per element e of every site's log-density: the param entries it reads, its value y_e, the
+  cell of the chain's potentials (row n, step t, z_{t-1}, z_t) it adds to, and its scale/mask;
+- each iteration then computes every log-factor with a handful of vectorized operations,
+  sums them into unary (N, T, K) and pairwise (N, T, K, K) potentials, and runs the forward
+  recursion; one backward pass gives every factor's posterior marginal (the gradient of
+  log Z with respect to a log-potential is the posterior of that cell), and the M-step is the
+  weighted maximum-likelihood solution from expected sufficient statistics (normalized
+  counts for Categorical, a weighted mean for Bernoulli / Poisson, precision-weighted means
+  then variances for Normal locs and scales: exact conditional maximization, the joint
+  optimum when each scale has its own loc).
+
+Nothing is assumed that is not checked: the structure is read off traces with the parameters
+replaced by probes (entry i of a param set to a distinct code, so an argument that is a gather
+reads the codes back), and the compiled log Z is certified equal to Pyro's own contraction of
+the model's trace at the current parameters and at a random perturbation of them (to ~1e-10
+relative in float64). A model that fails any check raises :class:`NotCompilable` with the
+reason, and ``em`` takes the general route (Pyro's enumeration, generalized M-step).
+
+Parameters used by a site in a way the closed form does not cover (a Normal loc constrained
+positive, one param in two roles) are fitted by gradient steps on Q, computed from the same
+compiled arrays: a model mixes both routes, and ``EMResult.param_routes`` says which took which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
+from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints, transform_to
+
+from lvm_pyro.infer.logdensity import MarginalizeMissing
+
+#: distribution -> the arguments the compiled route reads (each a param gather or a constant)
+FAMILIES: dict[type, tuple[str, ...]] = {
+    dist.Categorical: ("probs",),
+    dist.Bernoulli: ("probs",),
+    dist.Poisson: ("rate",),
+    dist.Normal: ("loc", "scale"),
+    dist.Exponential: ("rate",),
+    dist.Gamma: ("concentration", "rate"),
+}
+#: (family, argument) -> the constraint a param needs for the closed form of that role
+ROLES: dict[tuple[type, str], object] = {
+    (dist.Categorical, "probs"): constraints.simplex,
+    (dist.Bernoulli, "probs"): constraints.unit_interval,
+    (dist.Poisson, "rate"): constraints.positive,
+    (dist.Normal, "loc"): constraints.real,
+    (dist.Normal, "scale"): constraints.positive,
+    (dist.Exponential, "rate"): constraints.positive,
+    (dist.Gamma, "rate"): constraints.positive,
+}
+_CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
+
+
+class NotCompilable(Exception):
+    """The model is not a chain of exponential-family sites over param gathers (the reason)."""
+
+
+def _same_constraint(a, b) -> bool:
+    if a is b or a == b:
+        return True
+    base = getattr(a, "base_constraint", None)  # independent(real, 1) and the like
+    return base is not None and _same_constraint(base, b)
+
+
+@dataclass
+class _Group:
+    """The elements of every site of one family with the same argument sources."""
+
+    family: type
+    sources: tuple  # per argument: ("param", name) or ("const", None)
+    idx: list = field(default_factory=list)  # per argument: flat param indices or constants
+    y: list = field(default_factory=list)
+    pos: list = field(default_factory=list)
+    kind: list = field(default_factory=list)  # 0/1/2: const, unary, pairwise per row; 3/4/5: shared by rows
+    weight: list = field(default_factory=list)  # site scale * mask
+
+    def finish(self) -> None:
+        self.idx = [torch.cat(parts) for parts in zip(*self.idx)]
+        self.y, self.pos = torch.cat(self.y), torch.cat(self.pos)
+        self.kind, self.weight = torch.cat(self.kind), torch.cat(self.weight)
+        self.sel, self.at = {}, {}  # per kind: the elements of that kind (None: all) and their cells
+        for kind in range(6):
+            chosen = self.kind == kind
+            self.sel[kind] = None if bool(chosen.all()) else chosen.nonzero().squeeze(-1)
+            self.at[kind] = self.pos if self.sel[kind] is None else self.pos[self.sel[kind]]
+
+
+def _unwrap(fn):
+    """The base distribution, the number of dims an Independent sums, and a mask (or None)."""
+    event, mask = 0, None
+    while True:
+        if isinstance(fn, dist.Independent):
+            event += fn.reinterpreted_batch_ndims
+        elif isinstance(fn, dist.MaskedDistribution):
+            mask = fn._mask if mask is None else mask & fn._mask
+        elif not isinstance(fn, dist.ExpandedDistribution):
+            return fn, event, mask
+        fn = fn.base_dist
+
+
+def _trace(model, data: tuple, nesting: int, values: dict | None = None, validate: bool = True):
+    fn = config_enumerate(MarginalizeMissing()(model))
+    if values is not None:
+        fn = poutine.substitute(fn, data=values)
+    fn = poutine.enum(fn, first_available_dim=-nesting - 1)
+    with poutine.block(), pyro.validation_enabled(validate):
+        return poutine.trace(fn).get_trace(*data)
+
+
+def _sites(trace) -> list[dict]:
+    """Sample sites with a log-density: no plate subsample sites, no pyro.deterministic, no
+    site masked out entirely (obs_mask's missing entries)."""
+    return [
+        s
+        for s in trace.nodes.values()
+        if s["type"] == "sample"
+        and not site_is_subsample(s)
+        and not s["infer"].get("_deterministic")
+        and s["mask"] is not False
+    ]
+
+
+def _arg(fn, name: str) -> torch.Tensor:
+    if name == "probs" and "probs" not in fn.__dict__:
+        raise NotCompilable(f"{type(fn).__name__} is given logits, not probs")
+    return getattr(fn, name)
+
+
+class CompiledChain:
+    """The compiled log-factors, forward recursion and closed-form M-step of a chain model."""
+
+    def __init__(self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator) -> None:
+        self.model, self.data, self.nesting, self.plate = model, data, nesting, plate
+        x = data[0]
+        self.dtype, self.device = x.dtype, x.device
+        real = _trace(model, data, nesting)
+        store = pyro.get_param_store()
+        self.names = [n for n, s in real.nodes.items() if s["type"] == "param"]
+        if not self.names:
+            raise NotCompilable("the model has no pyro.param")
+        self.constraints = {n: store.get_state()["constraints"][n] for n in self.names}
+        self.values = {n: pyro.param(n).detach() for n in self.names}
+        for n, v in self.values.items():
+            if not v.is_floating_point():
+                raise NotCompilable(f"param {n!r} is not a floating tensor")
+        self._compile(real)
+        self._certify(real, gen)
+
+    # ------------------------------------------------------------------ structure
+
+    def _probe_traces(self):
+        """A trace with every param replaced by codes: a simplex param by rows that survive a
+        Categorical's normalization and name their row, any other param by entries that name
+        their index (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
+        self.simplex = [
+            n
+            for n in self.names
+            if self.constraints[n] is constraints.simplex
+            and self.values[n].dim()
+            and self.values[n].shape[-1] > 1
+        ]
+        rows, r0 = {}, 0
+        total_rows = sum(self.values[n].numel() // self.values[n].shape[-1] for n in self.simplex)
+        for n in self.simplex:
+            v = self.values[n]
+            k = v.shape[-1]
+            nrows = v.numel() // k
+            c = (torch.arange(nrows, dtype=torch.float64) + r0 + 1) / (total_rows + 2)
+            probe = torch.empty(nrows, k, dtype=torch.float64)
+            probe[:, 0] = c
+            probe[:, 1:] = ((1 - c) / (k - 1))[:, None]
+            rows[n] = probe.reshape(v.shape).to(self.device, self.dtype)
+            r0 += nrows
+        self.total_rows = total_rows
+        values = dict(rows)
+        for j, n in enumerate(self.names):
+            if n not in rows:
+                v = self.values[n]
+                values[n] = (
+                    ((2 * j + 1) * _CODE + torch.arange(v.numel(), dtype=torch.float64) + 0.25)
+                    .reshape(v.shape)
+                    .to(self.device)
+                )
+        return _trace(self.model, self.data, self.nesting, values, validate=False)
+
+    def _decode_rows(self, probs: torch.Tensor):
+        """Categorical probs read back under the row probe -> (param name, row index)."""
+        code = (probs[..., 0].double() * (self.total_rows + 2) - 1).round().long()
+        r0 = 0
+        for n in self.simplex:
+            v = self.values[n]
+            k = v.shape[-1]
+            nrows = v.numel() // k
+            if k == probs.shape[-1] and bool(((code >= r0) & (code < r0 + nrows)).all()):
+                return n, code - r0
+            r0 += nrows
+        raise NotCompilable("a Categorical's probs are not rows of one simplex pyro.param")
+
+    def _decode_entries(self, probe: torch.Tensor, real: torch.Tensor):
+        """An argument under the entry probe -> ("param", name) and flat indices, or a constant
+        (the same in the probe and the real trace)."""
+        a = probe.double()
+        for j, n in enumerate(self.names):
+            if n in self.simplex:
+                continue
+            ia = a - (2 * j + 1) * _CODE - 0.25
+            if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(
+                ((ia >= 0) & (ia < self.values[n].numel())).all()
+            ):
+                return ("param", n), ia.round().long()
+        if a.shape == real.shape and torch.equal(a, real.double()):
+            return ("const", None), real
+        raise NotCompilable("a distribution argument depends on the params other than by indexing")
+
+    def _compile(self, real) -> None:
+        sites = _sites(real)
+        for s in sites:
+            if not any(f.name == self.plate and f.vectorized for f in s["cond_indep_stack"]):
+                raise NotCompilable(f"site {s['name']!r} is outside the data plate {self.plate!r}")
+            if not s["is_observed"] and s["infer"].get("_enumerate_dim") is None:
+                raise NotCompilable(f"site {s['name']!r} is a latent site that is not enumerated")
+        chain = [s for s in sites if s["infer"].get("_enumerate_dim") is not None]
+        if not chain:
+            raise NotCompilable("no enumerated site")
+        ks = {int(s["fn"].enumerate_support(expand=False).shape[0]) for s in chain}
+        if len(ks) != 1:
+            raise NotCompilable("the enumerated sites take different numbers of values")
+        self.K, self.T = ks.pop(), len(chain)
+        self.N = len(self.data[0])
+        real.compute_log_prob()
+        real.pack_tensors()
+        symbol = {s["infer"]["_enumerate_symbol"]: t for t, s in enumerate(chain)}
+        enum_dim = {t: s["infer"]["_enumerate_dim"] for t, s in enumerate(chain)}
+        probe_sites = {s["name"]: s for s in _sites(self._probe_traces())}
+        groups: OrderedDict = OrderedDict()
+        rank = max([self.nesting, *(-d for d in enum_dim.values()), *(s["log_prob"].dim() for s in sites)])
+        for s in sites:
+            deps = sorted(symbol[d] for d in s["packed"]["log_prob"]._pyro_dims if d in symbol)
+            own = symbol.get(s["infer"].get("_enumerate_symbol"))
+            if own is not None and (
+                deps[-1] != own or (len(deps) == 2 and deps[0] != own - 1) or len(deps) > 2
+            ):
+                raise NotCompilable(
+                    f"site {s['name']!r} does not depend on the previous site of the chain alone"
+                )
+            if len(deps) > 2 or (len(deps) == 2 and deps[0] != deps[1] - 1):
+                raise NotCompilable(
+                    f"site {s['name']!r} depends on sites that are not neighbours in the chain"
+                )
+            base, event, fmask = _unwrap(s["fn"])
+            family = type(base)
+            if family not in FAMILIES:
+                raise NotCompilable(
+                    f"site {s['name']!r} is a {family.__name__}, not one of {[f.__name__ for f in FAMILIES]}"
+                )
+            lp = s["log_prob"]
+            shape = list((1,) * (rank - lp.dim()) + tuple(lp.shape))
+            data_dim = next(f.dim for f in s["cond_indep_stack"] if f.name == self.plate)
+            shape[data_dim] = self.N
+            dims = {}
+            if deps:
+                dims["j"] = enum_dim[deps[-1]]
+            if len(deps) == 2:
+                dims["i"] = enum_dim[deps[0]]
+            for d in dims.values():
+                shape[d] = self.K
+
+            def ar(d, size):
+                v = torch.arange(size, device=self.device)
+                return v.reshape((size,) + (1,) * (-d - 1))
+
+            weight = torch.ones((), dtype=self.dtype, device=self.device)
+            if s["scale"] is not None and not (isinstance(s["scale"], (int, float)) and s["scale"] == 1.0):
+                weight = weight * s["scale"]
+            if s["mask"] is False:
+                weight = weight * 0
+            elif isinstance(s["mask"], torch.Tensor):
+                weight = weight * s["mask"].to(self.dtype)
+            wshape = (1,) * (rank - weight.dim()) + tuple(weight.shape)
+            # an expanded factor that reads nothing per row is computed once for all rows
+            if family is dist.Categorical:
+                read = [(base.probs, 1), (s["value"], 0)]
+            else:
+                read = [(_arg(base, a), event) for a in FAMILIES[family]] + [(s["value"], event)]
+            shared = all(
+                t.dim() - e < -data_dim or t.shape[data_dim - e] == 1 or t.stride(data_dim - e) == 0
+                for t, e in read
+            )
+            shared = shared and wshape[rank + data_dim] == 1 and fmask is None
+            if shared:
+                n, shape[data_dim], base_kind = 0, 1, 3
+            else:
+                n, base_kind = ar(data_dim, self.N), 0
+            if not deps:
+                pos, kind = n + torch.zeros((), dtype=torch.long, device=self.device), base_kind
+            elif len(deps) == 1:
+                pos, kind = (n * self.T + deps[0]) * self.K + ar(dims["j"], self.K), base_kind + 1
+            else:
+                pos = ((n * self.T + deps[1]) * self.K + ar(dims["i"], self.K)) * self.K + ar(
+                    dims["j"], self.K
+                )
+                kind = base_kind + 2
+            batch = torch.Size(shape)
+            event_shape = tuple(base.batch_shape[len(base.batch_shape) - event :]) if event else ()
+            full = batch + torch.Size(event_shape)
+
+            rows_at, events = data_dim - len(event_shape), len(event_shape)
+
+            def flat(t, size=full, at=rows_at, shared=shared):
+                """A tensor aligned to ``size`` (rows narrowed to one where shared), flattened."""
+                t = torch.as_tensor(t, device=self.device)
+                if shared and t.dim() >= -at and t.shape[at] > 1:
+                    t = t.narrow(at, 0, 1)
+                return t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size).reshape(-1)
+
+            def batch_only(t, events=events, flat=flat):
+                """A tensor of the batch shape, repeated over the event dims, flattened."""
+                return flat(t.reshape(t.shape + (1,) * events))
+
+            value = s["value"]
+            if family is dist.Categorical:
+                name, row = self._decode_rows(_arg(_unwrap(probe_sites[s["name"]]["fn"])[0], "probs"))
+                idx = [flat(row * self.values[name].shape[-1] + value.long())]
+                sources = (("param", name),)
+                y = flat(value.long())
+            else:
+                idx, sources = [], []
+                pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+                for arg in FAMILIES[family]:
+                    src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
+                    sources.append(src)
+                    idx.append(flat(ix) if src[0] == "param" else flat(ix.to(self.dtype)))
+                sources = tuple(sources)
+                y = flat(value.to(self.dtype))
+                if family is dist.Bernoulli and not bool(((y == 0) | (y == 1)).all()):
+                    raise NotCompilable(f"site {s['name']!r} has Bernoulli values other than 0 and 1")
+            weight = batch_only(weight.reshape(wshape))
+            if fmask is not None:
+                weight = weight * flat(fmask.to(self.dtype))
+            g = groups.setdefault((family, sources), _Group(family, sources))
+            g.idx.append(idx)
+            g.y.append(y)
+            g.pos.append(batch_only(pos.expand(batch)))
+            g.kind.append(torch.full((len(y),), kind, dtype=torch.int8, device=self.device))
+            g.weight.append(weight)
+        self.groups = list(groups.values())
+        for g in self.groups:
+            g.finish()
+        self.row_pairs = any(g.sel[2] is None or len(g.sel[2]) for g in self.groups)
+        self._roles()
+
+    def _roles(self) -> None:
+        """Each param's route: closed form where all its uses are one role whose support its
+        constraint matches, else gradient steps on Q."""
+        uses: dict[str, set] = {n: set() for n in self.names}
+        for g in self.groups:
+            for arg, src in zip(FAMILIES[g.family], g.sources):
+                if src[0] == "param":
+                    uses[src[1]].add((g.family, arg))
+        self.roles, self.routes = {}, {}
+        for n in self.names:
+            role = next(iter(uses[n])) if len(uses[n]) == 1 else None
+            ok = role in ROLES and _same_constraint(self.constraints[n], ROLES[role])
+            if ok and role == (dist.Categorical, "probs") and self.values[n].dim() == 0:
+                ok = False
+            self.roles[n] = role if ok else None
+            self.routes[n] = "closed_form" if ok else ("gradient" if uses[n] else "unused")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _args(self, g: _Group, values: dict) -> list[torch.Tensor]:
+        return [
+            values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix for src, ix in zip(g.sources, g.idx)
+        ]
+
+    def log_probs(self, g: _Group, values: dict) -> torch.Tensor:
+        """Every element's log-density under ``values`` (masked elements 0)."""
+        args, y = self._args(g, values), g.y
+        f = g.family
+        if f is dist.Categorical:
+            lp = args[0].log()
+        elif f is dist.Bernoulli:
+            lp = torch.where(y > 0.5, args[0].log(), torch.log1p(-args[0]))
+        elif f is dist.Poisson:
+            lp = torch.xlogy(y, args[0]) - args[0] - torch.lgamma(y + 1)
+        elif f is dist.Normal:
+            loc, scale = args
+            lp = -0.5 * ((y - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+        elif f is dist.Exponential:
+            lp = args[0].log() - args[0] * y
+        else:
+            a, b = args
+            lp = torch.xlogy(a, b) + torch.xlogy(a - 1, y) - b * y - torch.lgamma(a)
+        return torch.where(g.weight != 0, lp * g.weight, lp.new_zeros(()))
+
+    def potentials(self, values: dict):
+        """Log-potentials: per row const (N,), unary (N, T, K) and pairwise (N, T, K, K) (None
+        when no pairwise factor reads the row, as an HMM's transitions), and the pairwise
+        potentials shared by all rows (T, K, K)."""
+        N, T, K = self.N, self.T, self.K
+        sizes = (N, N * T * K, N * T * K * K if self.row_pairs else 0, 1, T * K, T * K * K)
+        out = [torch.zeros(n, dtype=self.dtype, device=self.device) for n in sizes]
+        for g in self.groups:
+            lp = self.log_probs(g, values)
+            for kind in range(6):
+                if g.sel[kind] is None:
+                    out[kind].index_add_(0, g.at[kind], lp)
+                elif len(g.sel[kind]):
+                    out[kind].index_add_(0, g.at[kind], lp[g.sel[kind]])
+        c = out[0] + out[3]
+        u = out[1].reshape(N, T, K) + out[4].reshape(T, K)
+        rows = out[2].reshape(N, T, K, K) if self.row_pairs else None
+        return c, u, rows, out[5].reshape(T, K, K)
+
+    @staticmethod
+    def forward_backward(c, u, p_rows, p_shared, weights=None):
+        """log p(x_n) per row and the posterior marginals of the unary cells (N, T, K) and of the
+        pairwise cells: per row (N, T, K, K) when ``p_rows`` is given, else summed over rows
+        (T, K, K), each row weighted by ``weights``. The scaled forward-backward recursions
+        (Rabiner's: every step normalized, so nothing under- or overflows), the potentials
+        exponentiated once relative to their maxima."""
+        N, T, K = u.shape
+        mu = u.amax(-1, keepdim=True)
+        U = (u - mu).exp()
+        p = p_shared[1:] if p_rows is None else p_rows[:, 1:] + p_shared[1:]
+        mp = p.amax((-2, -1), keepdim=True)
+        P = (p - mp).exp()  # step t's pairwise potential is P[..., t - 1, :, :]
+        a, s = torch.empty_like(U), U.new_empty(N, T)
+        s[:, 0] = U[:, 0].sum(-1)
+        a[:, 0] = U[:, 0] / s[:, 0, None]
+        for t in range(1, T):
+            if p_rows is None:
+                at = (a[:, t - 1] @ P[t - 1]) * U[:, t]
+            else:
+                at = torch.bmm(a[:, t - 1].unsqueeze(1), P[:, t - 1]).squeeze(1) * U[:, t]
+            s[:, t] = at.sum(-1)
+            a[:, t] = at / s[:, t, None]
+        b = torch.empty_like(U)
+        b[:, T - 1] = 1.0
+        for t in range(T - 1, 0, -1):
+            v = U[:, t] * b[:, t]
+            if p_rows is None:
+                b[:, t - 1] = (v @ P[t - 1].T) / s[:, t, None]
+            else:
+                b[:, t - 1] = torch.bmm(P[:, t - 1], v.unsqueeze(-1)).squeeze(-1) / s[:, t, None]
+        log_z = s.log().sum(1) + mu.sum((1, 2)) + c
+        log_z = log_z + (mp.sum() if p_rows is None else mp.sum((1, 2, 3)))
+        qu = a * b
+        v = (U[:, 1:] * b[:, 1:]) / s[:, 1:, None]
+        if weights is not None:
+            qu = qu * weights[:, None, None]
+            v = v * weights[:, None, None]
+        if p_rows is None:
+            qp = u.new_zeros(T, K, K)
+            if T > 1:
+                qp[1:] = torch.einsum("nti,ntj->tij", a[:, :-1], v) * P
+        else:
+            qp = u.new_zeros(N, T, K, K)
+            if T > 1:
+                qp[:, 1:] = a[:, :-1, :, None] * P * v[:, :, None, :]
+        return log_z, qu, qp
+
+    def log_z(self, values: dict) -> torch.Tensor:
+        """log p(x_n | theta) per row."""
+        return self.forward_backward(*self.potentials(values))[0]
+
+    def posterior(self, qc, qu, qp) -> tuple:
+        """(Weighted) marginals -> the six flat cell posteriors, one per kind of element."""
+        rows = qp.reshape(-1) if self.row_pairs else None
+        shared = (qp.sum(0) if self.row_pairs else qp).reshape(-1)
+        return (qc, qu.reshape(-1), rows, qc.sum(0, keepdim=True), qu.sum(0).reshape(-1), shared)
+
+    @torch.no_grad()
+    def e_step(self, values: dict, sample_weight: torch.Tensor | None = None):
+        """sum_n w_n log p(x_n | theta) and the (weighted) posterior marginal of every cell."""
+        rows, qu, qp = self.forward_backward(*self.potentials(values), weights=sample_weight)
+        qc = torch.ones_like(rows) if sample_weight is None else sample_weight.to(rows)
+        total = (rows * qc).sum()
+        return total, self.posterior(qc, qu, qp)
+
+    @staticmethod
+    def posterior_at(g: _Group, post) -> torch.Tensor:
+        """The posterior marginal of the cell each element of ``g`` adds to."""
+        q = torch.zeros_like(g.weight)
+        for kind in range(6):
+            if g.sel[kind] is None:
+                return post[kind][g.at[kind]]
+            if len(g.sel[kind]):
+                q[g.sel[kind]] = post[kind][g.at[kind]]
+        return q
+
+    def expected_log_joint(self, values: dict, post, names=None) -> torch.Tensor:
+        """Q = sum_e q_e log f_e over the groups that read any of ``names`` (all when None)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for g in self.groups:
+            if names is not None and not any(s[0] == "param" and s[1] in names for s in g.sources):
+                continue
+            q = self.posterior_at(g, post)
+            lp = self.log_probs(g, values)
+            total = total + torch.where(q != 0, q * lp, lp.new_zeros(())).sum()
+        return total
+
+    # ------------------------------------------------------------------ the M-step
+
+    def closed_form(self, values: dict, post) -> dict:
+        """The closed-form params' new values (exact conditional maximization of Q)."""
+        new = dict(values)
+        stats: dict[str, list] = {}
+        for stage in (0, 1):  # Normal scales after the locs they depend on
+            stats = {}
+            for g in self.groups:
+                w = self.posterior_at(g, post) * g.weight
+                args = self._args(g, new)
+                for a, (arg, src) in enumerate(zip(FAMILIES[g.family], g.sources)):
+                    if src[0] != "param" or self.roles.get(src[1]) is None:
+                        continue
+                    is_scale = (g.family, arg) == (dist.Normal, "scale")
+                    if is_scale != bool(stage):
+                        continue
+                    n, ix, y = src[1], g.idx[a], g.y
+                    size = values[n].numel()
+                    s = stats.setdefault(
+                        n, [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(2)]
+                    )
+                    if g.family is dist.Categorical:
+                        s[0].index_add_(0, ix, w)
+                    elif g.family is dist.Bernoulli:
+                        s[0].index_add_(0, ix, w * y)
+                        s[1].index_add_(0, ix, w * (1 - y))
+                    elif g.family is dist.Poisson:
+                        s[0].index_add_(0, ix, w * y)
+                        s[1].index_add_(0, ix, w)
+                    elif g.family is dist.Exponential:
+                        s[0].index_add_(0, ix, w)
+                        s[1].index_add_(0, ix, w * y)
+                    elif g.family is dist.Gamma:
+                        s[0].index_add_(0, ix, w * args[0])
+                        s[1].index_add_(0, ix, w * y)
+                    elif arg == "loc":
+                        prec = w / args[1] ** 2
+                        s[0].index_add_(0, ix, prec * y)
+                        s[1].index_add_(0, ix, prec)
+                    else:
+                        s[0].index_add_(0, ix, w * (y - args[0]) ** 2)
+                        s[1].index_add_(0, ix, w)
+            for n, (a, b) in stats.items():
+                old = values[n].reshape(-1)
+                role = self.roles[n]
+                if role == (dist.Categorical, "probs"):
+                    k = values[n].shape[-1]
+                    counts = a.reshape(-1, k)
+                    total = counts.sum(-1, keepdim=True)
+                    fresh = counts / total.clamp_min(torch.finfo(self.dtype).tiny)
+                    value = torch.where(total > 0, fresh, old.reshape(-1, k)).reshape(-1)
+                elif role == (dist.Normal, "scale"):
+                    value = torch.where(b > 0, (a / b.clamp_min(torch.finfo(self.dtype).tiny)).sqrt(), old)
+                elif role == (dist.Bernoulli, "probs"):
+                    value = torch.where(a + b > 0, a / (a + b).clamp_min(torch.finfo(self.dtype).tiny), old)
+                else:
+                    value = torch.where(b > 0, a / b.clamp_min(torch.finfo(self.dtype).tiny), old)
+                new[n] = value.reshape(values[n].shape)
+        return new
+
+    # ------------------------------------------------------------------ certification
+
+    def _pyro_log_z(self, values: dict) -> torch.Tensor:
+        """log p(x) by Pyro's own tensor variable elimination on a trace of the model."""
+        tr = _trace(self.model, self.data, self.nesting, values)
+        tr.compute_log_prob()
+        tr.pack_tensors()
+        factors: OrderedDict = OrderedDict()
+        sum_dims = set()
+        for s in _sites(tr):
+            ordinal = frozenset(tr.plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized)
+            factors.setdefault(ordinal, []).append(s["packed"]["log_prob"])
+            if s["infer"].get("_enumerate_symbol") is not None:
+                sum_dims.add(s["infer"]["_enumerate_symbol"])
+        present = {d for terms in factors.values() for t in terms for d in t._pyro_dims}
+        absent = {s for o in factors for s in o} - present
+        merged: OrderedDict = OrderedDict()
+        for o, terms in factors.items():
+            merged.setdefault(o - absent, []).extend(terms)
+        return contract_to_tensor(merged, sum_dims).sum()
+
+    def _certify(self, real, gen: torch.Generator) -> None:
+        """The compiled log Z equals Pyro's at a random perturbation of the params (random, so no
+        symmetry of the start, such as equal scales, can hide a misplaced factor)."""
+        tol = 1e-10 if self.dtype == torch.float64 else 1e-4
+        perturbed = {}
+        for n, v in self.values.items():
+            t = transform_to(self.constraints[n])
+            z = t.inv(v)
+            noise = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(z.device, z.dtype)
+            perturbed[n] = t(torch.where(torch.isfinite(z), z, torch.zeros_like(z)) + 0.5 * noise).detach()
+        with torch.no_grad():
+            for values in (perturbed,):
+                ours = float(self.log_z(values).sum())
+                theirs = float(self._pyro_log_z(values))
+                scale = abs(theirs) + 1.0
+                if not (math.isfinite(ours) and abs(ours - theirs) <= tol * scale):
+                    raise NotCompilable(
+                        f"the compiled log-likelihood ({ours:.12g}) differs from Pyro's ({theirs:.12g})"
+                    )
