@@ -41,8 +41,15 @@ WEIGHTS, LOCS, _ = GLOBAL_SITES
 APIS = adapter.available_apis()
 BOTH = pytest.mark.skipif(set(APIS) != {0, 1}, reason="needs arviz 0.2x and arviz-base/arviz-stats")
 #: ArviZ's own bookkeeping attrs, which differ between the APIs (creation time, versions).
-BOOKKEEPING = {"created_at", "arviz_version", "creation_library", "creation_library_version",
-               "creation_library_language", "inference_library", "inference_library_version"}
+BOOKKEEPING = {
+    "created_at",
+    "arviz_version",
+    "creation_library",
+    "creation_library_version",
+    "creation_library_language",
+    "inference_library",
+    "inference_library_version",
+}
 
 
 @pytest.fixture(params=[0, 1], ids=["arviz0", "arviz1"])
@@ -71,7 +78,7 @@ def exact_loo(x: torch.Tensor) -> np.ndarray:
     """log p(x_i | x_-i) of the Normal-Normal model, in closed form."""
     n, out = len(x), []
     for i in range(n):
-        rest = torch.cat([x[:i], x[i + 1:]])
+        rest = torch.cat([x[:i], x[i + 1 :]])
         precision = 1 / PRIOR_SCALE**2 + (n - 1) / NOISE**2
         mean = float(rest.sum()) / NOISE**2 / precision
         out.append(float(dist.Normal(mean, math.sqrt(NOISE**2 + 1 / precision)).log_prob(x[i])))
@@ -135,19 +142,24 @@ def test_only_the_adapter_imports_arviz_and_nothing_uses_from_pyro():
     pattern = re.compile(r"^\s*(import|from)\s+arviz(_base|_stats|_plots)?\b", re.M)
     importers = sorted(p.name for p in root.glob("*.py") if pattern.search(p.read_text()))
     assert importers == ["arviz.py"]
-    assert not [p.name for p in root.glob("*.py") if "from_pyro" in p.read_text()]
+    calls = re.compile(r"\.from_pyro\b|import from_pyro|from_pyro\(")
+    assert not [p.name for p in root.glob("*.py") if calls.search(p.read_text())]
 
 
 # ----------------------------------------------------------------------------- the export
 
 
 def test_svi_export_has_every_group_of_the_api_type(x, api_version):
-    result = lvm_pyro.fit((normal_normal_model, exact_guide(x, widen=2.0)), x, steps=5, progress=False, seed=0)
+    result = lvm_pyro.fit(
+        (normal_normal_model, exact_guide(x, widen=2.0)), x, steps=5, progress=False, seed=0
+    )
     data = to_inference_data(result, x, num_samples=50, seed=0, arviz_api=api_version)
     assert isinstance(data, xr.DataTree) == (api_version == 1)
     assert adapter.api_of(data) == api_version
     groups = datasets(data)
-    assert {"posterior", "log_likelihood", "observed_data", "posterior_predictive", "sample_stats"} == set(groups)
+    assert {"posterior", "log_likelihood", "observed_data", "posterior_predictive", "sample_stats"} == set(
+        groups
+    )
     assert groups["log_likelihood"]["x"].dims == ("chain", "draw", "obs")
     assert groups["log_likelihood"]["x"].shape == (1, 50, 40)
     assert groups["posterior"]["mu"].dims == ("chain", "draw")
@@ -228,8 +240,9 @@ def test_both_apis_export_the_same_groups_dims_coords_and_attrs():
 
 
 def test_loo_of_the_exact_posterior_matches_the_closed_form(x, api_version):
-    data = to_inference_data((normal_normal_model, exact_guide(x)), x, num_samples=2000, seed=0,
-                             arviz_api=api_version)
+    data = to_inference_data(
+        (normal_normal_model, exact_guide(x)), x, num_samples=2000, seed=0, arviz_api=api_version
+    )
     result = loo(data)
     assert isinstance(result, LOOResult) and result.arviz_api == api_version
     truth = exact_loo(x)
@@ -258,7 +271,10 @@ def _two_chain_data(x: torch.Tensor, api_version: int):
     ll = dist.Normal(torch.as_tensor(mu)[..., None], NOISE).log_prob(x).numpy()
     return adapter.build(
         {"posterior": {"mu": mu}, "log_likelihood": {"x": ll}, "observed_data": {"x": x.numpy()}},
-        coords={"obs": np.arange(len(x))}, dims={"x": ["obs"]}, attrs={}, api_version=api_version,
+        coords={"obs": np.arange(len(x))},
+        dims={"x": ["obs"]},
+        attrs={},
+        api_version=api_version,
     )
 
 
@@ -266,12 +282,17 @@ def _two_chain_data(x: torch.Tensor, api_version: int):
 @pytest.mark.parametrize("chains", [1, 2])
 def test_loo_agrees_between_the_apis(x, chains):
     if chains == 1:
-        old, new = (to_inference_data((normal_normal_model, exact_guide(x, widen=1.3)), x, num_samples=400,
-                                      seed=0, arviz_api=v) for v in (0, 1))
+        old, new = (
+            to_inference_data(
+                (normal_normal_model, exact_guide(x, widen=1.3)), x, num_samples=400, seed=0, arviz_api=v
+            )
+            for v in (0, 1)
+        )
     else:
         old, new = _two_chain_data(x, 0), _two_chain_data(x, 1)
-    np.testing.assert_array_equal(adapter.group(old, "log_likelihood")["x"].values,
-                                  adapter.group(new, "log_likelihood")["x"].values)
+    np.testing.assert_array_equal(
+        adapter.group(old, "log_likelihood")["x"].values, adapter.group(new, "log_likelihood")["x"].values
+    )
     a, b = loo(old), loo(new)
     assert (a.arviz_api, b.arviz_api) == (0, 1)
     for name in ("elpd_loo", "se", "p_loo"):
@@ -284,8 +305,17 @@ def test_loo_agrees_between_the_apis(x, chains):
 @BOTH
 def test_psis_khat_agrees_between_the_apis(x):
     for widen, draws in ((1.0, 500), (0.3, 1000)):
-        a, b = (psis_khat(normal_normal_model, x, guide=exact_guide(x, widen=widen), num_samples=draws, seed=0,
-                          arviz_api=v) for v in (0, 1))
+        a, b = (
+            psis_khat(
+                normal_normal_model,
+                x,
+                guide=exact_guide(x, widen=widen),
+                num_samples=draws,
+                seed=0,
+                arviz_api=v,
+            )
+            for v in (0, 1)
+        )
         np.testing.assert_array_equal(a.log_weights, b.log_weights)
         assert b.khat == pytest.approx(a.khat, abs=1e-9) and a.label == b.label
     assert a.khat > 0.7  # the narrow guide: the comparison covers a heavy tail too
@@ -300,21 +330,37 @@ def test_psis_khat_agrees_between_the_apis(x):
 
 
 def test_psis_khat_verdicts_and_repr(x, api_version):
-    good = psis_khat(normal_normal_model, x, guide=exact_guide(x, widen=1.2), num_samples=500, seed=0,
-                     arviz_api=api_version)
-    narrow = psis_khat(normal_normal_model, x, guide=exact_guide(x, widen=0.1), num_samples=1000, seed=0,
-                       arviz_api=api_version)
+    good = psis_khat(
+        normal_normal_model,
+        x,
+        guide=exact_guide(x, widen=1.2),
+        num_samples=500,
+        seed=0,
+        arviz_api=api_version,
+    )
+    narrow = psis_khat(
+        normal_normal_model,
+        x,
+        guide=exact_guide(x, widen=0.1),
+        num_samples=1000,
+        seed=0,
+        arviz_api=api_version,
+    )
     assert good.khat < 0.5 and narrow.khat > 0.7
     assert repr(narrow) == f"PSISResult(khat={narrow.khat:.3f} (bad), num_samples=1000)"
     torch.manual_seed(0)
-    per_point = psis_khat(LocalGaussian(2), torch.randn(12, 2), num_samples=100, seed=0, arviz_api=api_version)
+    per_point = psis_khat(
+        LocalGaussian(2), torch.randn(12, 2), num_samples=100, seed=0, arviz_api=api_version
+    )
     text = repr(per_point)
     assert "per point: good" in text and "/12" in text and len(text) < 160
 
 
 def test_compare_ranks_with_the_same_columns(x, api_version):
-    models = {"exact": (normal_normal_model, exact_guide(x)),
-              "shifted": (normal_normal_model, exact_guide(x, shift=1.0))}
+    models = {
+        "exact": (normal_normal_model, exact_guide(x)),
+        "shifted": (normal_normal_model, exact_guide(x, shift=1.0)),
+    }
     table = compare(models, x, num_samples=300, seed=0, arviz_api=api_version)
     assert list(table.columns[:9]) == list(adapter.COMPARE_COLUMNS)
     assert list(table.index) == ["exact", "shifted"]
@@ -327,10 +373,20 @@ def test_compare_ranks_with_the_same_columns(x, api_version):
 
 @BOTH
 def test_compare_agrees_between_the_apis(x):
-    tables = [compare({"exact": (normal_normal_model, exact_guide(x)),
-                       "wide": (normal_normal_model, exact_guide(x, widen=3.0)),
-                       "shifted": (normal_normal_model, exact_guide(x, shift=0.5))},
-                      x, num_samples=300, seed=0, arviz_api=v) for v in (0, 1)]
+    tables = [
+        compare(
+            {
+                "exact": (normal_normal_model, exact_guide(x)),
+                "wide": (normal_normal_model, exact_guide(x, widen=3.0)),
+                "shifted": (normal_normal_model, exact_guide(x, shift=0.5)),
+            },
+            x,
+            num_samples=300,
+            seed=0,
+            arviz_api=v,
+        )
+        for v in (0, 1)
+    ]
     a, b = tables
     assert list(a.index) == list(b.index)
     for column in ("elpd_loo", "p_loo", "elpd_diff", "se", "dse"):
@@ -342,8 +398,10 @@ def test_compare_agrees_between_the_apis(x):
 def test_compare_refuses_a_mix_of_apis(x):
     if set(APIS) != {0, 1}:
         pytest.skip("needs both APIs")
-    old, new = (to_inference_data((normal_normal_model, exact_guide(x)), x, num_samples=20, seed=0,
-                                  arviz_api=v) for v in (0, 1))
+    old, new = (
+        to_inference_data((normal_normal_model, exact_guide(x)), x, num_samples=20, seed=0, arviz_api=v)
+        for v in (0, 1)
+    )
     with pytest.raises(ConfigurationError, match="same kind"):
         compare({"a": old, "b": new})
 
@@ -353,12 +411,14 @@ def test_compare_refuses_a_mix_of_apis(x):
 
 @pytest.mark.parametrize("kind", ["kde", "cumulative", "scatter"])
 def test_plot_ppc_draws_the_data_and_the_replicates(x, api_version, kind):
-    data = to_inference_data((normal_normal_model, exact_guide(x)), x, num_samples=40, seed=0,
-                             arviz_api=api_version)
+    data = to_inference_data(
+        (normal_normal_model, exact_guide(x)), x, num_samples=40, seed=0, arviz_api=api_version
+    )
     fig = plot_ppc(data, kind=kind, num_pp_samples=10)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert len(ax.lines) >= 11  # ten replicates and the data
     if api_version == 1 and kind == "cumulative":
         observed = [line for line in ax.lines if line.get_label() == "observed"][0]
-        assert observed.get_ydata()[-1] == pytest.approx(1.0) and observed.get_ydata()[0] == pytest.approx(1 / 40)
+        ecdf = np.asarray(observed.get_ydata())
+        assert ecdf[-1] == pytest.approx(1.0) and np.all(np.diff(ecdf) >= 0)

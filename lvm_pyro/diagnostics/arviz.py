@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -62,11 +63,20 @@ __all__ = [
     "api",
     "api_of",
     "available_apis",
+    "build",
+    "compare_models",
+    "draw_ppc",
+    "from_netcdf",
     "group",
     "group_names",
     "is_diagnostics_data",
+    "pareto_khat",
+    "psis_loo",
+    "root_attrs",
     "summary",
+    "to_netcdf",
     "versions",
+    "with_group",
     *_PUBLIC,
 ]
 
@@ -255,10 +265,29 @@ def with_group(data, name: str, dataset: xr.Dataset):
     return out
 
 
+def to_netcdf(data, path) -> None:
+    """Write an InferenceData or a DataTree to a netCDF-4 file (HDF5 groups, h5netcdf engine)."""
+    if api_of(data) == DATATREE:
+        data.to_netcdf(str(path), engine="h5netcdf")
+    elif api_of(data) == LEGACY:
+        data.to_netcdf(str(path))
+    else:
+        raise ConfigurationError(f"to_netcdf needs an InferenceData or a DataTree, got {type(data).__name__}")
+
+
+def from_netcdf(path, api_version: int | None = None):
+    """Read a file written by :func:`to_netcdf`, as an InferenceData (API 0) or a DataTree (API 1),
+    loaded into memory (the file is closed on return)."""
+    if api(api_version) == LEGACY:
+        return _az().from_netcdf(str(path))
+    with xr.open_datatree(str(path), engine="h5netcdf") as tree:
+        return tree.load()
+
+
 def summary(data, var_names: Sequence[str] | None = None, *, kind: str = "all"):
     """Posterior summary table (mean, sd, credible interval, ESS, R-hat) per variable, a pandas
     DataFrame indexed by variable: ``az.summary`` (API 0) or ``arviz_stats.summary`` (API 1).
-    ``kind``: "all", "stats" or "diagnostics" (both APIs)."""
+    ``kind``: "all", "stats" or "diagnostics" (both APIs). Numbers are not rounded."""
     version = api_of(data)
     if version is None:
         raise ConfigurationError(f"summary needs an InferenceData or a DataTree, got {type(data).__name__}")
@@ -266,8 +295,8 @@ def summary(data, var_names: Sequence[str] | None = None, *, kind: str = "all"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if version == LEGACY:
-            return _az().summary(data, var_names=names, kind=kind)
-        return _stats().summary(data, var_names=names, kind=kind)
+            return _az().summary(data, var_names=names, kind=kind, round_to="none")
+        return _stats().summary(data, var_names=names, kind=kind, round_to="none")
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +319,7 @@ def pareto_khat(log_weights: np.ndarray, api_version: int | None = None) -> np.n
     return np.asarray(k, dtype=np.float64)
 
 
-def loo(data, *, pointwise: bool = True, var_name: str | None = None) -> dict[str, Any]:
+def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> dict[str, Any]:
     """PSIS-LOO of an InferenceData (``az.loo``) or a DataTree (``arviz_stats.loo``), normalized.
 
     Returns a dict: elpd_loo, se, p_loo (floats), n_samples, n_data_points (ints), warning
@@ -307,7 +336,7 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None) -> dict[st
             native = _stats().loo(data, pointwise=pointwise, var_name=var_name)
             names = {"elpd_loo": "elpd", "p_loo": "p", "loo_i": "elpd_i"}
         else:
-            raise ConfigurationError(f"loo needs an InferenceData or a DataTree, got {type(data).__name__}")
+            raise ConfigurationError(f"LOO needs an InferenceData or a DataTree, got {type(data).__name__}")
 
     def get(key: str, default=None):
         try:
@@ -336,7 +365,7 @@ def loo(data, *, pointwise: bool = True, var_name: str | None = None) -> dict[st
 COMPARE_COLUMNS = ("rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse", "warning", "scale")
 
 
-def compare(datas: Mapping[str, Any], *, ic: str = "loo"):
+def compare_models(datas: Mapping[str, Any], *, ic: str = "loo"):
     """Model comparison table (``az.compare`` / ``arviz_stats.compare``, stacking weights), with
     the columns :data:`COMPARE_COLUMNS` on both APIs, best model first."""
     kinds = {api_of(d) for d in datas.values()}
@@ -356,7 +385,8 @@ def compare(datas: Mapping[str, Any], *, ic: str = "loo"):
                 f"ic={ic!r}: the ArviZ 1.x API (arviz-stats) compares models by PSIS-LOO only (it "
                 "dropped WAIC): use ic='loo'"
             )
-        table = _stats().compare(dict(datas))
+        options = {"round_to": "none"} if "round_to" in inspect.signature(_stats().compare).parameters else {}
+        table = _stats().compare(dict(datas), **options)  # arviz-stats 1.x rounds unless told not to
     table = table.rename(columns={"elpd": "elpd_loo", "p": "p_loo"})
     table["scale"] = "log"
     return table[
@@ -370,7 +400,7 @@ def compare(datas: Mapping[str, Any], *, ic: str = "loo"):
 # ------------------------------------------------------------------------------------------
 
 
-def plot_ppc(
+def draw_ppc(
     data, *, kind: str, num_pp_samples: int | None, var_names: Sequence[str], axes, seed: int
 ) -> None:
     """Observed data against replicated draws on ``axes`` (one per variable).
@@ -401,12 +431,12 @@ def plot_ppc(
         reps = reps.reshape(reps.shape[0] * reps.shape[1], -1)  # (chain * draw, values)
         take = reps.shape[0] if num_pp_samples is None else min(num_pp_samples, reps.shape[0])
         chosen = reps[rng.choice(reps.shape[0], size=take, replace=False)]
-        _draw_ppc(ax, kind, obs, chosen, reps.ravel(), rng)
+        _draw_one(ax, kind, obs, chosen, reps.ravel(), rng)
         ax.set_xlabel(name)
         ax.legend(loc="best", fontsize="small")
 
 
-def _draw_ppc(
+def _draw_one(
     ax, kind: str, obs: np.ndarray, chosen: np.ndarray, pooled: np.ndarray, rng: np.random.Generator
 ) -> None:
     lo, hi = np.nanmin([obs.min(), chosen.min()]), np.nanmax([obs.max(), chosen.max()])

@@ -95,7 +95,7 @@ def loo(result, data=None, *, pointwise: bool = True, var_name: str | None = Non
         True
     """
     idata = _joint_log_likelihood(_as_idata(result, data, **kwargs), var_name)
-    out = adapter.loo(idata, pointwise=pointwise, var_name=var_name)
+    out = adapter.psis_loo(idata, pointwise=pointwise, var_name=var_name)
     return LOOResult(
         elpd_loo=out["elpd_loo"],
         se=out["se"],
@@ -184,4 +184,4 @@ def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwar
     if ic not in ("loo", "waic"):
         raise ConfigurationError(f"ic must be 'loo' or 'waic', got {ic!r}")
     idatas = {name: _joint_log_likelihood(_as_idata(r, data, **kwargs), None) for name, r in results.items()}
-    return adapter.compare(idatas, ic=ic)
+    return adapter.compare_models(idatas, ic=ic)

@@ -66,5 +66,5 @@ def plot_ppc(
     else:
         fig = ax.figure
         axes = np.atleast_1d(ax)
-    adapter.plot_ppc(idata, kind=kind, num_pp_samples=num_pp_samples, var_names=names, axes=axes, seed=seed)
+    adapter.draw_ppc(idata, kind=kind, num_pp_samples=num_pp_samples, var_names=names, axes=axes, seed=seed)
     return fig

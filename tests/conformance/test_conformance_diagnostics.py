@@ -22,8 +22,8 @@ ENUMERATED = names("discrete")
 SAMPLED = names("sampled")
 #: Both ArviZ APIs (0: arviz 0.2x InferenceData, 1: arviz-base/-stats DataTree), each where installed.
 ARVIZ_APIS = [
-    pytest.param(v, id=f"arviz{v}",
-                 marks=pytest.mark.skipif(v not in adapter.available_apis(), reason=f"ArviZ API {v} not installed"))
+    pytest.param(v, id=f"arviz{v}", marks=pytest.mark.skipif(v not in adapter.available_apis(),
+                                                             reason=f"ArviZ API {v} not installed"))
     for v in (0, 1)
 ]
 
