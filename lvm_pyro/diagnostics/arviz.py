@@ -27,6 +27,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -313,10 +314,28 @@ def pareto_khat(log_weights: np.ndarray, api_version: int | None = None) -> np.n
         if api(api_version) == LEGACY:
             _, k = _az().psislw(log_weights)
         else:
-            from arviz_stats.base import array_stats
-
-            _, k = array_stats.psislw(log_weights, r_eff=1.0, axis=-1)
+            k = np.array([_khat_row(row) for row in log_weights.reshape(-1, log_weights.shape[-1])])
+            k = k.reshape(log_weights.shape[:-1])
     return np.asarray(k, dtype=np.float64)
+
+
+def _khat_row(log_weights: np.ndarray) -> float:
+    """arviz-stats' k-hat of one row of log weights; inf where the tail is constant (as arviz 0.2x)."""
+    from arviz_stats.base import array_stats
+
+    if log_weights.size < 25:
+        raise ConfigurationError(
+            f"the Pareto fit of arviz-stats needs at least 25 draws (a tail of 5), got {log_weights.size}: "
+            "draw more (num_samples=...) or use arviz 0.2x (LVM_PYRO_ARVIZ=0)"
+        )
+    try:
+        # arviz-stats smooths the weights 1 / p(y_i | theta): it takes log-likelihoods, so -log w
+        _, k = array_stats.psislw(-log_weights, r_eff=1.0, axis=-1)
+    except ValueError as exc:
+        if "same" not in str(exc):
+            raise
+        return math.inf
+    return float(k)
 
 
 def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> dict[str, Any]:
@@ -325,6 +344,13 @@ def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> di
     Returns a dict: elpd_loo, se, p_loo (floats), n_samples, n_data_points (ints), warning
     (bool), good_k (float), scale ("log"), loo_i and pareto_k (``xarray.DataArray`` over the
     data dims, when ``pointwise``), api (0 or 1) and native (the backend's own object).
+
+    One definition of the standard error on both APIs: se = sqrt(N var_i(elpd_i)) with the 1/N
+    variance, as arviz 0.2x and arviz-stats 0.x compute it (arviz-stats 1.x divides by N - 1).
+    The two APIs otherwise differ in one detail: the Pareto tail holds
+    M = ceil(min(S / 5, 3 sqrt(S / r_eff))) draws under arviz 0.2x and floor(3 sqrt(S / r_eff))
+    (S r_eff > 225, else floor(S / 5)) under arviz-stats, so results are identical where the two
+    M agree and otherwise differ by a tail of one draw more or less.
     """
     kind = api_of(data)
     with warnings.catch_warnings():
@@ -333,7 +359,19 @@ def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> di
             native = _az().loo(data, pointwise=pointwise, var_name=var_name)
             names = {"elpd_loo": "elpd_loo", "p_loo": "p_loo", "loo_i": "loo_i"}
         elif kind == DATATREE:
-            native = _stats().loo(data, pointwise=pointwise, var_name=var_name)
+            constant = _constant_draws(data, var_name)
+            if constant is not None:
+                return _loo_of_constant_draws(constant, pointwise)
+            try:
+                native = _stats().loo(data, pointwise=True, var_name=var_name)
+            except ValueError as exc:
+                if "n_draws_tail" not in str(exc):
+                    raise
+                raise ConfigurationError(
+                    "PSIS-LOO under arviz-stats needs at least 25 posterior draws (a Pareto tail of 5 "
+                    "draws): export more draws (to_inference_data(..., num_samples=...)) or use "
+                    "arviz 0.2x (LVM_PYRO_ARVIZ=0)"
+                ) from exc
             names = {"elpd_loo": "elpd", "p_loo": "p", "loo_i": "elpd_i"}
         else:
             raise ConfigurationError(f"LOO needs an InferenceData or a DataTree, got {type(data).__name__}")
@@ -345,9 +383,13 @@ def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> di
             return default
 
     good_k = get("good_k")
+    se = float(get("se"))
+    if kind == DATATREE:
+        elpd_i = np.asarray(get(names["loo_i"]), dtype=np.float64).ravel()
+        se = float(np.sqrt(elpd_i.size * np.var(elpd_i)))
     return {
         "elpd_loo": float(get(names["elpd_loo"])),
-        "se": float(get("se")),
+        "se": se,
         "p_loo": float(get(names["p_loo"])),
         "n_samples": int(get("n_samples")),
         "n_data_points": int(get("n_data_points")),
@@ -361,13 +403,56 @@ def psis_loo(data, *, pointwise: bool = True, var_name: str | None = None) -> di
     }
 
 
+def _constant_draws(data, var_name: str | None) -> xr.DataArray | None:
+    """The log-likelihood if every data point has the same value in every draw (a point estimate
+    of the globals), else None."""
+    group_ = group(data, "log_likelihood")
+    name = var_name if var_name is not None else next(iter(group_.data_vars))
+    ll = group_[name]
+    values = np.asarray(ll.values, dtype=np.float64)
+    flat = values.reshape(values.shape[0] * values.shape[1], -1)
+    scale = 1.0 + np.abs(flat).max(0)
+    if flat.shape[0] > 1 and np.all(np.ptp(flat, axis=0) <= 1e-12 * scale):
+        return ll
+    return None
+
+
+def _loo_of_constant_draws(ll: xr.DataArray, pointwise: bool) -> dict[str, Any]:
+    """LOO where every draw is the same (as arviz 0.2x returns it; arviz-stats cannot fit a
+    Pareto tail to equal weights): the weights are constant, so elpd_i = log p(x_i | theta) and
+    p_loo = 0, with every Pareto k infinite and the warning set."""
+    draws = ll.sizes["chain"] * ll.sizes["draw"]
+    elpd_i = ll.isel(chain=0, draw=0, drop=True).astype(np.float64)
+    values = np.asarray(elpd_i.values).ravel()
+    return {
+        "elpd_loo": float(values.sum()),
+        "se": float(np.sqrt(values.size * np.var(values))),
+        "p_loo": 0.0,
+        "n_samples": int(draws),
+        "n_data_points": int(values.size),
+        "warning": True,
+        "good_k": float(min(1 - 1 / np.log10(draws), 0.7)),
+        "scale": "log",
+        "loo_i": elpd_i.rename("elpd_i") if pointwise else None,
+        "pareto_k": xr.full_like(elpd_i, np.inf).rename("pareto_k") if pointwise else None,
+        "api": DATATREE,
+        "native": None,
+    }
+
+
 #: The comparison table's columns in the 0.2x spelling, which both APIs return.
 COMPARE_COLUMNS = ("rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse", "warning", "scale")
 
 
 def compare_models(datas: Mapping[str, Any], *, ic: str = "loo"):
     """Model comparison table (``az.compare`` / ``arviz_stats.compare``, stacking weights), with
-    the columns :data:`COMPARE_COLUMNS` on both APIs, best model first."""
+    the columns :data:`COMPARE_COLUMNS` on both APIs, best model first.
+
+    Under the 1.x API the columns keep arviz 0.2x's meaning: elpd_diff = elpd_loo(best) -
+    elpd_loo (>= 0; arviz-stats 1.x reports it negative), se as in :func:`psis_loo`, and warning
+    is each model's LOO warning (arviz-stats 1.x drops that column). Any further columns of
+    arviz-stats follow.
+    """
     kinds = {api_of(d) for d in datas.values()}
     if len(kinds) != 1 or None in kinds:
         raise ConfigurationError(
@@ -385,9 +470,20 @@ def compare_models(datas: Mapping[str, Any], *, ic: str = "loo"):
                 f"ic={ic!r}: the ArviZ 1.x API (arviz-stats) compares models by PSIS-LOO only (it "
                 "dropped WAIC): use ic='loo'"
             )
+        flat = [name for name, d in datas.items() if _constant_draws(d, None) is not None]
+        if flat:
+            raise ConfigurationError(
+                f"every draw of {flat} shares one point estimate, and arviz-stats cannot fit a Pareto "
+                "tail to equal weights: compare such models on held-out data (lvm_pyro.log_likelihood), "
+                "or with arviz 0.2x (LVM_PYRO_ARVIZ=0)"
+            )
         options = {"round_to": "none"} if "round_to" in inspect.signature(_stats().compare).parameters else {}
         table = _stats().compare(dict(datas), **options)  # arviz-stats 1.x rounds unless told not to
     table = table.rename(columns={"elpd": "elpd_loo", "p": "p_loo"})
+    each = {name: psis_loo(d, pointwise=False) for name, d in datas.items()}
+    table["se"] = [each[name]["se"] for name in table.index]
+    table["warning"] = [each[name]["warning"] for name in table.index]
+    table["elpd_diff"] = float(table["elpd_loo"].max()) - table["elpd_loo"]
     table["scale"] = "log"
     return table[
         [c for c in COMPARE_COLUMNS if c in table.columns]

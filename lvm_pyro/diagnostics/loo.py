@@ -145,7 +145,7 @@ def _check_loo(idata) -> None:
             "(e.g. AutoNormal) or NUTS, compare mixtures with select_components(..., "
             "criterion='loo'), or compare on held-out data with lvm_pyro.log_likelihood"
         )
-    if adapter.root_attrs(idata).get("lvm_pyro_point_estimate"):
+    if _flag(adapter.root_attrs(idata).get("lvm_pyro_point_estimate")):
         warnings.warn(
             "every draw shares one point estimate of the global parameters, so this elpd_loo is "
             "the in-sample sum of log p(x_i | theta_hat), not a leave-one-out estimate (optimistic "
@@ -154,6 +154,14 @@ def _check_loo(idata) -> None:
             DiagnosticWarning,
             stacklevel=3,
         )
+
+
+def _flag(value) -> bool:
+    """An attribute written as 0/1 by the export, also after a netCDF round trip (which may
+    return it as the string "0" or "1")."""
+    if isinstance(value, (str, bytes)):
+        return value.strip() not in ("", "0", b"", b"0", "False", "false")
+    return bool(value)
 
 
 def compare(results: Mapping[str, object], data=None, *, ic: str = "loo", **kwargs):
