@@ -124,7 +124,7 @@ def test_summary_and_loo(name, dtype, arviz_api):
     """az.summary on the posterior; lvm_pyro.loo on the export (all observed sites of a data
     point together); az.loo directly where there is one observed site: finite, no exception."""
     s = build(name, dtype)
-    idata = export(s, draws=12, arviz_api=arviz_api)
+    idata = export(s, draws=12 if arviz_api == 0 else 25, arviz_api=arviz_api)  # arviz-stats: >= 25 draws
     table = adapter.summary(idata, kind="stats")
     assert len(table) > 0 and np.isfinite(table["mean"].to_numpy()).all()
     result = lvm_pyro.loo(idata)
