@@ -18,7 +18,8 @@ import torch
 
 from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_data
-from lvm_pyro.diagnostics.arviz import loo, to_inference_data
+from lvm_pyro.diagnostics.export import to_inference_data
+from lvm_pyro.diagnostics.loo import loo
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.estimators import GaussianMixture
 from lvm_pyro.infer.svi import fit

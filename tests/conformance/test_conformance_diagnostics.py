@@ -14,40 +14,49 @@ import torch
 from conformance_models import CASES, DTYPES, atol, build, names, plate_kw
 
 import lvm_pyro
+from lvm_pyro.diagnostics import arviz as adapter
 from lvm_pyro.errors import LVMError
 
 DRAWS = 6
 ENUMERATED = names("discrete")
 SAMPLED = names("sampled")
+#: Both ArviZ APIs (0: arviz 0.2x InferenceData, 1: arviz-base/-stats DataTree), each where installed.
+ARVIZ_APIS = [
+    pytest.param(v, id=f"arviz{v}", marks=pytest.mark.skipif(v not in adapter.available_apis(),
+                                                             reason=f"ArviZ API {v} not installed"))
+    for v in (0, 1)
+]
 
 
 def pointwise(idata, n: int) -> np.ndarray:
     """The exported log p(x_i | draw) of each data-plate element, summed over observed sites
     (and any dim inside the element): (chain, draw, n)."""
     total = 0.0
-    for var in idata.log_likelihood.data_vars.values():
+    for var in adapter.group(idata, "log_likelihood").data_vars.values():
         arr = np.asarray(var.values, dtype=np.float64)
         assert arr.shape[2] == n, f"log_likelihood {var.name!r} has dims {var.dims}, not (chain, draw, data)"
         total = total + arr.reshape(arr.shape[:3] + (-1,)).sum(-1)
     return np.asarray(total)
 
 
-def export(s, pair=None, draws: int = DRAWS):
-    return lvm_pyro.to_inference_data(pair or s.pair, s.data, num_samples=draws, seed=0, **plate_kw(s))
+def export(s, pair=None, draws: int = DRAWS, arviz_api: int | None = None):
+    return lvm_pyro.to_inference_data(pair or s.pair, s.data, num_samples=draws, seed=0, arviz_api=arviz_api,
+                                      **plate_kw(s))
 
 
+@pytest.mark.parametrize("arviz_api", ARVIZ_APIS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", list(CASES))
-def test_inference_data_has_every_group(name, dtype):
+def test_inference_data_has_every_group(name, dtype, arviz_api):
     """log_likelihood, observed_data and posterior_predictive hold every observed site, under its
     own name ("obs", "y", "data", "x", "a"/"b", "y_0".."y_6"), with the data-plate dim."""
     s = build(name, dtype)
-    idata = export(s)
-    groups = set(idata.groups())
+    idata = export(s, arviz_api=arviz_api)
+    groups = set(adapter.group_names(idata))
     assert {"log_likelihood", "observed_data", "posterior_predictive"} <= groups, sorted(groups)
     for site in s.observed:
-        assert site in idata.observed_data.data_vars
-        assert site in idata.posterior_predictive.data_vars
+        assert site in adapter.group(idata, "observed_data").data_vars
+        assert site in adapter.group(idata, "posterior_predictive").data_vars
     ll = pointwise(idata, s.n)
     assert ll.shape == (1, DRAWS, s.n) and np.isfinite(ll).all()
 
@@ -108,18 +117,19 @@ def test_pointwise_log_likelihood_of_a_grouped_regression(dtype):
     np.testing.assert_allclose(pointwise(idata, s.n)[0], exact, rtol=0, atol=20 * atol(dtype, 10.0))
 
 
+@pytest.mark.parametrize("arviz_api", ARVIZ_APIS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", SAMPLED)
-def test_summary_and_loo(name, dtype):
+def test_summary_and_loo(name, dtype, arviz_api):
     """az.summary on the posterior; lvm_pyro.loo on the export (all observed sites of a data
     point together); az.loo directly where there is one observed site: finite, no exception."""
     s = build(name, dtype)
-    idata = export(s, draws=12)
-    table = az.summary(idata, kind="stats")
+    idata = export(s, draws=12 if arviz_api == 0 else 25, arviz_api=arviz_api)  # arviz-stats: >= 25 draws
+    table = adapter.summary(idata, kind="stats")
     assert len(table) > 0 and np.isfinite(table["mean"].to_numpy()).all()
     result = lvm_pyro.loo(idata)
     assert np.isfinite(result.elpd_loo)
-    if len(s.observed) == 1:
+    if len(s.observed) == 1 and arviz_api == 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             direct = az.loo(idata)
