@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ast
 import errno
+import inspect
 import json
 import math
 import os
@@ -60,7 +61,7 @@ from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import elbo, log_likelihood
 from lvm_pyro.infer.objectives import ESTIMATORS
 from lvm_pyro.infer.svi import fit
-from lvm_pyro.models.registry import ModelEntry, accepted_options, available_models, get_model
+from lvm_pyro.models.registry import ModelEntry, accepted_options, available_models, get_model, model_options
 from lvm_pyro.report import (
     Section,
     atomic_output,
@@ -72,7 +73,7 @@ from lvm_pyro.report import (
 )
 
 #: settings of ``fit`` a flag can override (``trainer="fit"`` models only)
-FIT_OVERRIDES = ("estimator", "epochs", "steps", "batch_size", "lr", "kl_warmup")
+FIT_OVERRIDES = ("objective", "epochs", "steps", "batch_size", "lr", "kl_warmup")
 #: what ``lvm-pyro resume`` may change: safe for a resumed run
 RESUME_OVERRIDES = ("epochs", "steps", "lr")
 LOCK_NAME = ".lvm-pyro.lock"
@@ -563,7 +564,20 @@ def _train(run: Run, args: argparse.Namespace, resume: bool = False):
     if "steps" in settings:
         settings.pop("epochs", None)
     return fit(run.model, train, val_data=val, device=args.device, seed=run.config["seed"],
-               progress=not args.quiet, checkpoint_dir=run.directory, resume=resume, **settings)
+               progress=not args.quiet, checkpoint_dir=run.directory, resume=resume,
+               **_fit_keywords(settings))
+
+
+def _fit_keywords(settings: dict) -> dict:
+    """``settings`` with the objective under the name ``fit`` takes: ``objective`` (the
+    current name; the registry and the command line use it) or ``estimator`` (its old name,
+    still in the ``config.json`` of runs written before the rename)."""
+    name = "objective" if "objective" in inspect.signature(fit).parameters else "estimator"
+    settings = dict(settings)
+    for key in ("objective", "estimator"):
+        if key in settings and key != name:
+            settings[name] = settings.pop(key)
+    return settings
 
 
 def _objective_kind(result) -> tuple[str, bool]:
@@ -684,8 +698,21 @@ def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrid
             return _finish(run, result, args)
 
 
+def _objective_alias(args: argparse.Namespace) -> None:
+    """``--estimator`` is the old spelling of ``--objective``: accepted with a warning."""
+    old = getattr(args, "estimator_alias", None)
+    if old is None:
+        return
+    if args.objective not in (None, old):
+        raise ConfigurationError(
+            f"--estimator is the old name of --objective: pass --objective {args.objective} alone")
+    print("lvm-pyro: warning: --estimator is deprecated; it is called --objective now", file=sys.stderr)
+    args.objective = old
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     _check_common(args)
+    _objective_alias(args)
     directory = Path(args.out) / (args.name or f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = _fit_new(args.model, args, directory, {})
     print(f"{_summary(args.model, metrics)}; run written to {directory}")
@@ -791,9 +818,64 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _literal(value) -> str:
+    """A default as the command line would take it back (``--option key=VALUE``)."""
+    if isinstance(value, type):
+        return value.__name__
+    return repr(value)
+
+
+def describe_options(entry: ModelEntry) -> list[str]:
+    """Lines for ``lvm-pyro models``: the model's ``--option`` names with their defaults, and
+    its training defaults (the registered ones, then the trainer's own).
+
+    Example:
+        >>> from lvm_pyro.models.registry import ModelEntry
+        >>> entry = ModelEntry("demo", lambda data, scale=1.0: None, "a demo", fit_options={"epochs": 2})
+        >>> describe_options(entry)
+        ['options: scale=1.0', 'training (fit): epochs=2, lr=0.001, objective=reparam, kl_warmup=auto']
+    """
+    options = model_options(entry)
+    if options is None:
+        lines = ["options: those of the model class (see its docstring)"]
+    else:
+        shown = [f"{k}={_literal(v)}" if v is not inspect.Parameter.empty else f"{k} (required)"
+                 for k, v in options.items() if not isinstance(v, type)]
+        api_only = [k for k, v in options.items() if isinstance(v, type)]
+        lines = ["options: " + (", ".join(shown) or "(none)")
+                 + (f"; {', '.join(api_only)}: Python API only" if api_only else "")]
+    trainer = em if entry.trainer == "em" else fit
+    defaults = dict(entry.fit_options)
+    if entry.trainer == "fit":
+        for key, value in (("lr", 1e-3), ("objective", "reparam"), ("kl_warmup", "auto")):
+            defaults.setdefault(key, _signature_default(trainer, key, value))
+        if defaults["kl_warmup"] == "auto":  # fit's "auto": the model class's default_kl_warmup epochs
+            defaults["kl_warmup"] = getattr(entry.options, "default_kl_warmup", "auto")
+    else:
+        for key in ("max_iter", "tol", "n_init"):
+            defaults.setdefault(key, _signature_default(trainer, key, None))
+    training = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in defaults.items() if v is not None)
+    lines.append(f"training ({entry.trainer}): {training}")
+    return lines
+
+
+def _signature_default(fn, name: str, fallback):
+    parameter = inspect.signature(fn).parameters.get(name)
+    if parameter is None and name == "objective":
+        parameter = inspect.signature(fn).parameters.get("estimator")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     for name, entry in available_models().items():
-        print(f"{name:14s} {entry.description} (trained by {entry.trainer})")
+        print(f"{name}: {entry.description}")
+        for line in describe_options(entry):
+            print(f"    {line}")
+    print("Set a model option with --option KEY=VALUE, a training setting with its flag "
+          "(see `lvm-pyro fit --help`).")
     return 0
 
 
@@ -802,81 +884,127 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help with each flag's default appended where it has one and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                or default == [] or "default" in text or not action.option_strings):
+            return text
+        return f"{text} (default: {default})"
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
                    help="'digits' (embedded, no download) or a .npy/.npz/.csv/IDX file")
-    p.add_argument("--labels", default=None, help="a file of labels for --data PATH")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="a file of labels for --data FILE (default: none; the digits bring theirs)")
     p.add_argument("--binarize", type=binarize_value, default=None, metavar="T",
-                   help="x >= T becomes 1, else 0 (for a Bernoulli likelihood); 'none' keeps the values. "
-                        "Default: 8 of 0..16 for the digits with a Bernoulli model, none for a file")
-    p.add_argument("--seed", type=seed_value, default=0, help="seeds the split, the model and training")
-    p.add_argument("--out", default="runs", help="folder that holds run directories")
+                   help="x >= T becomes 1, else 0 (for a Bernoulli likelihood); 'none' keeps the values "
+                        "(default: 8 of 0..16 for the digits with a Bernoulli model, none for a file)")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seeds the split, the model's initialization and training (0..2**32-1)")
+    p.add_argument("--out", default="runs", metavar="FOLDER", help="folder that holds run directories")
     p.add_argument("--name", type=run_name, default=None,
-                   help="run directory name (default: model-timestamp)")
+                   help="run directory name (default: MODEL-YYYYmmdd-HHMMSS)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model option, e.g. --option latent_dim=16 (repeatable)")
+                   help="a model option, e.g. --option latent_dim=16; repeatable (default: the model's; "
+                        "`lvm-pyro models` lists each model's options)")
     p.add_argument("--kl-warmup", type=warmup_epochs, default=None, metavar="EPOCHS",
-                   help="epochs of linear KL annealing (0: none; default: the model's, 100 for VAEs)")
+                   help="epochs of linear KL annealing, 0 for none (default: the model's, 100 for VAEs)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--num-samples", type=positive_int, default=1000,
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--num-samples", type=positive_int, default=1000, metavar="K",
                    help="importance samples per example for the test log-likelihood")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+
+
+def _add_objective(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", choices=ESTIMATORS, default=None,
+                   help="the training objective and its gradient estimator: reparam (Trace_ELBO), "
+                        "meanfield (analytic KL), score (REINFORCE), iwae (importance-weighted bound), "
+                        "enum (discrete sites summed out) (default: the model's, reparam for the VAEs)")
+    p.add_argument("--estimator", dest="estimator_alias", choices=ESTIMATORS, default=None,
+                   help=argparse.SUPPRESS)  # the old name of --objective: warns
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lvm-pyro",
         description="Latent-variable models on Pyro: train, evaluate and diagnose.",
+        formatter_class=_HelpFormatter,
+        epilog="`lvm-pyro COMMAND --help` lists a command's flags with their defaults.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report",
-                       description="A Gaussian mixture by EM and a VAE on the data, one report. --option, "
-                                   "--binarize and --kl-warmup apply to the VAE.")
+    def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help),
+                              formatter_class=_HelpFormatter, **kwargs)
+
+    p = command("run", "the main job: mixture by EM + VAE on the data, with a report",
+                description="A Gaussian mixture by EM and a VAE on the data, one HTML report "
+                            "(OUT/NAME/report.html). --option, --binarize and --kl-warmup apply to the VAE.")
     _add_run_options(p)
     _add_common(p)
     p.add_argument("--quick", action="store_true",
-                   help="a short VAE run (20 epochs, 5 of KL warm-up), for a smoke test")
+                   help="a short VAE run (20 epochs, 5 of KL warm-up), for a smoke test "
+                        "(default: the VAE's 300 epochs)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("fit", help="train a registered model and write a run directory")
+    p = command("fit", "train a registered model and write a run directory",
+                description="Train a registered model (see `lvm-pyro models`) and write OUT/NAME/: "
+                            "weights, metrics.json, figures, inference_data.nc and report.html. Flags "
+                            "left out take the model's defaults, which `lvm-pyro models` lists.")
     p.add_argument("model", help="a registered model name (see `lvm-pyro models`)")
     _add_run_options(p)
     _add_common(p)
-    p.add_argument("--estimator", choices=ESTIMATORS, default=None,
-                   help="gradient estimator (default: the model's)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training data")
-    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per step")
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (> 0)")
+    _add_objective(p)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the training data (default: the model's, 300 for the VAEs)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps, instead of --epochs (default: by epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="examples per optimizer step (default: the model's, 64 for the VAEs)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam's learning rate, > 0 (default: the model's, else 1e-3)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("resume", help="continue a `fit` run from its checkpoint")
+    p = command("resume", "continue a `fit` run from its checkpoint",
+                description="Continue a `fit` run from its checkpoint, bit for bit as if never stopped; "
+                            "only the flags below may change.")
     p.add_argument("run", help="a run directory, e.g. runs/vae-20260101-120000")
-    p.add_argument("--epochs", type=positive_int, default=None, help="train until this many epochs in all")
-    p.add_argument("--steps", type=positive_int, default=None, help="train until this many steps in all")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="train until this many epochs in all (default: the run's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="train until this many steps in all (default: the run's)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="a new learning rate from here on (e.g. lower, after a divergence)")
+                   help="a new learning rate from here on, e.g. lower after a divergence "
+                        "(default: the run's)")
     _add_common(p)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("evaluate", help="held-out ELBO and log-likelihood of a run")
-    p.add_argument("run")
+    p = command("evaluate", "held-out ELBO and log-likelihood of a run",
+                description="Held-out ELBO and importance-sampled log-likelihood of a run's test split, "
+                            "in nats per example.")
+    p.add_argument("run", help="a run directory written by `lvm-pyro fit`")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", help="draw examples from a run's model (.npy, and .png for images)")
-    p.add_argument("run")
-    p.add_argument("--n", type=positive_int, default=64)
-    p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--output", default=None, help="a .npy path (default: RUN/samples.npy)")
+    p = command("sample", "draw examples from a run's model (.npy, and .png for images)")
+    p.add_argument("run", help="a run directory written by `lvm-pyro fit`")
+    p.add_argument("--n", type=positive_int, default=64, help="how many examples to draw")
+    p.add_argument("--seed", type=seed_value, default=0, help="seeds the draws (0..2**32-1)")
+    p.add_argument("--output", default=None, metavar="PATH.npy",
+                   help="where to write the draws (default: RUN/samples.npy)")
     p.set_defaults(func=cmd_sample)
 
-    sub.add_parser("info", help="versions and the device found").set_defaults(func=cmd_info)
-    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    command("info", "versions and the device found").set_defaults(func=cmd_info)
+    command("models", "list the registered models, their options and training defaults").set_defaults(
+        func=cmd_models)
     return parser
 
 

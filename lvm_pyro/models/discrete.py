@@ -24,7 +24,6 @@ from torch import nn
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP
-from lvm_pyro.models.registry import register_model
 from lvm_pyro.models.vae import (
     Decoder,
     as_shape,
@@ -145,11 +144,3 @@ class SigmoidBeliefNet(LatentVariableModel):
             (log_pz + self.decoder(codes[:, None, :]).log_prob(part)).logsumexp(0) for part in x.split(rows)
         ])
 
-
-register_model(
-    "sbn",
-    lambda data, **options: SigmoidBeliefNet(data.event_shape, **options),
-    description="sigmoid belief network (binary latents), trained by score-function gradients",
-    data_options={"binarize": 8},
-    fit_options={"estimator": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3},
-)

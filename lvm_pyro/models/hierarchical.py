@@ -25,7 +25,6 @@ from torch import nn
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import DiagNormalHead
-from lvm_pyro.models.registry import register_model
 from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, body, check_levels, flatten_example, latent_codes
 
 GUIDES = ("markov", "ladder")
@@ -225,11 +224,3 @@ class HierarchicalVAE(LatentVariableModel):
         z1 = self._generate(torch.Size([n]), next(self.parameters()), lambda _, d: d.sample())
         return self.decoder.mean(z1) if mean else self.decoder(z1).sample()
 
-
-register_model(
-    "hvae",
-    lambda data, **options: HierarchicalVAE(data.event_shape, **options),
-    description="hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-)

@@ -22,7 +22,6 @@ from lvm_pyro.checks import check_positive
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
-from lvm_pyro.models.registry import register_model
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 ENCODERS = ("diag", "full")
@@ -362,11 +361,3 @@ class VAE(LatentVariableModel):
     def _latent(self, z) -> torch.Tensor:
         return latent_codes(z, self.latent_dim, next(self.parameters()))
 
-
-register_model(
-    "vae",
-    lambda data, **options: VAE(data.event_shape, **options),
-    description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-)
