@@ -55,7 +55,7 @@ import torch
 
 from lvm_pyro.data import DigitsData, load_dataset, resolve_device
 from lvm_pyro.diagnostics.arviz import to_inference_data
-from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, LVMError
+from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, DiagnosticWarning, LVMError
 from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, RunLock, load_checkpoint, save_checkpoint
 from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import elbo, log_likelihood
@@ -460,6 +460,8 @@ def _likelihood_of(model) -> str | None:
 
 def _likelihood_note(model, kind: str, auto: bool) -> str:
     likelihood = _likelihood_of(model)
+    if not isinstance(likelihood, str) and isinstance(getattr(model, "covariance_type", None), str):
+        return f"Gaussian per mixture component ({model.covariance_type} covariance), on {kind} data"
     if not isinstance(likelihood, str):
         return f"the model's own ({type(model).__name__}) on {kind} data"
     names = {"bernoulli": "Bernoulli", "gaussian": "Gaussian", "categorical": "categorical"}
@@ -539,7 +541,7 @@ def _open_run(path: Path, *, trained: bool) -> Run:
 
 def _held_out(run: Run, num_samples: int, seed: int) -> dict:
     test = run.split("test")
-    metrics = {"test_log_likelihood": None, "test_log_likelihood_se": None, "test_elbo": None}
+    metrics: dict = {}
     if run.entry.trainer == "em" and hasattr(run.model, "log_prob"):  # exact: z summed out
         values = run.model.log_prob(test).double()
         metrics["test_log_likelihood"] = float(values.mean())
@@ -600,8 +602,64 @@ def _objective_kind(result) -> tuple[str, bool]:
     return "ELBO per point", False
 
 
-def _finish(run: Run, result, args: argparse.Namespace) -> dict:
-    """Weights, metrics, figures, ArviZ file and report of a trained run, each written atomically."""
+#: what the command line says, once, in place of the export's warning that its draws share one
+#: point estimate of the globals
+POINT_ESTIMATE_NOTE = (
+    "The ArviZ file inference_data.nc of {who} holds one point estimate of the global parameters "
+    "({what}), not draws from a posterior over them: its az.summary shows no spread, and "
+    "LOO computed from it is only the in-sample log-likelihood. Compare models by their held-out "
+    "log-likelihood (section 4), not by LOO."
+)
+
+
+def _export(result, test, seed: int) -> tuple[object, bool, list[str]]:
+    """The run's InferenceData; whether its draws share one point estimate of the globals (said
+    once in words by the caller instead of the export's warning); and other warnings' texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DiagnosticWarning)
+        idata = to_inference_data(result, test, num_samples=100, seed=seed)
+    point_estimate, others = False, []
+    for w in caught:
+        if issubclass(w.category, DiagnosticWarning) and "one point estimate" in str(w.message):
+            point_estimate = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            others.append(str(w.message))
+    return idata, point_estimate, others
+
+
+def _resolved_config(run: Run, result) -> dict:
+    """The settings the run used, defaults filled in: the model's options and the trainer's."""
+    given = {**run.config.get("options", {}), **run.config.get("auto_options", {})}
+    options = model_options(run.entry)
+    model = dict(given) if options is None else {
+        k: given.get(k, v) for k, v in options.items() if k in given or v is not inspect.Parameter.empty
+    }
+    model = {k: (v.__name__ if isinstance(v, type) else v) for k, v in model.items()}
+    used = dict(getattr(result, "config", {}) or {})
+    if run.entry.trainer == "em":
+        keys = ("max_iter", "tol", "n_init", "init", "e_step", "m_step", "seed", "device", "dtype")
+        training = {k: used[k] for k in keys if k in used}
+    else:
+        used.setdefault("objective", used.get("estimator"))
+        training = {"objective": used.get("objective"), "epochs": getattr(result, "epochs", None),
+                    "steps": getattr(result, "steps", None)}
+        keys = ("batch_size", "optimizer", "lr", "clip_norm", "num_particles", "kl_warmup", "seed",
+                "device", "dtype")
+        training.update((k, used[k]) for k in keys if k in used)
+        if "kl_warmup" in training:
+            training["kl_warmup"] = f"{float(training['kl_warmup'] or 0):g} epochs"
+    return {"trainer": run.entry.trainer, "model options": model,
+            "training": {k: v for k, v in training.items() if v is not None}}
+
+
+def _unit(data: DigitsData) -> str:
+    return "image" if data.image_size is not None else "example"
+
+
+def _finish(run: Run, result, args: argparse.Namespace) -> tuple[dict, Section]:
+    """Weights, metrics, figures, ArviZ file and report of a trained run, each written atomically;
+    returns the metrics and the run's part of a report."""
     module = run.model
     save_checkpoint(run.directory / "model.pt", {"state_dict": module.state_dict()})
     kind, in_warmup = _objective_kind(result)
@@ -610,36 +668,52 @@ def _finish(run: Run, result, args: argparse.Namespace) -> dict:
     if hasattr(result, "val_elbo"):
         metrics.update(epochs=result.epochs, steps=result.steps, stop_reason=result.stop_reason,
                        kl_warmup_epochs=float(result.config.get("kl_warmup") or 0.0),
-                       ended_in_kl_warmup=in_warmup,
-                       val_elbo=result.val_elbo[-1] if result.val_elbo else None)
+                       ended_in_kl_warmup=in_warmup)
+        if result.val_elbo:
+            metrics["val_elbo"] = result.val_elbo[-1]
     else:
         metrics.update(iterations=result.n_iter, converged=result.converged)
     metrics.update(_held_out(run, args.num_samples, run.config["seed"]))
-    notes = [f"data: {run.data.description}", f"preprocessing: {run.config['preprocessing']}",
-             f"likelihood: {run.config['likelihood']}", f"training objective: {kind}"]
+    notes = []
     if in_warmup:
-        note = (f"the run ended inside the KL warm-up, so the training curve and train_objective are the "
+        note = (f"The run ended inside the KL warm-up, so the training curve and train_objective are the "
                 f"annealed objective, not the ELBO: continue it past {result.config['kl_warmup']:g} epochs "
-                f"(`lvm-pyro resume {run.directory} --epochs N`), or fit with a shorter --kl-warmup")
+                f"(`lvm-pyro resume {run.directory} --epochs N`), or fit with a shorter --kl-warmup.")
         notes.append(note)
         print(f"lvm-pyro: note: {note}", file=sys.stderr)
-    notes.extend(f"warning: {w}" for w in run.notes)
+    notes.extend(f"Warning: {w}" for w in run.notes)
     test = run.split("test")
-    figs, fig_notes = model_figures(module, result, test, run.data.test.y, run.data.image_size,
-                                    seed=run.config["seed"])
+    figs, fig_notes, facts = model_figures(module, result, test, run.data.test.y, run.data.image_size,
+                                           seed=run.config["seed"])
     pngs = save_figures(figs, run.directory / "figures")
-    idata = to_inference_data(result, test, num_samples=100, seed=run.config["seed"])
+    idata, point_estimate, export_warnings = _export(result, test, run.config["seed"])
+    notes.extend([*fig_notes, *(f"Warning: {w}" for w in export_warnings)])
     with atomic_output(run.directory / "inference_data.nc") as tmp:
         idata.to_netcdf(str(tmp))
     _write_json(run.directory / "metrics.json", metrics)
     _write_json(run.directory / "timing.json", {"wall_time_s": result.wall_time,
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    section = Section(f"{run.config['model']}: {run.entry.description}", metrics, pngs,
-                      [*notes, *fig_notes, f"wall time {result.wall_time:.1f} s"],
-                      {**run.config, "result": getattr(result, "config", {})})
+    splits = {name: len(getattr(run.data, name).x) for name in ("train", "val", "test")}
+    data = {"description": run.data.description, "preprocessing": run.config["preprocessing"],
+            "likelihood": run.config["likelihood"], "splits": splits}
+    section = Section(run.config["model"], run.entry.description,
+                      {**metrics, "wall_time_s": result.wall_time}, pngs, notes,
+                      _resolved_config(run, result), data, facts, _unit(run.data), point_estimate)
+    shared = []
+    if point_estimate:
+        shared.append(_point_estimate_note([section]))
+        if not getattr(args, "in_story", False):
+            print(f"lvm-pyro: note: {shared[-1]}", file=sys.stderr)
     write_report(run.directory / "report.html", f"lvm-pyro run {run.directory.name}", [section],
-                 versions(), args.command_line)
-    return metrics
+                 versions(), args.command_line, notes=shared,
+                 full_config={section.name: {**run.config, "result": getattr(result, "config", {})}})
+    return metrics, section
+
+
+def _point_estimate_note(sections: list[Section]) -> str:
+    kinds = {"em": "EM's maximum-likelihood parameters", "fit": "the trained network weights"}
+    what = " or ".join(kinds[k] for k in sorted({s.config.get("trainer", "fit") for s in sections}))
+    return POINT_ESTIMATE_NOTE.format(who=" and ".join(s.name for s in sections), what=what)
 
 
 def _train_objective(result) -> float:
@@ -683,8 +757,10 @@ def _say_data(name: str, run_config: dict, data: DigitsData) -> None:
           f"likelihood: {run_config['likelihood']}")
 
 
-def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrides: dict) -> dict:
-    """Prepare, create the run directory, train and write everything; returns the metrics."""
+def _fit_new(model_name: str, args: argparse.Namespace, directory: Path,
+             overrides: dict) -> tuple[dict, Section]:
+    """Prepare, create the run directory, train and write everything; returns the metrics and
+    the run's part of a report."""
     entry = get_model(model_name)
     overrides = {**overrides, **_fit_overrides(entry, args)}
     config = _new_config(model_name, args, overrides)
@@ -714,7 +790,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _check_common(args)
     _objective_alias(args)
     directory = Path(args.out) / (args.name or f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    metrics = _fit_new(args.model, args, directory, {})
+    metrics, _ = _fit_new(args.model, args, directory, {})
     print(f"{_summary(args.model, metrics)}; run written to {directory}")
     return 0
 
@@ -741,7 +817,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         with _captured_warnings() as run.notes:
             result = _train(run, args, resume=True)
             _write_json(path / "config.json", {**run.config, "versions": versions()})
-            metrics = _finish(run, result, args)
+            metrics, _ = _finish(run, result, args)
     print(f"{_summary(run.config['model'], metrics)}; run {run.directory} updated")
     return 0
 
@@ -790,20 +866,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     quick = {"epochs": 20, "kl_warmup": 5.0} if args.quick else {}
     with new_run_directory(root):
         for model_name in ("gmm", "vae"):
-            sub = argparse.Namespace(**vars(args))
+            sub = argparse.Namespace(**vars(args), in_story=True)
             if model_name == "gmm":  # --option, --binarize and --kl-warmup are the VAE's
                 sub.kl_warmup, sub.option, sub.binarize = None, [], None
-            metrics = _fit_new(model_name, sub, root / model_name, quick if model_name == "vae" else {})
+            metrics, section = _fit_new(model_name, sub, root / model_name,
+                                        quick if model_name == "vae" else {})
             print(_summary(model_name, metrics))
-            run_dir = root / model_name
-            pngs = {p.stem: p.read_bytes() for p in sorted((run_dir / "figures").glob("*.png"))}
-            config = json.loads((run_dir / "config.json").read_text())
-            notes = [f"preprocessing: {metrics['preprocessing']}", f"likelihood: {metrics['likelihood']}",
-                     f"training objective: {metrics['train_objective_is']}"]
-            sections.append(Section(f"{model_name}: {get_model(model_name).description}", metrics, pngs,
-                                    notes, config))
+            sections.append(section)
+        shared = [s for s in sections if s.point_estimate]
+        notes = [_point_estimate_note(shared)] if shared else []
+        for note in notes:
+            print(f"lvm-pyro: note: {note}", file=sys.stderr)
+        full = {s.name: json.loads((root / s.name / "config.json").read_text()) for s in sections}
         report = write_report(root / "report.html", "lvm-pyro: latent-variable models on the digits",
-                              sections, versions(), args.command_line)
+                              sections, versions(), args.command_line, notes=notes, full_config=full)
     print(f"report written to {report}")
     return 0
 
