@@ -31,6 +31,7 @@ from lvm_pyro.models.vae import (
     broadcast_cat,
     check_levels,
     flatten_example,
+    parameter_count,
 )
 
 
@@ -102,6 +103,15 @@ class _ConditionalBase(LatentVariableModel):
         self.decoder = Decoder(in_features + self.condition.features, self.hidden[::-1], self.input_shape,
                                likelihood, scale=gaussian_scale, n_levels=n_levels, activation=activation)
         self.data_support = self.decoder.support
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        condition = (f"n_classes={self.condition.n_classes}" if self.condition.n_classes is not None
+                     else f"condition_shape={self.condition.condition_shape}")
+        latent = f", latent_dim={self.latent_dim}" if hasattr(self, "latent_dim") else ""
+        return (f"{type(self).__name__}(input_shape={self.input_shape}, {condition}{latent}, "
+                f"hidden={self.hidden}, likelihood={self.decoder.likelihood!r}; "
+                f"{parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)

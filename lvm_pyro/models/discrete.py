@@ -32,6 +32,7 @@ from lvm_pyro.models.vae import (
     check_levels,
     flatten_example,
     latent_codes,
+    parameter_count,
 )
 
 #: Largest latent size for which ``exact_log_likelihood`` enumerates all 2^K states.
@@ -80,6 +81,11 @@ class SigmoidBeliefNet(LatentVariableModel):
             self.prior_logits = nn.Parameter(logits)
         else:
             self.register_buffer("prior_logits", logits)
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        return (f"SigmoidBeliefNet(input_shape={self.input_shape}, latent_dim={self.latent_dim}, "
+                f"likelihood={self.decoder.likelihood!r}; {parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)

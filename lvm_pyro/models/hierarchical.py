@@ -25,7 +25,16 @@ from torch import nn
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import DiagNormalHead
-from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, body, check_levels, flatten_example, latent_codes
+from lvm_pyro.models.vae import (
+    Decoder,
+    as_shape,
+    as_sizes,
+    body,
+    check_levels,
+    flatten_example,
+    latent_codes,
+    parameter_count,
+)
 
 GUIDES = ("markov", "ladder")
 
@@ -131,6 +140,12 @@ class HierarchicalVAE(LatentVariableModel):
     def site_names(self) -> list[str]:
         """The latent sites from the bottom: ["z1", ..., "zL"]."""
         return [f"z{i + 1}" for i in range(len(self.latent_dims))]
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        return (f"HierarchicalVAE(input_shape={self.input_shape}, latent_dims={self.latent_dims}, "
+                f"hidden={self.hidden}, guide={self.guide_type!r}, likelihood={self.decoder.likelihood!r}; "
+                f"{parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)

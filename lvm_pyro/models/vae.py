@@ -97,6 +97,11 @@ def body(in_features: int, hidden: Sequence[int], activation: type[nn.Module]) -
     return nn.Sequential(MLP(in_features, hidden[:-1], hidden[-1], activation), activation()), hidden[-1]
 
 
+def parameter_count(module: nn.Module) -> str:
+    """How many numbers ``module`` learns, with thousands separated (for one-line reprs)."""
+    return f"{sum(p.numel() for p in module.parameters()):,}"
+
+
 class Decoder(nn.Module):
     """p(x | h): an MLP from features h to a likelihood over one example of shape ``input_shape``.
 
@@ -274,6 +279,13 @@ class VAE(LatentVariableModel):
     @property
     def likelihood(self) -> str:
         return self.decoder.likelihood
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        extra = f", n_components={self.n_components}" if hasattr(self, "n_components") else ""
+        return (f"{type(self).__name__}(input_shape={self.input_shape}, latent_dim={self.latent_dim}"
+                f"{extra}, hidden={self.hidden}, encoder={self.encoder_type!r}, "
+                f"likelihood={self.likelihood!r}; {parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)
