@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import errno
 import inspect
 import json
@@ -608,7 +609,7 @@ POINT_ESTIMATE_NOTE = (
     "The ArviZ file inference_data.nc of {who} holds one point estimate of the global parameters "
     "({what}), not draws from a posterior over them: its az.summary shows no spread, and "
     "LOO computed from it is only the in-sample log-likelihood. Compare models by their held-out "
-    "log-likelihood (section 4), not by LOO."
+    "log-likelihood (section 4 of the report), not by LOO."
 )
 
 
@@ -632,6 +633,8 @@ def _resolved_config(run: Run, result) -> dict:
     """The settings the run used, defaults filled in: the model's options and the trainer's."""
     given = {**run.config.get("options", {}), **run.config.get("auto_options", {})}
     options = model_options(run.entry)
+    if options is None:  # build forwards **options to a class it does not name: the model's own
+        options = model_options(dataclasses.replace(run.entry, options=type(run.model)))
     model = dict(given) if options is None else {
         k: given.get(k, v) for k, v in options.items() if k in given or v is not inspect.Parameter.empty
     }

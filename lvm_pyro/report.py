@@ -130,8 +130,10 @@ def remove_stray_outputs(folder: str | Path) -> list[str]:
 #: figures are drawn at this resolution and shown at their natural size (no downscaling on a
 #: desktop screen), with fonts large enough to read there
 REPORT_DPI = 90
-_REPORT_STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
-                 "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 12}
+_REPORT_STYLE = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10,
+                 "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 12}
+#: inches per image in the report's image grids: 8x8 digits stay crisp, the grid fits the page
+_CELL = 0.6
 
 
 def figure_png(fig: Figure, dpi: int = REPORT_DPI) -> bytes:
@@ -184,7 +186,8 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
         torch.manual_seed(seed)
         if cond.dim() == 1:  # class labels: one row of draws per label
             labels = torch.arange(int(x_test[1].max()) + 1, device=cond.device).repeat_interleave(4)
-            figs["samples by label"] = plots.plot_samples(_cpu(model.sample(labels)), image_shape, ncols=8)
+            figs["samples by label"] = plots.plot_samples(_cpu(model.sample(labels)), image_shape, ncols=8,
+                                                          size=_CELL)
         elif y.shape[1] + cond.shape[1] == math.prod(image_shape):  # completions of top halves
             draws = torch.stack([model.sample(cond) for _ in range(4)], dim=1)
             figs["completions"] = plots.plot_completions(_cpu(cond), _cpu(draws), image_shape,
@@ -192,18 +195,18 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
         return figs, notes, facts
     if images and hasattr(model, "sample"):
         torch.manual_seed(seed)
-        figs["samples"] = plots.plot_samples(_cpu(draw(model, 40)), image_shape)
+        figs["samples"] = plots.plot_samples(_cpu(draw(model, 40)), image_shape, size=_CELL)
     if images and hasattr(model, "reconstruct"):
         originals = x_test[:10]
         figs["reconstructions"] = plots.plot_reconstructions(
-            _cpu(originals), _cpu(model.reconstruct(originals)), image_shape, n=len(originals))
+            _cpu(originals), _cpu(model.reconstruct(originals)), image_shape, n=len(originals), size=_CELL)
     if hasattr(model, "encode"):
         z = model.encode(x_test).mean
         facts["latent_dim"] = int(z.shape[-1])
         figs["latent"] = plots.plot_latent(_cpu(z), None if y_test is None else _cpu(y_test), title="")
     if images and hasattr(model, "loc") and hasattr(model, "weights"):
         order = torch.argsort(model.weights.detach(), descending=True)
-        figs["components"] = plots.plot_samples(_cpu(model.loc.detach()[order]), image_shape)
+        figs["components"] = plots.plot_samples(_cpu(model.loc.detach()[order]), image_shape, size=_CELL)
     if hasattr(model, "guide") and hasattr(model, "encode"):
         try:
             khat = psis_khat(model, x_test[:200], num_samples=khat_samples, seed=seed)
@@ -223,7 +226,8 @@ def save_figures(figs: Mapping[str, Figure], folder: Path) -> dict[str, bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     pngs = {}
     for name, fig in figs.items():
-        png = figure_png(fig)
+        with matplotlib.rc_context(_REPORT_STYLE):  # tick labels are made when the figure is drawn
+            png = figure_png(fig)
         with atomic_output(folder / f"{name}.png") as tmp:
             tmp.write_bytes(png)
         pngs[name] = png
@@ -320,10 +324,14 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;m
 padding:0 1rem;color:#222;line-height:1.45}
 h1{font-size:1.6rem;margin-bottom:.3rem}h2{font-size:1.3rem;border-bottom:1px solid #ddd;
 margin-top:2rem;padding-bottom:.2rem}h3{font-size:1.05rem;margin:1.2rem 0 .4rem}
-nav ol{display:flex;flex-wrap:wrap;gap:.3rem 1.4rem;padding-left:1.2rem;margin:.4rem 0}
+nav ul{display:flex;flex-wrap:wrap;gap:.2rem 1.4rem;list-style:none;padding:0;margin:.4rem 0}
 table{border-collapse:collapse;margin:.4rem 0}th,td{border:1px solid #ddd;padding:.25rem .6rem;
 text-align:left;vertical-align:top}th{background:#f6f6f6;font-weight:600}
-.scroll{overflow-x:auto}figure{margin:.8rem 0 1.4rem}img{max-width:100%;height:auto;display:block}
+.scroll{overflow-x:auto}figure{margin:.6rem 0 1.2rem}img{max-width:100%;height:auto;display:block}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,24rem),1fr));gap:0 1.5rem;
+align-items:start}
+.settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,15rem),1fr));gap:.15rem 1.5rem;
+margin:.3rem 0 .8rem;padding:0;list-style:none}.settings b{font-weight:600}
 figcaption{font-size:.92rem;color:#444;max-width:44rem;margin-top:.3rem}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;margin:.6rem 0}
 .lede{color:#555}code,pre{font-size:.85rem}pre{background:#f6f6f6;padding:.6rem;overflow-x:auto}
@@ -340,7 +348,9 @@ def _table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = Non
 
 
 def _value(value) -> str:
-    """A configuration value in words: tuples as written on the command line."""
+    """A configuration value in words: tuples as written on the command line, None as "none"."""
+    if value is None:
+        return "none"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
@@ -363,8 +373,17 @@ def _figure(name: str, png: bytes, section: Section) -> str:
 
 
 def _figures(section: Section, chapter: str) -> list[str]:
+    """The section's figures of ``chapter`` in story order, side by side where the page is wide."""
     names = [n for n in FIGURE_CHAPTER if FIGURE_CHAPTER[n] == chapter and n in section.figures]
-    return [_figure(n, section.figures[n], section) for n in names]
+    if not names:
+        return []
+    return ["<div class='figs'>" + "".join(_figure(n, section.figures[n], section) for n in names) + "</div>"]
+
+
+def _settings(values: Mapping[str, object]) -> str:
+    """Settings as a compact grid of "name: value" items."""
+    items = "".join(f"<li><b>{_esc(k)}</b>: {_esc(_value(v))}</li>" for k, v in values.items())
+    return f"<ul class='settings'>{items}</ul>"
 
 
 def _data_chapter(sections: Sequence[Section]) -> list[str]:
@@ -386,13 +405,12 @@ def _models_chapter(sections: Sequence[Section]) -> list[str]:
         parts.append(_heading(s))
         model = s.config.get("model options", {})
         training = s.config.get("training", {})
-        rows = [(_esc(k), _esc(_value(v))) for k, v in model.items()]
-        if rows:
-            parts.append("<p>Model options (the defaults filled in; set with "
-                         "<code>--option KEY=VALUE</code>):</p>" + _table(rows))
-        rows = [(_esc(k), _esc(_value(v))) for k, v in training.items()]
-        if rows:
-            parts.append(f"<p>Training ({_esc(s.config.get('trainer', ''))}):</p>" + _table(rows))
+        if model:
+            parts.append("<p>Model options, the defaults filled in (set with "
+                         "<code>--option KEY=VALUE</code>):</p>" + _settings(model))
+        if training:
+            parts.append(f"<p>Training by <code>{_esc(s.config.get('trainer', ''))}</code>:</p>"
+                         + _settings(training))
     return parts
 
 
@@ -407,9 +425,9 @@ def _training_chapter(sections: Sequence[Section]) -> list[str]:
                     f"log-likelihood is {_nats(float(m['train_objective']), s.unit)}.")
         else:
             what = m.get("train_objective_is", "ELBO per point")
-            text = (f"{_count(int(m.get('epochs', 0)), 'epoch')} ({_count(int(m.get('steps', 0)), 'step')}), "
-                    f"stopped because: {_esc(m.get('stop_reason') or 'the planned epochs ran')}. Final "
-                    f"training objective: {_nats(float(m['train_objective']), s.unit)} ({_esc(what)}).")
+            text = (f"{_count(int(m.get('epochs', 0)), 'epoch')} ({_count(int(m.get('steps', 0)), 'step')}); "
+                    f"stop reason: {_esc(m.get('stop_reason') or 'the planned epochs ran')}. Final training "
+                    f"objective, the {_esc(what)}: {_nats(float(m['train_objective']), s.unit)}.")
             if m.get("val_elbo") is not None:
                 text += f" Validation ELBO after the last epoch: {_nats(float(m['val_elbo']), s.unit)}."
         if m.get("wall_time_s") is not None:
@@ -517,8 +535,8 @@ def write_report(path: str | Path, title: str, sections: Sequence[Section],
         f"<h1>{_esc(title)}</h1>",
         f"<p class='lede'>Written {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}"
         + (f" by <code>{_esc(command)}</code>" if command else "") + f". {models}.</p>",
-        "<nav><ol>" + "".join(f"<li><a href='#{a}'>{h}</a></li>" for a, h in STORY)
-        + "<li><a href='#versions'>Versions and full configuration</a></li></ol></nav>",
+        "<nav><ul>" + "".join(f"<li>{i}. <a href='#{a}'>{h}</a></li>" for i, (a, h) in enumerate(STORY, 1))
+        + "<li><a href='#versions'>Versions and full configuration</a></li></ul></nav>",
     ]
     for number, (anchor, heading) in enumerate(STORY, 1):
         parts.append(f"<section id='{anchor}'><h2>{number}. {heading}</h2>")

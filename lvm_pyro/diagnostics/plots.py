@@ -361,10 +361,12 @@ def plot_samples(
     vmin: float | None = 0.0,
     vmax: float | None = None,
     title: str | None = None,
+    size: float = 1.1,
 ) -> Figure:
     """A grid of images, e.g. samples x ~ p(x | z), z ~ p(z) from a generative model.
 
-    ``images``: (N, H, W), or (N, D) with ``image_shape=(H, W)`` (default: square).
+    ``images``: (N, H, W), or (N, D) with ``image_shape=(H, W)`` (default: square);
+    ``size``: inches per image.
 
     Example:
         >>> import numpy as np
@@ -377,7 +379,7 @@ def plot_samples(
     n = len(imgs)
     cols = max(1, min(ncols, n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.1 * cols, 1.1 * rows + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(figsize=(size * cols, size * rows + (0.4 if title else 0)), layout="constrained")
     axes = _grid_axes(fig, rows, cols)
     top = vmax if vmax is not None else max(float(imgs.max()), 1.0)
     for i, a in enumerate(axes.flat):
@@ -398,8 +400,10 @@ def plot_reconstructions(
     n: int = 10,
     cmap: str = "gray_r",
     title: str | None = None,
+    size: float = 1.1,
 ) -> Figure:
-    """Originals (top row of each pair) above their reconstructions E[x | z = E_q[z | x]].
+    """Originals (top row of each pair) above their reconstructions E[x | z = E_q[z | x]];
+    ``size``: inches per image.
 
     Example:
         >>> import numpy as np
@@ -415,7 +419,7 @@ def plot_reconstructions(
     n = min(n, len(a))
     cols = min(n, 10)
     pair_rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.1 * cols, 2.2 * pair_rows + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(figsize=(size * cols, 2 * size * pair_rows + (0.4 if title else 0)), layout="constrained")
     axes = _grid_axes(fig, 2 * pair_rows, cols)
     top = max(float(a.max()), float(b.max()), 1.0)
     for i in range(pair_rows * cols):
@@ -621,7 +625,7 @@ def plot_latent(
             for i, c in enumerate(classes):
                 pick = y == c
                 ax.scatter(Z[pick, 0], Z[pick, 1], s=6, alpha=0.7, color=_tab10(i), label=f"{int(c)}")
-            ax.legend(markerscale=3, fontsize=8, title="label", loc="best")
+            ax.legend(markerscale=3, fontsize=8, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5))
         else:
             points = ax.scatter(Z[:, 0], Z[:, 1], s=6, c=y, cmap="viridis", alpha=0.7)
             fig.colorbar(points, ax=ax, label="label")
