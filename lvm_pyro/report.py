@@ -175,7 +175,7 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
     notes: list[str] = []
     facts: dict[str, object] = {}
     if result is not None:
-        figs["loss"] = plots.plot_loss(result)
+        figs["loss"] = plots.plot_loss(result, ax=_axes(5.0, 3.2))
     if model is None:
         return figs, notes, facts
     images = image_shape is not None
@@ -203,7 +203,8 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
     if hasattr(model, "encode"):
         z = model.encode(x_test).mean
         facts["latent_dim"] = int(z.shape[-1])
-        figs["latent"] = plots.plot_latent(_cpu(z), None if y_test is None else _cpu(y_test), title="")
+        figs["latent"] = plots.plot_latent(_cpu(z), None if y_test is None else _cpu(y_test), title="",
+                                           ax=_axes(4.4, 3.6))
     if images and hasattr(model, "loc") and hasattr(model, "weights"):
         order = torch.argsort(model.weights.detach(), descending=True)
         figs["components"] = plots.plot_samples(_cpu(model.loc.detach()[order]), image_shape, size=_CELL)
@@ -213,12 +214,18 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
         except LVMError as exc:
             notes.append(f"The k-hat figure is not drawn: {exc}")
         else:
-            figs["khat"] = plots.plot_khat(khat, title="")
+            figs["khat"] = plots.plot_khat(khat, title="", ax=_axes(5.0, 3.2))
             values = torch.as_tensor(khat.khat_per_point)
             facts.update(khat_points=len(values), khat_samples=khat_samples,
                          khat_ok=int((values >= KHAT_GOOD).sum() - (values >= KHAT_OK).sum()),
                          khat_bad=int((values >= KHAT_OK).sum()))
     return figs, notes, facts
+
+
+def _axes(width: float, height: float):
+    """Axes of a new figure of the report's size (inches): small enough to be shown unscaled
+    beside another on a desktop page and scaled little on a phone."""
+    return Figure(figsize=(width, height), layout="constrained").subplots()
 
 
 def save_figures(figs: Mapping[str, Figure], folder: Path) -> dict[str, bytes]:
@@ -328,7 +335,7 @@ nav ul{display:flex;flex-wrap:wrap;gap:.2rem 1.4rem;list-style:none;padding:0;ma
 table{border-collapse:collapse;margin:.4rem 0}th,td{border:1px solid #ddd;padding:.25rem .6rem;
 text-align:left;vertical-align:top}th{background:#f6f6f6;font-weight:600}
 .scroll{overflow-x:auto}figure{margin:.6rem 0 1.2rem}img{max-width:100%;height:auto;display:block}
-.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,24rem),1fr));gap:0 1.5rem;
+.figs,.side{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,24rem),1fr));gap:0 1.5rem;
 align-items:start}
 .settings{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,15rem),1fr));gap:.15rem 1.5rem;
 margin:.3rem 0 .8rem;padding:0;list-style:none}.settings b{font-weight:600}
@@ -415,10 +422,11 @@ def _models_chapter(sections: Sequence[Section]) -> list[str]:
 
 
 def _training_chapter(sections: Sequence[Section]) -> list[str]:
-    parts = []
+    """Each model's training, the models side by side where the page is wide."""
+    blocks = []
     for s in sections:
         m = s.metrics
-        parts.append(_heading(s))
+        parts = [_heading(s)]
         if "iterations" in m:
             done = "converged" if m.get("converged") else "stopped without converging"
             text = (f"EM ran {_count(int(m['iterations']), 'iteration')} and {done}; the final training "
@@ -434,7 +442,8 @@ def _training_chapter(sections: Sequence[Section]) -> list[str]:
             text += f" Wall time {float(m['wall_time_s']):.1f} s."
         parts.append(f"<p>{text}</p>")
         parts.extend(_figures(s, "training"))
-    return parts
+        blocks.append("<div>" + "".join(parts) + "</div>")
+    return ["<div class='side'>" + "".join(blocks) + "</div>"]
 
 
 def _kind(section: Section) -> str:

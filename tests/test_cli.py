@@ -22,6 +22,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.nn import pyro_method
+from test_report import check_story
 
 from lvm_pyro import LatentVariableModel, cli, errors
 from lvm_pyro.models.registry import register_model
@@ -210,8 +211,13 @@ def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, ca
     assert vae["epochs"] == 20 and vae["test_elbo"] < vae["test_log_likelihood"] + 1.0
     images = _images_in(story / "report.html")
     assert len(images) >= 7 and all(img.std() > 0.01 for img in images)
-    out = capsys.readouterr().out
-    assert "gmm: test log-likelihood" in out and "vae: test log-likelihood" in out
+    captured = capsys.readouterr()
+    assert "gmm: test log-likelihood" in captured.out and "vae: test log-likelihood" in captured.out
+    # one report, read as a story; the export's point-estimate warning said once, in words
+    report = check_story(story / "report.html")
+    assert "not comparable across models" in " ".join(report.text)
+    assert captured.err.count("one point estimate") == 1
+    assert "every draw of this InferenceData" not in captured.err
 
 
 # ------------------------------------------------------------------ data, preprocessing, run folders

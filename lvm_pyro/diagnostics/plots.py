@@ -625,7 +625,7 @@ def plot_latent(
             for i, c in enumerate(classes):
                 pick = y == c
                 ax.scatter(Z[pick, 0], Z[pick, 1], s=6, alpha=0.7, color=_tab10(i), label=f"{int(c)}")
-            ax.legend(markerscale=3, fontsize=8, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5))
+            ax.legend(markerscale=3, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5))
         else:
             points = ax.scatter(Z[:, 0], Z[:, 1], s=6, c=y, cmap="viridis", alpha=0.7)
             fig.colorbar(points, ax=ax, label="label")
@@ -677,5 +677,5 @@ def plot_khat(khat, *, ax=None, title: str | None = None) -> Figure:
     ax.set_ylabel("Pareto k-hat")
     ax.set_title(f"PSIS k-hat: {int((k >= KHAT_OK).sum())} of {len(k)} points above {KHAT_OK}"
                  if title is None else title)
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
