@@ -67,6 +67,7 @@ from lvm_pyro.report import (
     Section,
     atomic_output,
     draw,
+    likelihood_kind,
     model_figures,
     remove_stray_outputs,
     save_figures,
@@ -380,6 +381,9 @@ class Run:
     data: DigitsData
     config: dict
     notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.directory)!r}, model={self.config.get('model')!r})"
 
     def split(self, name: str):
         return self.entry.prepare(getattr(self.data, name))
@@ -876,6 +880,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         quick if model_name == "vae" else {})
             print(_summary(model_name, metrics))
             sections.append(section)
+        kinds = {s.name: likelihood_kind(s) for s in sections}
+        if len(set(kinds.values())) > 1:
+            print("note: these test log-likelihoods are not comparable: "
+                  + ", ".join(f"{name}'s is a log-{kind}" for name, kind in kinds.items())
+                  + " (continuous pixels vs binary pixels; see the report's section 4)")
         shared = [s for s in sections if s.point_estimate]
         notes = [_point_estimate_note(shared)] if shared else []
         for note in notes:

@@ -446,8 +446,9 @@ def _training_chapter(sections: Sequence[Section]) -> list[str]:
     return ["<div class='side'>" + "".join(blocks) + "</div>"]
 
 
-def _kind(section: Section) -> str:
-    """Whether the section's log-likelihood is a density (continuous data) or a probability."""
+def likelihood_kind(section: Section) -> str:
+    """Whether the section's log-likelihood is a "density" (continuous data) or a "probability"
+    (binary or discrete data): the two are not comparable."""
     likelihood = str(section.data.get("likelihood", section.metrics.get("likelihood", ""))).lower()
     preprocessing = str(section.metrics.get("preprocessing", "")).lower()
     if "bernoulli" in likelihood or "categorical" in likelihood or "binar" in preprocessing:
@@ -457,10 +458,10 @@ def _kind(section: Section) -> str:
 
 def _quality_chapter(sections: Sequence[Section]) -> list[str]:
     parts = []
-    kinds = {_kind(s) for s in sections}
+    kinds = {likelihood_kind(s) for s in sections}
     if len(sections) > 1 and len(kinds) > 1:
-        dens = ", ".join(s.name for s in sections if _kind(s) == "density")
-        probs = ", ".join(s.name for s in sections if _kind(s) == "probability")
+        dens = ", ".join(s.name for s in sections if likelihood_kind(s) == "density")
+        probs = ", ".join(s.name for s in sections if likelihood_kind(s) == "probability")
         parts.append(
             "<p class='note'><strong>These numbers are not comparable across models.</strong> "
             f"{_esc(dens)} is scored by a log-<em>density</em> of continuous pixel values (it can be "
@@ -476,7 +477,7 @@ def _quality_chapter(sections: Sequence[Section]) -> list[str]:
             k = m.get("log_likelihood_samples")
             how = ("exact, z summed out" if k == "exact"
                    else f"importance-sampled with {k} draws per {unit}, &plusmn; one standard error")
-            what = "log-density" if _kind(s) == "density" else "log-probability"
+            what = "log-density" if likelihood_kind(s) == "density" else "log-probability"
             rows.append((f"test log-likelihood ({what})",
                          f"{_nats(float(m['test_log_likelihood']), unit, m.get('test_log_likelihood_se'))} "
                          f"({how})"))

@@ -217,6 +217,7 @@ def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, ca
     report = check_story(story / "report.html")
     assert "not comparable across models" in " ".join(report.text)
     assert captured.err.count("one point estimate") == 1
+    assert "not comparable: gmm's is a log-density, vae's is a log-probability" in captured.out
     assert "every draw of this InferenceData" not in captured.err
 
 
