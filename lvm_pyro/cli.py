@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import errno
+import inspect
 import json
 import math
 import os
@@ -54,17 +56,18 @@ import torch
 
 from lvm_pyro.data import DigitsData, load_dataset, resolve_device
 from lvm_pyro.diagnostics.arviz import to_inference_data
-from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, LVMError
+from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, DiagnosticWarning, LVMError
 from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, RunLock, load_checkpoint, save_checkpoint
 from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import elbo, log_likelihood
 from lvm_pyro.infer.objectives import ESTIMATORS
 from lvm_pyro.infer.svi import fit
-from lvm_pyro.models.registry import ModelEntry, accepted_options, available_models, get_model
+from lvm_pyro.models.registry import ModelEntry, accepted_options, available_models, get_model, model_options
 from lvm_pyro.report import (
     Section,
     atomic_output,
     draw,
+    likelihood_kind,
     model_figures,
     remove_stray_outputs,
     save_figures,
@@ -72,7 +75,7 @@ from lvm_pyro.report import (
 )
 
 #: settings of ``fit`` a flag can override (``trainer="fit"`` models only)
-FIT_OVERRIDES = ("estimator", "epochs", "steps", "batch_size", "lr", "kl_warmup")
+FIT_OVERRIDES = ("objective", "epochs", "steps", "batch_size", "lr", "kl_warmup")
 #: what ``lvm-pyro resume`` may change: safe for a resumed run
 RESUME_OVERRIDES = ("epochs", "steps", "lr")
 LOCK_NAME = ".lvm-pyro.lock"
@@ -379,6 +382,9 @@ class Run:
     config: dict
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return f"Run({str(self.directory)!r}, model={self.config.get('model')!r})"
+
     def split(self, name: str):
         return self.entry.prepare(getattr(self.data, name))
 
@@ -459,6 +465,8 @@ def _likelihood_of(model) -> str | None:
 
 def _likelihood_note(model, kind: str, auto: bool) -> str:
     likelihood = _likelihood_of(model)
+    if not isinstance(likelihood, str) and isinstance(getattr(model, "covariance_type", None), str):
+        return f"Gaussian per mixture component ({model.covariance_type} covariance), on {kind} data"
     if not isinstance(likelihood, str):
         return f"the model's own ({type(model).__name__}) on {kind} data"
     names = {"bernoulli": "Bernoulli", "gaussian": "Gaussian", "categorical": "categorical"}
@@ -538,7 +546,7 @@ def _open_run(path: Path, *, trained: bool) -> Run:
 
 def _held_out(run: Run, num_samples: int, seed: int) -> dict:
     test = run.split("test")
-    metrics = {"test_log_likelihood": None, "test_log_likelihood_se": None, "test_elbo": None}
+    metrics: dict = {}
     if run.entry.trainer == "em" and hasattr(run.model, "log_prob"):  # exact: z summed out
         values = run.model.log_prob(test).double()
         metrics["test_log_likelihood"] = float(values.mean())
@@ -563,7 +571,20 @@ def _train(run: Run, args: argparse.Namespace, resume: bool = False):
     if "steps" in settings:
         settings.pop("epochs", None)
     return fit(run.model, train, val_data=val, device=args.device, seed=run.config["seed"],
-               progress=not args.quiet, checkpoint_dir=run.directory, resume=resume, **settings)
+               progress=not args.quiet, checkpoint_dir=run.directory, resume=resume,
+               **_fit_keywords(settings))
+
+
+def _fit_keywords(settings: dict) -> dict:
+    """``settings`` with the objective under the name ``fit`` takes: ``objective`` (the
+    current name; the registry and the command line use it) or ``estimator`` (its old name,
+    still in the ``config.json`` of runs written before the rename)."""
+    name = "objective" if "objective" in inspect.signature(fit).parameters else "estimator"
+    settings = dict(settings)
+    for key in ("objective", "estimator"):
+        if key in settings and key != name:
+            settings[name] = settings.pop(key)
+    return settings
 
 
 def _objective_kind(result) -> tuple[str, bool]:
@@ -586,8 +607,66 @@ def _objective_kind(result) -> tuple[str, bool]:
     return "ELBO per point", False
 
 
-def _finish(run: Run, result, args: argparse.Namespace) -> dict:
-    """Weights, metrics, figures, ArviZ file and report of a trained run, each written atomically."""
+#: what the command line says, once, in place of the export's warning that its draws share one
+#: point estimate of the globals
+POINT_ESTIMATE_NOTE = (
+    "The ArviZ file inference_data.nc of {who} holds one point estimate of the global parameters "
+    "({what}), not draws from a posterior over them: its az.summary shows no spread, and "
+    "LOO computed from it is only the in-sample log-likelihood. Compare models by their held-out "
+    "log-likelihood (section 4 of the report), not by LOO."
+)
+
+
+def _export(result, test, seed: int) -> tuple[object, bool, list[str]]:
+    """The run's InferenceData; whether its draws share one point estimate of the globals (said
+    once in words by the caller instead of the export's warning); and other warnings' texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DiagnosticWarning)
+        idata = to_inference_data(result, test, num_samples=100, seed=seed)
+    point_estimate, others = False, []
+    for w in caught:
+        if issubclass(w.category, DiagnosticWarning) and "one point estimate" in str(w.message):
+            point_estimate = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            others.append(str(w.message))
+    return idata, point_estimate, others
+
+
+def _resolved_config(run: Run, result) -> dict:
+    """The settings the run used, defaults filled in: the model's options and the trainer's."""
+    given = {**run.config.get("options", {}), **run.config.get("auto_options", {})}
+    options = model_options(run.entry)
+    if options is None:  # build forwards **options to a class it does not name: the model's own
+        options = model_options(dataclasses.replace(run.entry, options=type(run.model)))
+    model = dict(given) if options is None else {
+        k: given.get(k, v) for k, v in options.items() if k in given or v is not inspect.Parameter.empty
+    }
+    model = {k: (v.__name__ if isinstance(v, type) else v) for k, v in model.items()}
+    used = dict(getattr(result, "config", {}) or {})
+    if run.entry.trainer == "em":
+        keys = ("max_iter", "tol", "n_init", "init", "e_step", "m_step", "seed", "device", "dtype")
+        training = {k: used[k] for k in keys if k in used}
+    else:
+        used.setdefault("objective", used.get("estimator"))
+        training = {"objective": used.get("objective"), "epochs": getattr(result, "epochs", None),
+                    "steps": getattr(result, "steps", None)}
+        keys = ("batch_size", "optimizer", "lr", "clip_norm", "num_particles", "kl_warmup", "seed",
+                "device", "dtype")
+        training.update((k, used[k]) for k in keys if k in used)
+        if "kl_warmup" in training:
+            training["kl_warmup"] = f"{float(training['kl_warmup'] or 0):g} epochs"
+    return {"trainer": run.entry.trainer, "model options": model,
+            "training": {k: v for k, v in training.items() if v is not None}}
+
+
+def _unit(data: DigitsData) -> str:
+    return "image" if data.image_size is not None else "example"
+
+
+def _finish(run: Run, result, args: argparse.Namespace) -> tuple[dict, Section]:
+    """Weights, metrics, figures, ArviZ file and report of a trained run, each written atomically;
+    returns the metrics and the run's part of a report."""
     module = run.model
     save_checkpoint(run.directory / "model.pt", {"state_dict": module.state_dict()})
     kind, in_warmup = _objective_kind(result)
@@ -596,36 +675,52 @@ def _finish(run: Run, result, args: argparse.Namespace) -> dict:
     if hasattr(result, "val_elbo"):
         metrics.update(epochs=result.epochs, steps=result.steps, stop_reason=result.stop_reason,
                        kl_warmup_epochs=float(result.config.get("kl_warmup") or 0.0),
-                       ended_in_kl_warmup=in_warmup,
-                       val_elbo=result.val_elbo[-1] if result.val_elbo else None)
+                       ended_in_kl_warmup=in_warmup)
+        if result.val_elbo:
+            metrics["val_elbo"] = result.val_elbo[-1]
     else:
         metrics.update(iterations=result.n_iter, converged=result.converged)
     metrics.update(_held_out(run, args.num_samples, run.config["seed"]))
-    notes = [f"data: {run.data.description}", f"preprocessing: {run.config['preprocessing']}",
-             f"likelihood: {run.config['likelihood']}", f"training objective: {kind}"]
+    notes = []
     if in_warmup:
-        note = (f"the run ended inside the KL warm-up, so the training curve and train_objective are the "
+        note = (f"The run ended inside the KL warm-up, so the training curve and train_objective are the "
                 f"annealed objective, not the ELBO: continue it past {result.config['kl_warmup']:g} epochs "
-                f"(`lvm-pyro resume {run.directory} --epochs N`), or fit with a shorter --kl-warmup")
+                f"(`lvm-pyro resume {run.directory} --epochs N`), or fit with a shorter --kl-warmup.")
         notes.append(note)
         print(f"lvm-pyro: note: {note}", file=sys.stderr)
-    notes.extend(f"warning: {w}" for w in run.notes)
+    notes.extend(f"Warning: {w}" for w in run.notes)
     test = run.split("test")
-    figs, fig_notes = model_figures(module, result, test, run.data.test.y, run.data.image_size,
-                                    seed=run.config["seed"])
+    figs, fig_notes, facts = model_figures(module, result, test, run.data.test.y, run.data.image_size,
+                                           seed=run.config["seed"])
     pngs = save_figures(figs, run.directory / "figures")
-    idata = to_inference_data(result, test, num_samples=100, seed=run.config["seed"])
+    idata, point_estimate, export_warnings = _export(result, test, run.config["seed"])
+    notes.extend([*fig_notes, *(f"Warning: {w}" for w in export_warnings)])
     with atomic_output(run.directory / "inference_data.nc") as tmp:
         idata.to_netcdf(str(tmp))
     _write_json(run.directory / "metrics.json", metrics)
     _write_json(run.directory / "timing.json", {"wall_time_s": result.wall_time,
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    section = Section(f"{run.config['model']}: {run.entry.description}", metrics, pngs,
-                      [*notes, *fig_notes, f"wall time {result.wall_time:.1f} s"],
-                      {**run.config, "result": getattr(result, "config", {})})
+    splits = {name: len(getattr(run.data, name).x) for name in ("train", "val", "test")}
+    data = {"description": run.data.description, "preprocessing": run.config["preprocessing"],
+            "likelihood": run.config["likelihood"], "splits": splits}
+    section = Section(run.config["model"], run.entry.description,
+                      {**metrics, "wall_time_s": result.wall_time}, pngs, notes,
+                      _resolved_config(run, result), data, facts, _unit(run.data), point_estimate)
+    shared = []
+    if point_estimate:
+        shared.append(_point_estimate_note([section]))
+        if not getattr(args, "in_story", False):
+            print(f"lvm-pyro: note: {shared[-1]}", file=sys.stderr)
     write_report(run.directory / "report.html", f"lvm-pyro run {run.directory.name}", [section],
-                 versions(), args.command_line)
-    return metrics
+                 versions(), args.command_line, notes=shared,
+                 full_config={section.name: {**run.config, "result": getattr(result, "config", {})}})
+    return metrics, section
+
+
+def _point_estimate_note(sections: list[Section]) -> str:
+    kinds = {"em": "EM's maximum-likelihood parameters", "fit": "the trained network weights"}
+    what = " or ".join(kinds[k] for k in sorted({s.config.get("trainer", "fit") for s in sections}))
+    return POINT_ESTIMATE_NOTE.format(who=" and ".join(s.name for s in sections), what=what)
 
 
 def _train_objective(result) -> float:
@@ -669,8 +764,10 @@ def _say_data(name: str, run_config: dict, data: DigitsData) -> None:
           f"likelihood: {run_config['likelihood']}")
 
 
-def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrides: dict) -> dict:
-    """Prepare, create the run directory, train and write everything; returns the metrics."""
+def _fit_new(model_name: str, args: argparse.Namespace, directory: Path,
+             overrides: dict) -> tuple[dict, Section]:
+    """Prepare, create the run directory, train and write everything; returns the metrics and
+    the run's part of a report."""
     entry = get_model(model_name)
     overrides = {**overrides, **_fit_overrides(entry, args)}
     config = _new_config(model_name, args, overrides)
@@ -684,10 +781,23 @@ def _fit_new(model_name: str, args: argparse.Namespace, directory: Path, overrid
             return _finish(run, result, args)
 
 
+def _objective_alias(args: argparse.Namespace) -> None:
+    """``--estimator`` is the old spelling of ``--objective``: accepted with a warning."""
+    old = getattr(args, "estimator_alias", None)
+    if old is None:
+        return
+    if args.objective not in (None, old):
+        raise ConfigurationError(
+            f"--estimator is the old name of --objective: pass --objective {args.objective} alone")
+    print("lvm-pyro: warning: --estimator is deprecated; it is called --objective now", file=sys.stderr)
+    args.objective = old
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     _check_common(args)
+    _objective_alias(args)
     directory = Path(args.out) / (args.name or f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    metrics = _fit_new(args.model, args, directory, {})
+    metrics, _ = _fit_new(args.model, args, directory, {})
     print(f"{_summary(args.model, metrics)}; run written to {directory}")
     return 0
 
@@ -714,7 +824,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         with _captured_warnings() as run.notes:
             result = _train(run, args, resume=True)
             _write_json(path / "config.json", {**run.config, "versions": versions()})
-            metrics = _finish(run, result, args)
+            metrics, _ = _finish(run, result, args)
     print(f"{_summary(run.config['model'], metrics)}; run {run.directory} updated")
     return 0
 
@@ -763,20 +873,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     quick = {"epochs": 20, "kl_warmup": 5.0} if args.quick else {}
     with new_run_directory(root):
         for model_name in ("gmm", "vae"):
-            sub = argparse.Namespace(**vars(args))
+            sub = argparse.Namespace(**vars(args), in_story=True)
             if model_name == "gmm":  # --option, --binarize and --kl-warmup are the VAE's
                 sub.kl_warmup, sub.option, sub.binarize = None, [], None
-            metrics = _fit_new(model_name, sub, root / model_name, quick if model_name == "vae" else {})
+            metrics, section = _fit_new(model_name, sub, root / model_name,
+                                        quick if model_name == "vae" else {})
             print(_summary(model_name, metrics))
-            run_dir = root / model_name
-            pngs = {p.stem: p.read_bytes() for p in sorted((run_dir / "figures").glob("*.png"))}
-            config = json.loads((run_dir / "config.json").read_text())
-            notes = [f"preprocessing: {metrics['preprocessing']}", f"likelihood: {metrics['likelihood']}",
-                     f"training objective: {metrics['train_objective_is']}"]
-            sections.append(Section(f"{model_name}: {get_model(model_name).description}", metrics, pngs,
-                                    notes, config))
+            sections.append(section)
+        kinds = {s.name: likelihood_kind(s) for s in sections}
+        if len(set(kinds.values())) > 1:
+            print("note: these test log-likelihoods are not comparable: "
+                  + ", ".join(f"{name}'s is a log-{kind}" for name, kind in kinds.items())
+                  + " (continuous pixels vs binary pixels; see the report's section 4)")
+        shared = [s for s in sections if s.point_estimate]
+        notes = [_point_estimate_note(shared)] if shared else []
+        for note in notes:
+            print(f"lvm-pyro: note: {note}", file=sys.stderr)
+        full = {s.name: json.loads((root / s.name / "config.json").read_text()) for s in sections}
         report = write_report(root / "report.html", "lvm-pyro: latent-variable models on the digits",
-                              sections, versions(), args.command_line)
+                              sections, versions(), args.command_line, notes=notes, full_config=full)
     print(f"report written to {report}")
     return 0
 
@@ -791,9 +906,64 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _literal(value) -> str:
+    """A default as the command line would take it back (``--option key=VALUE``)."""
+    if isinstance(value, type):
+        return value.__name__
+    return repr(value)
+
+
+def describe_options(entry: ModelEntry) -> list[str]:
+    """Lines for ``lvm-pyro models``: the model's ``--option`` names with their defaults, and
+    its training defaults (the registered ones, then the trainer's own).
+
+    Example:
+        >>> from lvm_pyro.models.registry import ModelEntry
+        >>> entry = ModelEntry("demo", lambda data, scale=1.0: None, "a demo", fit_options={"epochs": 2})
+        >>> describe_options(entry)
+        ['options: scale=1.0', 'training (fit): epochs=2, lr=0.001, objective=reparam, kl_warmup=auto']
+    """
+    options = model_options(entry)
+    if options is None:
+        lines = ["options: those of the model class (see its docstring)"]
+    else:
+        shown = [f"{k}={_literal(v)}" if v is not inspect.Parameter.empty else f"{k} (required)"
+                 for k, v in options.items() if not isinstance(v, type)]
+        api_only = [k for k, v in options.items() if isinstance(v, type)]
+        lines = ["options: " + (", ".join(shown) or "(none)")
+                 + (f"; {', '.join(api_only)}: Python API only" if api_only else "")]
+    trainer = em if entry.trainer == "em" else fit
+    defaults = dict(entry.fit_options)
+    if entry.trainer == "fit":
+        for key, value in (("lr", 1e-3), ("objective", "reparam"), ("kl_warmup", "auto")):
+            defaults.setdefault(key, _signature_default(trainer, key, value))
+        if defaults["kl_warmup"] == "auto":  # fit's "auto": the model class's default_kl_warmup epochs
+            defaults["kl_warmup"] = getattr(entry.options, "default_kl_warmup", "auto")
+    else:
+        for key in ("max_iter", "tol", "n_init"):
+            defaults.setdefault(key, _signature_default(trainer, key, None))
+    training = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in defaults.items() if v is not None)
+    lines.append(f"training ({entry.trainer}): {training}")
+    return lines
+
+
+def _signature_default(fn, name: str, fallback):
+    parameter = inspect.signature(fn).parameters.get(name)
+    if parameter is None and name == "objective":
+        parameter = inspect.signature(fn).parameters.get("estimator")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     for name, entry in available_models().items():
-        print(f"{name:14s} {entry.description} (trained by {entry.trainer})")
+        print(f"{name}: {entry.description}")
+        for line in describe_options(entry):
+            print(f"    {line}")
+    print("Set a model option with --option KEY=VALUE, a training setting with its flag "
+          "(see `lvm-pyro fit --help`).")
     return 0
 
 
@@ -802,81 +972,127 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help with each flag's default appended where it has one and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                or default == [] or "default" in text or not action.option_strings):
+            return text
+        return f"{text} (default: {default})"
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
                    help="'digits' (embedded, no download) or a .npy/.npz/.csv/IDX file")
-    p.add_argument("--labels", default=None, help="a file of labels for --data PATH")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="a file of labels for --data FILE (default: none; the digits bring theirs)")
     p.add_argument("--binarize", type=binarize_value, default=None, metavar="T",
-                   help="x >= T becomes 1, else 0 (for a Bernoulli likelihood); 'none' keeps the values. "
-                        "Default: 8 of 0..16 for the digits with a Bernoulli model, none for a file")
-    p.add_argument("--seed", type=seed_value, default=0, help="seeds the split, the model and training")
-    p.add_argument("--out", default="runs", help="folder that holds run directories")
+                   help="x >= T becomes 1, else 0 (for a Bernoulli likelihood); 'none' keeps the values "
+                        "(default: 8 of 0..16 for the digits with a Bernoulli model, none for a file)")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seeds the split, the model's initialization and training (0..2**32-1)")
+    p.add_argument("--out", default="runs", metavar="FOLDER", help="folder that holds run directories")
     p.add_argument("--name", type=run_name, default=None,
-                   help="run directory name (default: model-timestamp)")
+                   help="run directory name (default: MODEL-YYYYmmdd-HHMMSS)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model option, e.g. --option latent_dim=16 (repeatable)")
+                   help="a model option, e.g. --option latent_dim=16; repeatable (default: the model's; "
+                        "`lvm-pyro models` lists each model's options)")
     p.add_argument("--kl-warmup", type=warmup_epochs, default=None, metavar="EPOCHS",
-                   help="epochs of linear KL annealing (0: none; default: the model's, 100 for VAEs)")
+                   help="epochs of linear KL annealing, 0 for none (default: the model's, 100 for VAEs)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--num-samples", type=positive_int, default=1000,
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--num-samples", type=positive_int, default=1000, metavar="K",
                    help="importance samples per example for the test log-likelihood")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+
+
+def _add_objective(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", choices=ESTIMATORS, default=None,
+                   help="the training objective and its gradient estimator: reparam (Trace_ELBO), "
+                        "meanfield (analytic KL), score (REINFORCE), iwae (importance-weighted bound), "
+                        "enum (discrete sites summed out) (default: the model's, reparam for the VAEs)")
+    p.add_argument("--estimator", dest="estimator_alias", choices=ESTIMATORS, default=None,
+                   help=argparse.SUPPRESS)  # the old name of --objective: warns
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lvm-pyro",
         description="Latent-variable models on Pyro: train, evaluate and diagnose.",
+        formatter_class=_HelpFormatter,
+        epilog="`lvm-pyro COMMAND --help` lists a command's flags with their defaults.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="the main job: mixture by EM + VAE on the data, with a report",
-                       description="A Gaussian mixture by EM and a VAE on the data, one report. --option, "
-                                   "--binarize and --kl-warmup apply to the VAE.")
+    def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help),
+                              formatter_class=_HelpFormatter, **kwargs)
+
+    p = command("run", "the main job: mixture by EM + VAE on the data, with a report",
+                description="A Gaussian mixture by EM and a VAE on the data, one HTML report "
+                            "(OUT/NAME/report.html). --option, --binarize and --kl-warmup apply to the VAE.")
     _add_run_options(p)
     _add_common(p)
     p.add_argument("--quick", action="store_true",
-                   help="a short VAE run (20 epochs, 5 of KL warm-up), for a smoke test")
+                   help="a short VAE run (20 epochs, 5 of KL warm-up), for a smoke test "
+                        "(default: the VAE's 300 epochs)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("fit", help="train a registered model and write a run directory")
+    p = command("fit", "train a registered model and write a run directory",
+                description="Train a registered model (see `lvm-pyro models`) and write OUT/NAME/: "
+                            "weights, metrics.json, figures, inference_data.nc and report.html. Flags "
+                            "left out take the model's defaults, which `lvm-pyro models` lists.")
     p.add_argument("model", help="a registered model name (see `lvm-pyro models`)")
     _add_run_options(p)
     _add_common(p)
-    p.add_argument("--estimator", choices=ESTIMATORS, default=None,
-                   help="gradient estimator (default: the model's)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training data")
-    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per step")
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (> 0)")
+    _add_objective(p)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the training data (default: the model's, 300 for the VAEs)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps, instead of --epochs (default: by epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="examples per optimizer step (default: the model's, 64 for the VAEs)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam's learning rate, > 0 (default: the model's, else 1e-3)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("resume", help="continue a `fit` run from its checkpoint")
+    p = command("resume", "continue a `fit` run from its checkpoint",
+                description="Continue a `fit` run from its checkpoint, bit for bit as if never stopped; "
+                            "only the flags below may change.")
     p.add_argument("run", help="a run directory, e.g. runs/vae-20260101-120000")
-    p.add_argument("--epochs", type=positive_int, default=None, help="train until this many epochs in all")
-    p.add_argument("--steps", type=positive_int, default=None, help="train until this many steps in all")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="train until this many epochs in all (default: the run's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="train until this many steps in all (default: the run's)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="a new learning rate from here on (e.g. lower, after a divergence)")
+                   help="a new learning rate from here on, e.g. lower after a divergence "
+                        "(default: the run's)")
     _add_common(p)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("evaluate", help="held-out ELBO and log-likelihood of a run")
-    p.add_argument("run")
+    p = command("evaluate", "held-out ELBO and log-likelihood of a run",
+                description="Held-out ELBO and importance-sampled log-likelihood of a run's test split, "
+                            "in nats per example.")
+    p.add_argument("run", help="a run directory written by `lvm-pyro fit`")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", help="draw examples from a run's model (.npy, and .png for images)")
-    p.add_argument("run")
-    p.add_argument("--n", type=positive_int, default=64)
-    p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--output", default=None, help="a .npy path (default: RUN/samples.npy)")
+    p = command("sample", "draw examples from a run's model (.npy, and .png for images)")
+    p.add_argument("run", help="a run directory written by `lvm-pyro fit`")
+    p.add_argument("--n", type=positive_int, default=64, help="how many examples to draw")
+    p.add_argument("--seed", type=seed_value, default=0, help="seeds the draws (0..2**32-1)")
+    p.add_argument("--output", default=None, metavar="PATH.npy",
+                   help="where to write the draws (default: RUN/samples.npy)")
     p.set_defaults(func=cmd_sample)
 
-    sub.add_parser("info", help="versions and the device found").set_defaults(func=cmd_info)
-    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    command("info", "versions and the device found").set_defaults(func=cmd_info)
+    command("models", "list the registered models, their options and training defaults").set_defaults(
+        func=cmd_models)
     return parser
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import inspect
 import io
 import json
 import os
@@ -20,6 +22,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.nn import pyro_method
+from test_report import check_story
 
 from lvm_pyro import LatentVariableModel, cli, errors
 from lvm_pyro.models.registry import register_model
@@ -127,7 +130,75 @@ def test_console_script_help_and_info():
 
 def test_models_lists_registered_models(capsys):
     assert cli.main(["models"]) == 0
-    assert "tinyfactor" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tinyfactor" in out
+    # each model's options with their defaults, and its training defaults
+    block = out[out.index("\nvae:") + 1:].split("\n")[1:3]
+    assert block[0].strip().startswith("options: latent_dim=16, hidden=(256, 256)")
+    assert "encoder='diag'" in block[0]
+    assert "input_shape" not in block[0]  # set from the data, not an option
+    assert block[1].strip() == ("training (fit): epochs=300, batch_size=64, lr=0.001, objective=reparam, "
+                                "kl_warmup=100")
+    assert "options: scale=1.0" in out[out.index("tinyfactor:"):]
+    assert "objective=score" in out[out.index("sbn:"):] and "training (em): max_iter=200" in out
+
+
+def _help(*command: str) -> str:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stop, contextlib.redirect_stdout(out):
+        cli.build_parser().parse_args([*command, "--help"])
+    assert stop.value.code == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("command", ["run", "fit", "resume", "evaluate", "sample"])
+def test_every_flag_has_help_and_a_default(command):
+    text = _help(command)
+    flags = [a for a in cli.build_parser()._subparsers._group_actions[0].choices[command]._actions
+             if a.option_strings and a.help != "==SUPPRESS==" and a.dest != "help"]
+    assert flags
+    for action in flags:
+        assert action.help and len(action.help.split()) >= 3, action.option_strings
+        if action.nargs != 0:  # a flag with a value says its default
+            assert "default" in cli._HelpFormatter("x")._get_help_string(action), action.option_strings
+    if command == "fit":
+        for flag in ("--objective", "--epochs", "--lr", "--batch-size", "--steps"):
+            assert flag in text
+        assert "(default: the model's, 300 for the VAEs)" in " ".join(text.split())
+        assert "--estimator" not in text  # the old name: hidden, still accepted
+
+
+def test_the_old_estimator_flag_is_accepted_with_a_warning(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["fit", "vae", "--estimator", "score"])
+    cli._objective_alias(args)
+    assert args.objective == "score" and "--estimator is deprecated" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["fit", "vae", "--estimator", "score", "--objective", "iwae"])
+    with pytest.raises(errors.ConfigurationError, match="old name of --objective"):
+        cli._objective_alias(args)
+    assert cli._fit_keywords({"estimator": "score", "epochs": 1}).keys() == {
+        "objective" if "objective" in inspect.signature(cli.fit).parameters else "estimator",
+        "epochs"}
+
+
+def test_an_unknown_option_lists_the_valid_ones(tmp_path, capsys):
+    assert cli.main(["fit", "vae", "--out", str(tmp_path), "--quiet", "--option", "latent=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) latent" in err and "valid: latent_dim, hidden, likelihood, encoder" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_and_results_print_in_one_line():
+    from lvm_pyro.models.conditional import ConditionalVAE
+    from lvm_pyro.models.hierarchical import HierarchicalVAE
+    from lvm_pyro.models.mixture_prior import MixturePriorVAE
+    from lvm_pyro.models.registry import get_model
+    from lvm_pyro.models.vae import VAE
+
+    texts = [repr(m) for m in (VAE(), HierarchicalVAE(), MixturePriorVAE(), ConditionalVAE(n_classes=10))]
+    texts.append(repr(get_model("vae")))
+    assert all("\n" not in t and len(t) < 200 for t in texts), texts
+    assert texts[0] == ("VAE(input_shape=(64,), latent_dim=16, hidden=(256, 256), encoder='diag', "
+                        "likelihood='bernoulli'; 177,248 parameters)")
 
 
 def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, capsys):
@@ -140,8 +211,14 @@ def test_the_main_job_writes_one_report_for_the_mixture_and_the_vae(tmp_path, ca
     assert vae["epochs"] == 20 and vae["test_elbo"] < vae["test_log_likelihood"] + 1.0
     images = _images_in(story / "report.html")
     assert len(images) >= 7 and all(img.std() > 0.01 for img in images)
-    out = capsys.readouterr().out
-    assert "gmm: test log-likelihood" in out and "vae: test log-likelihood" in out
+    captured = capsys.readouterr()
+    assert "gmm: test log-likelihood" in captured.out and "vae: test log-likelihood" in captured.out
+    # one report, read as a story; the export's point-estimate warning said once, in words
+    report = check_story(story / "report.html")
+    assert "not comparable across models" in " ".join(report.text)
+    assert captured.err.count("one point estimate") == 1
+    assert "not comparable: gmm's is a log-density, vae's is a log-probability" in captured.out
+    assert "every draw of this InferenceData" not in captured.err
 
 
 # ------------------------------------------------------------------ data, preprocessing, run folders

@@ -66,6 +66,9 @@ def test_mixture_with_z_enumerated_samples_the_parameters_and_marginal_likelihoo
     run = mcmc(gmm, data, num_samples=15, warmup_steps=15, num_chains=1, seed=0)
     weights, locs, precisions = GLOBAL_SITES
     assert set(run.samples) == {weights, locs, precisions}  # z is summed out, not sampled
+    text = repr(run)  # one line: counts and site shapes, never the draws
+    assert "\n" not in text and len(text) < 300 and "num_chains=1" in text and "divergences=" in text
+    assert f"{locs}(2, 1)" in text
     idata = to_inference_data(run, local_latents=False, posterior_predictive=False)
     ll = idata.log_likelihood["x"].values[0]
     for d in (0, 7, 14):

@@ -47,7 +47,8 @@ def test_loss_curves_from_a_fit_result_and_from_arrays(tmp_path):
     result = lvm_pyro.fit((normal_normal_model, normal_normal_guide), x, steps=20, lr=0.05, batch_size=20,
                           val_data=x[:10], progress=False, seed=0)
     fig = plots.plot_loss(result)
-    assert [line.get_label() for line in fig.axes[0].lines][-2:] == ["train", "validation"]
+    assert [line.get_label() for line in fig.axes[0].lines][-2:] == ["train: -ELBO", "validation: -ELBO"]
+    assert fig.axes[0].get_ylabel() == "-ELBO per point (nats)"
     assert_not_blank(fig, tmp_path / "loss.png")
     assert_not_blank(plots.plot_loss(train=np.linspace(5, 1, 200), val=[4, 3, 2]), tmp_path / "arr.png")
     data = make_mixture(100, 2, 2, seed=0)

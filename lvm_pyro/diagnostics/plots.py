@@ -72,6 +72,30 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(y, kernel, mode="valid")
 
 
+def _warmup_end(result, n_steps: int) -> int:
+    """Steps of a fit result run with a KL weight beta < 1 (its warm-up), 0 without one."""
+    betas = list(getattr(result, "betas", None) or [])
+    if betas and len(betas) == n_steps:
+        return next((i for i, b in enumerate(betas) if b >= 1.0), n_steps)
+    config = getattr(result, "config", None) or {}
+    warmup = float(config.get("kl_warmup") or 0.0)
+    per_epoch = config.get("steps_per_epoch") or 0
+    return int(min(warmup * per_epoch, n_steps)) if warmup > 0 and per_epoch else 0
+
+
+def _keep_the_tail_in_view(ax, y: np.ndarray) -> None:
+    """Where the first values lie far above the rest (EM's starting point, say), scale the axis
+    to the rest and say where the start went, so the end of the curve stays readable."""
+    rest = y[1:]
+    low, high = float(np.nanmin(rest)), float(np.nanmax(rest))
+    span = max(high - low, 1e-12)
+    if not np.isfinite(y[0]) or y[0] <= high + 3 * span:
+        return
+    ax.set_ylim(low - 0.1 * span, high + 0.25 * span)
+    ax.annotate(f"start: {y[0]:.4g} (off the scale)", (1, high + 0.15 * span), fontsize=9,
+                xytext=(4, 0), textcoords="offset points", va="center")
+
+
 def plot_loss(
     result=None,
     *,
@@ -81,26 +105,36 @@ def plot_loss(
     log_scale: bool = False,
     ax=None,
 ) -> Figure:
-    """Loss curves: the training loss (-ELBO per data point) per step and the validation loss per epoch.
+    """Loss curves: the training loss per data point per step and the validation loss per epoch.
 
-    ``result`` is a ``fit`` result (its ``losses`` and ``val_elbo``, shown as -ELBO) or an ``em``
-    result (the negative mean log-likelihood per iteration); or pass ``train`` (per step) and
-    ``val`` (per epoch, spread over the steps) yourself. ``smooth``: moving-average window
-    over steps ("auto": about 1/50 of the run).
+    ``result`` is a ``fit`` result or an ``em`` result; or pass ``train`` (per step) and
+    ``val`` (per epoch, spread over the steps) yourself. A fit's training loss is the
+    negative ELBO per data point of each batch, and during a KL warm-up (steps with KL weight
+    beta < 1, shaded) the negative *annealed* ELBO -(E_q[log p(x | z)] - beta KL): the axis
+    and legend say which. Its validation loss is the negative ELBO (beta = 1) after each
+    epoch. An em result shows the negative mean log-likelihood per point per iteration
+    (exact). ``smooth``: moving-average window over steps ("auto": about 1/50 of the run).
 
     Example:
         >>> fig = plot_loss(train=[3.0, 2.0, 1.5, 1.4], val=[1.6, 1.5])
-        >>> len(fig.axes)
-        1
+        >>> fig.axes[0].get_ylabel()
+        'loss per point'
     """
-    xlabel = "step"
+    xlabel, ylabel, train_label, warm = "step", "loss per point", "train", 0
     if result is not None:
         if hasattr(result, "losses"):
             train = result.losses
             val = [-v for v in result.val_elbo] if getattr(result, "val_elbo", None) else None
+            warm = _warmup_end(result, len(train))
+            if warm:
+                ylabel, train_label = "-(annealed) ELBO per point (nats)", "train: -annealed ELBO, then -ELBO"
+                if warm >= len(train):
+                    train_label = "train: -annealed ELBO"
+            else:
+                ylabel, train_label = "-ELBO per point (nats)", "train: -ELBO"
         elif hasattr(result, "log_likelihood"):
             train = [-v for v in result.log_likelihood]
-            xlabel = "EM iteration"
+            xlabel, ylabel, train_label = "EM iteration", "-log-likelihood per point (nats)", "train"
         else:
             raise ConfigurationError(
                 f"plot_loss reads a fit or em result, got {type(result).__name__}: or pass train=[...]"
@@ -110,20 +144,25 @@ def plot_loss(
     y = _array(train, "train").reshape(-1)
     fig, ax = _figure(ax, (6, 3.5))
     steps = np.arange(1, len(y) + 1)
+    if warm:
+        ax.axvspan(0.5, warm + 0.5, color="0.88", lw=0, label="KL warm-up (beta < 1)")
     window = max(len(y) // 50, 1) if smooth == "auto" else _count(smooth, "smooth ('auto' or a window)")
     if window > 1 and len(y) > window:
         ax.plot(steps, y, color="C0", alpha=0.25, lw=0.8)
-        ax.plot(steps[window - 1:], _moving_average(y, window), color="C0", label="train")
+        ax.plot(steps[window - 1:], _moving_average(y, window), color="C0", label=train_label)
     else:
-        ax.plot(steps, y, color="C0", marker="o" if len(y) < 30 else None, label="train")
+        ax.plot(steps, y, color="C0", marker="o" if len(y) < 30 else None, label=train_label)
     if val is not None and len(val):
         v = _array(val, "val").reshape(-1)
         at = np.linspace(len(y) / len(v), len(y), len(v))
-        ax.plot(at, v, color="C1", marker="o", ms=3, label="validation")
+        ax.plot(at, v, color="C1", marker="o", ms=3, label="validation: -ELBO" if result is not None
+                else "validation")
     if log_scale:
         ax.set_yscale("symlog")
+    elif len(y) > 3:
+        _keep_the_tail_in_view(ax, y)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (-ELBO per point)" if xlabel == "step" else "-log-likelihood per point")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -322,10 +361,12 @@ def plot_samples(
     vmin: float | None = 0.0,
     vmax: float | None = None,
     title: str | None = None,
+    size: float = 1.1,
 ) -> Figure:
     """A grid of images, e.g. samples x ~ p(x | z), z ~ p(z) from a generative model.
 
-    ``images``: (N, H, W), or (N, D) with ``image_shape=(H, W)`` (default: square).
+    ``images``: (N, H, W), or (N, D) with ``image_shape=(H, W)`` (default: square);
+    ``size``: inches per image.
 
     Example:
         >>> import numpy as np
@@ -338,7 +379,7 @@ def plot_samples(
     n = len(imgs)
     cols = max(1, min(ncols, n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.1 * cols, 1.1 * rows + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(figsize=(size * cols, size * rows + (0.4 if title else 0)), layout="constrained")
     axes = _grid_axes(fig, rows, cols)
     top = vmax if vmax is not None else max(float(imgs.max()), 1.0)
     for i, a in enumerate(axes.flat):
@@ -359,8 +400,10 @@ def plot_reconstructions(
     n: int = 10,
     cmap: str = "gray_r",
     title: str | None = None,
+    size: float = 1.1,
 ) -> Figure:
-    """Originals (top row of each pair) above their reconstructions E[x | z = E_q[z | x]].
+    """Originals (top row of each pair) above their reconstructions E[x | z = E_q[z | x]];
+    ``size``: inches per image.
 
     Example:
         >>> import numpy as np
@@ -376,7 +419,7 @@ def plot_reconstructions(
     n = min(n, len(a))
     cols = min(n, 10)
     pair_rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.1 * cols, 2.2 * pair_rows + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(figsize=(size * cols, 2 * size * pair_rows + (0.4 if title else 0)), layout="constrained")
     axes = _grid_axes(fig, 2 * pair_rows, cols)
     top = max(float(a.max()), float(b.max()), 1.0)
     for i in range(pair_rows * cols):
@@ -386,8 +429,9 @@ def plot_reconstructions(
                 axes[row, c].imshow(imgs[i], cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
             else:
                 axes[row, c].set_visible(False)
-    axes[0, 0].set_ylabel("data", fontsize=8)
-    axes[1, 0].set_ylabel("recon.", fontsize=8)
+    for r in range(pair_rows):
+        axes[2 * r, 0].set_ylabel("data", fontsize=10)
+        axes[2 * r + 1, 0].set_ylabel("recon.", fontsize=10)
     if title:
         fig.suptitle(title)
     return fig
@@ -581,13 +625,13 @@ def plot_latent(
             for i, c in enumerate(classes):
                 pick = y == c
                 ax.scatter(Z[pick, 0], Z[pick, 1], s=6, alpha=0.7, color=_tab10(i), label=f"{int(c)}")
-            ax.legend(markerscale=3, fontsize=8, title="label", loc="best")
+            ax.legend(markerscale=3, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5))
         else:
             points = ax.scatter(Z[:, 0], Z[:, 1], s=6, c=y, cmap="viridis", alpha=0.7)
             fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(title or "latent space")
+    ax.set_title("latent space" if title is None else title)
     return fig
 
 
@@ -631,6 +675,7 @@ def plot_khat(khat, *, ax=None, title: str | None = None) -> Figure:
         ax.axhline(level, color=colour, ls="--", lw=1, label=f"k = {label}")
     ax.set_xlabel("data point")
     ax.set_ylabel("Pareto k-hat")
-    ax.set_title(title or f"PSIS k-hat: {int((k >= KHAT_OK).sum())} of {len(k)} points above {KHAT_OK}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"PSIS k-hat: {int((k >= KHAT_OK).sum())} of {len(k)} points above {KHAT_OK}"
+                 if title is None else title)
+    ax.legend()
     return fig

@@ -68,6 +68,14 @@ class MCMCResult:
     wall_time: float
     config: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line: chains, draws, sites and their shapes, divergences, wall time (the draws
+        themselves are in ``samples``)."""
+        sites = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
+        return (f"MCMCResult(num_chains={self.num_chains}, num_samples={self.num_samples}, "
+                f"warmup_steps={self.warmup_steps}, sites=[{sites}], "
+                f"divergences={self.num_divergences}, wall_time={self.wall_time:.1f}s)")
+
     def get_samples(self, group_by_chain: bool = False) -> dict[str, torch.Tensor]:
         """Samples per site, (chain, draw, ...) or with chains concatenated (chain * draw, ...)."""
         if group_by_chain:

@@ -23,7 +23,6 @@ from lvm_pyro.data import validate_condition
 from lvm_pyro.errors import ConfigurationError, DataError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import DiagNormalHead
-from lvm_pyro.models.registry import register_model
 from lvm_pyro.models.vae import (
     Decoder,
     as_shape,
@@ -32,6 +31,7 @@ from lvm_pyro.models.vae import (
     broadcast_cat,
     check_levels,
     flatten_example,
+    parameter_count,
 )
 
 
@@ -103,6 +103,15 @@ class _ConditionalBase(LatentVariableModel):
         self.decoder = Decoder(in_features + self.condition.features, self.hidden[::-1], self.input_shape,
                                likelihood, scale=gaussian_scale, n_levels=n_levels, activation=activation)
         self.data_support = self.decoder.support
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        condition = (f"n_classes={self.condition.n_classes}" if self.condition.n_classes is not None
+                     else f"condition_shape={self.condition.condition_shape}")
+        latent = f", latent_dim={self.latent_dim}" if hasattr(self, "latent_dim") else ""
+        return (f"{type(self).__name__}(input_shape={self.input_shape}, {condition}{latent}, "
+                f"hidden={self.hidden}, likelihood={self.decoder.likelihood!r}; "
+                f"{parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)
@@ -267,47 +276,3 @@ def halves(split) -> tuple[torch.Tensor, torch.Tensor]:
     cut = x.shape[1] // 2
     return x[:, cut:], x[:, :cut]
 
-
-def _with_labels(split) -> tuple[torch.Tensor, torch.Tensor]:
-    if split.y is None:
-        raise DataError(
-            "the label-conditional model needs labels: use --data digits, a .npz with arrays 'x' and "
-            "'y', or pass --labels FILE"
-        )
-    return split.x, split.y
-
-
-def _label_cvae(data, **options) -> ConditionalVAE:
-    _with_labels(data.train)
-    return ConditionalVAE(data.event_shape, n_classes=int(data.train.y.max()) + 1, **options)
-
-
-def _completion_shapes(data) -> tuple[tuple[int], tuple[int]]:
-    features = math.prod(data.event_shape)
-    return (features - features // 2,), (features // 2,)
-
-
-register_model(
-    "cvae",
-    lambda data, **options: ConditionalVAE(*_completion_shapes(data), **options),
-    description="conditional VAE completing the bottom half of each image from its top half",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-    prepare=halves,
-)
-register_model(
-    "cvae-baseline",
-    lambda data, **options: ConditionalBaseline(*_completion_shapes(data), **options),
-    description="deterministic network predicting the bottom half of each image from its top half",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 100, "batch_size": 64, "kl_warmup": 0},
-    prepare=halves,
-)
-register_model(
-    "cvae-label",
-    _label_cvae,
-    description="conditional VAE generating a digit image from its class label",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-    prepare=_with_labels,
-)

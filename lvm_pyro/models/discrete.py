@@ -24,7 +24,6 @@ from torch import nn
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP
-from lvm_pyro.models.registry import register_model
 from lvm_pyro.models.vae import (
     Decoder,
     as_shape,
@@ -33,6 +32,7 @@ from lvm_pyro.models.vae import (
     check_levels,
     flatten_example,
     latent_codes,
+    parameter_count,
 )
 
 #: Largest latent size for which ``exact_log_likelihood`` enumerates all 2^K states.
@@ -81,6 +81,11 @@ class SigmoidBeliefNet(LatentVariableModel):
             self.prior_logits = nn.Parameter(logits)
         else:
             self.register_buffer("prior_logits", logits)
+
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        return (f"SigmoidBeliefNet(input_shape={self.input_shape}, latent_dim={self.latent_dim}, "
+                f"likelihood={self.decoder.likelihood!r}; {parameter_count(self)} parameters)")
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)
@@ -145,11 +150,3 @@ class SigmoidBeliefNet(LatentVariableModel):
             (log_pz + self.decoder(codes[:, None, :]).log_prob(part)).logsumexp(0) for part in x.split(rows)
         ])
 
-
-register_model(
-    "sbn",
-    lambda data, **options: SigmoidBeliefNet(data.event_shape, **options),
-    description="sigmoid belief network (binary latents), trained by score-function gradients",
-    data_options={"binarize": 8},
-    fit_options={"estimator": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3},
-)

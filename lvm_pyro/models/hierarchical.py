@@ -25,8 +25,16 @@ from torch import nn
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import DiagNormalHead
-from lvm_pyro.models.registry import register_model
-from lvm_pyro.models.vae import Decoder, as_shape, as_sizes, body, check_levels, flatten_example, latent_codes
+from lvm_pyro.models.vae import (
+    Decoder,
+    as_shape,
+    as_sizes,
+    body,
+    check_levels,
+    flatten_example,
+    latent_codes,
+    parameter_count,
+)
 
 GUIDES = ("markov", "ladder")
 
@@ -133,6 +141,12 @@ class HierarchicalVAE(LatentVariableModel):
         """The latent sites from the bottom: ["z1", ..., "zL"]."""
         return [f"z{i + 1}" for i in range(len(self.latent_dims))]
 
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        return (f"HierarchicalVAE(input_shape={self.input_shape}, latent_dims={self.latent_dims}, "
+                f"hidden={self.hidden}, guide={self.guide_type!r}, likelihood={self.decoder.likelihood!r}; "
+                f"{parameter_count(self)} parameters)")
+
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)
 
@@ -225,11 +239,3 @@ class HierarchicalVAE(LatentVariableModel):
         z1 = self._generate(torch.Size([n]), next(self.parameters()), lambda _, d: d.sample())
         return self.decoder.mean(z1) if mean else self.decoder(z1).sample()
 
-
-register_model(
-    "hvae",
-    lambda data, **options: HierarchicalVAE(data.event_shape, **options),
-    description="hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-)

@@ -32,7 +32,6 @@ from torch.nn import functional as F
 
 from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.models.base import check_latent_size
-from lvm_pyro.models.registry import register_model
 from lvm_pyro.models.vae import VAE, check_flag
 
 
@@ -113,11 +112,3 @@ class MixturePriorVAE(VAE):
         joint = self._components().log_prob(z[..., None, :]) + F.log_softmax(self.component_logits, -1)
         return F.softmax(joint, dim=-1)
 
-
-register_model(
-    "mixvae",
-    lambda data, **options: MixturePriorVAE(data.event_shape, **options),
-    description="VAE with a learned 10-component mixture-of-Gaussians prior, Bernoulli pixels",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-)

@@ -22,7 +22,6 @@ from lvm_pyro.checks import check_positive
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.nets import MLP, CholeskyNormalHead, DiagNormalHead
-from lvm_pyro.models.registry import register_model
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 ENCODERS = ("diag", "full")
@@ -96,6 +95,11 @@ def body(in_features: int, hidden: Sequence[int], activation: type[nn.Module]) -
     if not hidden:
         return nn.Identity(), in_features
     return nn.Sequential(MLP(in_features, hidden[:-1], hidden[-1], activation), activation()), hidden[-1]
+
+
+def parameter_count(module: nn.Module) -> str:
+    """How many numbers ``module`` learns, with thousands separated (for one-line reprs)."""
+    return f"{sum(p.numel() for p in module.parameters()):,}"
 
 
 class Decoder(nn.Module):
@@ -276,6 +280,13 @@ class VAE(LatentVariableModel):
     def likelihood(self) -> str:
         return self.decoder.likelihood
 
+    def __repr__(self) -> str:
+        """One line of settings (``torch.nn.Module.__repr__(model)`` prints the layers)."""
+        extra = f", n_components={self.n_components}" if hasattr(self, "n_components") else ""
+        return (f"{type(self).__name__}(input_shape={self.input_shape}, latent_dim={self.latent_dim}"
+                f"{extra}, hidden={self.hidden}, encoder={self.encoder_type!r}, "
+                f"likelihood={self.likelihood!r}; {parameter_count(self)} parameters)")
+
     def validate(self, x, name: str = "data") -> torch.Tensor:
         return check_levels(super().validate(x, name), self.decoder, name)
 
@@ -362,11 +373,3 @@ class VAE(LatentVariableModel):
     def _latent(self, z) -> torch.Tensor:
         return latent_codes(z, self.latent_dim, next(self.parameters()))
 
-
-register_model(
-    "vae",
-    lambda data, **options: VAE(data.event_shape, **options),
-    description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
-    data_options={"binarize": 8},
-    fit_options={"epochs": 300, "batch_size": 64},
-)
