@@ -275,8 +275,13 @@ def _resolve_to_public(app, env, node, contnode):
         return None
     target = node.get("reftarget", "")
     candidates = [target]
-    if not target.startswith("lvm_pyro.") and node.get("py:module"):
-        candidates.append(f"{node['py:module']}.{target}")
+    if not target.startswith("lvm_pyro."):
+        # a short name, looked up where the documented object is defined
+        documented = (
+            _lookup(Path(node.get("refdoc", "")).name) if node.get("refdoc", "").startswith("api/") else None
+        )
+        homes = [node.get("py:module"), getattr(documented, "__module__", None)]
+        candidates += [f"{home}.{target}" for home in homes if home]
     for name in candidates:
         if not name.startswith("lvm_pyro.") or _lookup(name) is None:
             continue
@@ -296,11 +301,13 @@ _LITERAL = re.compile(r"(``.+?``|:[a-z:]+:`[^`]+`|`[^`]+`_?)")
 
 def _plain_text_maths(line: str) -> str:
     """Escape what plain-text maths in a docstring would start as reST markup by accident:
-    ``|x|`` (a substitution), a lone ``*`` as in ``(S, *shape)`` (emphasis), and a literal
-    followed by a letter (````pyro.param````s). Literals and roles are left as written."""
+    ``|x|`` (a substitution), a lone ``*`` as in ``(S, *shape)`` (emphasis), ``weights_`` or
+    ``x_-i`` (a link target), and a literal followed by a letter (````pyro.param````s).
+    Literals and roles are left as written."""
     pieces = _LITERAL.split(line)
     for i in range(0, len(pieces), 2):
         text = pieces[i].replace("|", "\\|")
+        text = re.sub(r"(?<=\w)_(?!\w)", r"\\_", text)  # weights_ and x_-i are not link targets
         if text.count("*") % 2 == 1 or re.search(r"\*\s|\s\*(?!\*)|\(\*", text):
             text = re.sub(r"(?<![\\*])\*(?!\*)", r"\\*", text)
         pieces[i] = text
