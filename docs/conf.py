@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LVM_PYRO_SMOKE", "1")
 os.environ.pop("LVM_PYRO_FIGURES", None)
 os.environ.pop("MPLBACKEND", None)
+os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"  # tqdm.auto in a kernel without ipywidgets
 os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(TUTORIALS), str(ROOT), os.environ.get("PYTHONPATH")])
 )
@@ -55,7 +56,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.viewcode",
     "sphinx_copybutton",
 ]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]

@@ -163,7 +163,8 @@ def test_a_tutorial_page_shows_its_code_output_and_figures(browser, page):
     counts = browser.execute_script("""
         return [document.querySelectorAll('div.cell_input, div.cell .highlight').length,
                 document.querySelectorAll('div.cell_output img').length,
-                document.body.innerText.includes('Key numbers')];
+                Array.from(document.querySelectorAll('div.cell_output'))
+                     .some(out => out.innerText.includes('Key numbers'))];
     """)
     code, figures, numbers = counts
     assert code >= 3 and figures >= 1 and numbers, (page, counts)

@@ -23,6 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL_DIR = ROOT / "tutorials"
 TUTORIALS = sorted(TUTORIAL_DIR.glob("[0-9][0-9]_*.py"))
+#: tqdm.auto's warning in a kernel without ipywidgets (the progress bars are off in the tutorials)
+NOTEBOOK_WARNINGS = "ignore:IProgress not found"
 CELL_TIMEOUT = 600  # seconds; a whole smoke run takes well under a minute on an idle machine
 
 
@@ -91,6 +93,7 @@ def test_tutorial_runs_as_a_notebook_with_its_figures_inline(path, tmp_path):
         **os.environ,
         "LVM_PYRO_SMOKE": "1",
         "PYTHONPATH": _pythonpath(),
+        "PYTHONWARNINGS": NOTEBOOK_WARNINGS,
     }
     env.pop("LVM_PYRO_FIGURES", None)  # a notebook shows its figures; it writes no file
     env.pop("MPLBACKEND", None)  # the kernel's own (inline) backend
