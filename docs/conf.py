@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 import sys
@@ -70,7 +69,7 @@ html_show_sourcelink = False
 # myst / myst-nb
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
-nb_execution_mode = "auto"  # execute the notebooks that hold no outputs
+nb_execution_mode = "auto"  # each tutorial notebook says "force" or "off" in its metadata
 nb_execution_timeout = 1200  # per cell, seconds
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
@@ -88,6 +87,7 @@ autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+napoleon_use_param = False  # keep grouped arguments ("epochs / steps:") as written, one entry each
 
 # Offline builds: no intersphinx, so names from other packages are not linked. Every
 # lvm_pyro name must resolve (see _resolve_to_public below).
@@ -133,11 +133,13 @@ def _tutorial_notebooks() -> None:
     for script in scripts:
         executed = kept / f"{script.stem}.ipynb" if kept else None
         if executed is not None and executed.is_file():
-            meta = json.loads(executed.read_text()).get("metadata", {}).get("lvm_pyro", {})
-            if meta == {"source_sha256": _source_digest(script), "smoke": smoke}:
-                _write_if_changed(out / executed.name, executed.read_bytes())
+            notebook = jupytext.read(executed)
+            if notebook.metadata.get("lvm_pyro") == {"source_sha256": _source_digest(script), "smoke": smoke}:
+                notebook.metadata["mystnb"] = {"execution_mode": "off"}  # rendered as the tests ran it
+                _write_if_changed(out / executed.name, jupytext.writes(notebook, fmt="ipynb"))
                 continue
         notebook = jupytext.read(script)
+        notebook.metadata["mystnb"] = {"execution_mode": "force"}  # executed by myst-nb
         _write_if_changed(out / f"{script.stem}.ipynb", jupytext.writes(notebook, fmt="ipynb"))
 
 
@@ -225,7 +227,6 @@ def _cli_help() -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 texts[f"lvm-pyro {name}"] = sub.format_help()
-    os.environ.setdefault("COLUMNS", "100")
     body = "\n".join(f"$ {command} --help\n{text}" for command, text in texts.items())
     _write_if_changed(DOCS / "_generated" / "cli_help.txt", body)
     buffer = io.StringIO()
@@ -234,7 +235,7 @@ def _cli_help() -> None:
     _write_if_changed(DOCS / "_generated" / "cli_models.txt", "$ lvm-pyro models\n" + buffer.getvalue())
 
 
-os.environ["COLUMNS"] = "100"  # argparse wraps --help at this width
+os.environ["COLUMNS"] = "88"  # argparse wraps --help to fit the code box of the page
 _tutorial_notebooks()
 _api_page()
 _benchmark_pages()
