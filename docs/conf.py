@@ -87,7 +87,6 @@ autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_use_param = False  # keep grouped arguments ("epochs / steps:") as written, one entry each
 
 # Offline builds: no intersphinx, so names from other packages are not linked. Every
 # lvm_pyro name must resolve (see _resolve_to_public below).
@@ -318,6 +317,16 @@ def _plain_text_maths(line: str) -> str:
     return "".join(pieces)
 
 
+_GROUPED_ARGS = re.compile(r"^(\s+)(\w+) / (\w+):(.*)$")
+
+
+def _grouped_args(app, what, name, obj, options, lines):
+    """Before napoleon: an argument entry "epochs / steps: ..." becomes "epochs, steps: ...",
+    which napoleon reads as two arguments sharing the description."""
+    for i, line in enumerate(lines):
+        lines[i] = _GROUPED_ARGS.sub(r"\1\2, \3:\4", line)
+
+
 def _process_docstring(app, what, name, obj, options, lines):
     in_code, indent = False, 0
     for i, line in enumerate(lines):
@@ -335,4 +344,5 @@ def _process_docstring(app, what, name, obj, options, lines):
 
 def setup(app):
     app.connect("missing-reference", _resolve_to_public)
-    app.connect("autodoc-process-docstring", _process_docstring)
+    app.connect("autodoc-process-docstring", _grouped_args, priority=400)  # before napoleon (500)
+    app.connect("autodoc-process-docstring", _process_docstring, priority=600)  # after it
