@@ -341,6 +341,9 @@ ax_fa.plot(positions, [results[e]["elbo"] for e in names], "v", ms=7, color="C2"
 ax_fa.axhline(sk_score, color="k", ls=":", label="scikit-learn FactorAnalysis")
 ax_fa.set_xticks(positions, names)
 ax_fa.set_xlim(-0.5, len(names) - 0.5)
+shown = [sk_score] + [results[e][key] for e in names for key in ("exact", "ll", "elbo")]
+pad = 0.12 * (max(shown) - min(shown)) or 0.01
+ax_fa.set_ylim(min(shown) - pad, max(shown) + pad)  # every line inside the frame, none on its edge
 ax_fa.set_ylabel("test log p(x) per row")
 ax_fa.set_title("factor analysis, trained with each estimator", fontsize=10)
 ax_fa.legend(fontsize=8, loc="lower left")
