@@ -59,6 +59,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lvm_pyro' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "ESTIMATORS",
     "VAE",
