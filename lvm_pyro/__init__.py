@@ -1,6 +1,9 @@
 """lvm_pyro: latent-variable models on Pyro, with SVI, EM and ArviZ diagnostics.
 
-The diagnostics (ArviZ, plots) are imported on first use, so ``import lvm_pyro`` stays fast.
+The public API, re-exported. ``import lvm_pyro`` loads neither scikit-learn nor ArviZ nor
+matplotlib and registers nothing globally: the scikit-learn facade (``GaussianMixture``) and
+the diagnostics (ArviZ, plots) are imported on first access (module ``__getattr__``), and
+``load_digits`` imports scikit-learn's embedded dataset when called.
 """
 
 from importlib import import_module
@@ -54,6 +57,10 @@ def __getattr__(name: str):
         module = import_module(_LAZY[name])
         return getattr(module, name) if name != "plots" else import_module("lvm_pyro.diagnostics.plots")
     raise AttributeError(f"module 'lvm_pyro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
