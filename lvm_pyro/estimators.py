@@ -29,11 +29,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from sklearn.utils.validation import validate_data as sk_validate_data
 
-from lvm_pyro.models.gmm_missing import validate_missing_data
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, NotFittedError
 from lvm_pyro.infer.em import EMState, em
 from lvm_pyro.infer.online_em import OnlineEM, online_em
 from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, check_sample_weight
+from lvm_pyro.models.gmm_missing import validate_missing_data
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -208,7 +208,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             loc = self.model_.loc
             dtype, event_shape, device = loc.dtype, (self.n_features_in_,), loc.device
-        x = validate_missing_data(X, name=name, event_shape=event_shape, dtype=dtype, device=device, fit=reset)
+        x = validate_missing_data(
+            X, name=name, event_shape=event_shape, dtype=dtype, device=device, fit=reset
+        )
         if not _is_torch(X):
             sk_validate_data(self, X, reset=reset, skip_check_array=True)
         elif reset:

@@ -53,15 +53,6 @@ from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.gmm.covariance import COVARIANCE_TYPES, COVARIANCES, Covariance
 from lvm_pyro.models.gmm.kmeans import as_generator, kmeans, kmeans_plusplus
 from lvm_pyro.models.gmm.prior import GMMPrior, is_number
-from lvm_pyro.models.gmm_missing import (
-    check_missing_data,
-    expand_covariances,
-    expected_statistics_missing,
-    fill_missing_with_means,
-    log_prob_missing,
-    to_gmm_statistics,
-    validate_missing_data,
-)
 from lvm_pyro.models.gmm.statistics import (
     GROUP,
     Coefficients,
@@ -71,6 +62,15 @@ from lvm_pyro.models.gmm.statistics import (
     chunk_rows,
     log_sum_exp_columns_,
     softmax_columns_,
+)
+from lvm_pyro.models.gmm_missing import (
+    check_missing_data,
+    expand_covariances,
+    expected_statistics_missing,
+    fill_missing_with_means,
+    log_prob_missing,
+    to_gmm_statistics,
+    validate_missing_data,
 )
 from lvm_pyro.threads import run_chunks, single_threaded
 
@@ -127,6 +127,14 @@ def check_sample_weight(sample_weight, n: int, like: torch.Tensor) -> torch.Tens
     if not bool((w > 0).any()):
         raise DataError("sample_weight is zero for every row: at least one weight must be positive")
     return w
+
+
+def _incomplete_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The (N,) mask of rows with a NaN, or None when every row is complete. One pass over x,
+    single-threaded (with intra-op threads its fork-join costs more than the pass)."""
+    with single_threaded(x.device):
+        incomplete = torch.isnan(x).any(1)
+        return incomplete if bool(incomplete.any()) else None
 
 
 def _refuse_missing(x: torch.Tensor) -> None:
@@ -513,8 +521,8 @@ class GaussianMixtureModel(LatentVariableModel):
     def _by_rows(self, x: torch.Tensor, chunk_size: int | None, reduce, missing) -> torch.Tensor:
         """reduce over the complete rows (the chunked fast path) and missing(MissingLogProb)
         over the rows with a NaN, put back in row order."""
-        incomplete = torch.isnan(x).any(1)
-        if not bool(incomplete.any()):
+        incomplete = _incomplete_rows(x)
+        if incomplete is None:
             return self._per_chunk(x, chunk_size, reduce)
         with torch.no_grad():
             part = missing(log_prob_missing(x[incomplete], *self._missing_args()))
@@ -579,7 +587,9 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.posterior(torch.zeros(1, 1)).tolist()
             [[0.5, 0.5]]
         """
-        return self._by_rows(self._rows(x), chunk_size, lambda lj: torch.softmax(lj, 0).T, lambda m: m.responsibilities)
+        return self._by_rows(
+            self._rows(x), chunk_size, lambda lj: torch.softmax(lj, 0).T, lambda m: m.responsibilities
+        )
 
     def map_z(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Hard clustering: argmax_k p(z_n = k | x_n), shape (N,).
@@ -590,7 +600,9 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.map_z(torch.tensor([[4.0]])).tolist()
             [1]
         """
-        return self._by_rows(self._rows(x), chunk_size, lambda lj: lj.argmax(0), lambda m: m.log_joint.argmax(1))
+        return self._by_rows(
+            self._rows(x), chunk_size, lambda lj: lj.argmax(0), lambda m: m.log_joint.argmax(1)
+        )
 
     @torch.no_grad()
     def expected_statistics(
@@ -616,8 +628,8 @@ class GaussianMixtureModel(LatentVariableModel):
         """
         w = check_sample_weight(sample_weight, len(x), x)
         shift = self._shift(x, shift)
-        incomplete = torch.isnan(x).any(1)
-        if bool(incomplete.any()):
+        incomplete = _incomplete_rows(x)
+        if incomplete is not None:
             return self._expected_statistics_missing(x, shift, chunk_size, w, incomplete)
         with single_threaded(x.device) as threads:
             return self._expected_statistics(x, shift, chunk_size, threads, w)
