@@ -240,7 +240,7 @@ class GaussianMixtureModel(LatentVariableModel):
         """Called by ``em`` on validated data: a constant feature (zero variance) is accepted
         with a warning, its variance being reg_covar. With NaN entries, rows with no observed
         entry and columns missing in every row are refused."""
-        if bool(torch.isnan(x).any()):
+        if _incomplete_rows(x) is not None:
             check_missing_data(x, name=name, fit=True)
             x = fill_missing_with_means(x)
         # a feature is constant when sum_n |x_n - x_0| is 0 (faster than torch.aminmax)
@@ -502,15 +502,18 @@ class GaussianMixtureModel(LatentVariableModel):
         return phi, lj, -0.5 * torch.linalg.vecdot(y, y)
 
     def validate(self, x, name: str = "data") -> torch.Tensor:
-        """As ``LatentVariableModel.validate``, with NaN entries kept (missing values)."""
-        return validate_missing_data(x, name=name, event_shape=self.input_shape)
+        """As ``LatentVariableModel.validate``, with NaN entries kept (missing values). The
+        checks' passes over the data run single-threaded (no fork-join per operation)."""
+        with single_threaded(x.device if torch.is_tensor(x) else torch.device("cpu")):
+            return validate_missing_data(x, name=name, event_shape=self.input_shape)
 
     def _rows(self, x, name: str = "x") -> torch.Tensor:
         """User data as (N, n_features) rows in the parameters' dtype and device, validated
         once; NaN entries (missing values) are kept."""
-        return validate_missing_data(
-            x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype, device=self.loc.device
-        )
+        with single_threaded(self.loc.device):
+            return validate_missing_data(
+                x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype, device=self.loc.device
+            )
 
     def _missing_args(self):
         """(log w, mu, covariances) as :mod:`lvm_pyro.models.gmm_missing` takes them."""
