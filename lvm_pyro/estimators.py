@@ -29,11 +29,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from sklearn.utils.validation import validate_data as sk_validate_data
 
-from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, NotFittedError
 from lvm_pyro.infer.em import EMState, em
 from lvm_pyro.infer.online_em import OnlineEM, online_em
 from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, check_sample_weight
+from lvm_pyro.models.gmm_missing import validate_missing_data
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -68,6 +68,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     - ``learning_decay``, ``learning_offset``: the step sizes of online EM (``partial_fit``
       and ``batch_size``), gamma_t = (t + learning_offset)^-learning_decay, as scikit-learn's
       ``LatentDirichletAllocation``; learning_decay in (0.5, 1].
+
+    Missing values: NaN entries in X (missing at random) are marginalized exactly in ``fit``,
+    ``partial_fit``, ``score``, ``score_samples``, ``predict``, ``predict_proba``, ``bic`` and
+    ``aic`` (the E-step conditions on each row's observed entries, for every covariance type;
+    :mod:`lvm_pyro.models.gmm_missing`); rows with every entry missing and columns missing in
+    every row are refused by ``fit``. scikit-learn's mixture refuses NaN.
 
     Sample weights (``fit(X, sample_weight=w)``, ``partial_fit(X, sample_weight=w)``):
     non-negative, one per row; a row of weight w counts as w copies in every E-step
@@ -202,7 +208,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             loc = self.model_.loc
             dtype, event_shape, device = loc.dtype, (self.n_features_in_,), loc.device
-        x = validate_data(X, name=name, event_shape=event_shape, dtype=dtype, device=device)
+        x = validate_missing_data(
+            X, name=name, event_shape=event_shape, dtype=dtype, device=device, fit=reset
+        )
         if not _is_torch(X):
             sk_validate_data(self, X, reset=reset, skip_check_array=True)
         elif reset:
@@ -344,7 +352,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         dtype = self._fit_dtype(source)
         first_row = source[:1] if _is_torch(source) else np.array(source[:1])
-        probe = validate_data(first_row, name="X", dtype=dtype, device=self.device)
+        probe = validate_missing_data(first_row, name="X", dtype=dtype, device=self.device)
         model = self.model_ if warm else self._new_model(source.shape[1], probe)
         self.n_features_in_ = source.shape[1]
         weights = None
@@ -504,6 +512,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = True
         return tags
 
 

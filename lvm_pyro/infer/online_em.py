@@ -16,6 +16,9 @@ returned is a Polyak-Ruppert average over the steps after ``average_after``: of 
 statistics (``"statistics"``, then one M-step; the default) or of the model's parameters in
 their unconstrained space (``"parameters"``).
 
+A model with ``missing_values = True`` (the Gaussian mixture) receives batches with their NaN
+entries (missing values) kept; other models' batches are refused if they hold NaN.
+
 Data: a tensor or numpy array (a ``np.load(path, mmap_mode="r")`` memmap included), a path to
 a ``.npy`` file (memory-mapped), a ``torch.utils.data.DataLoader`` or any iterable of
 (B, D) batches (tensors, arrays, or tuples whose first element is the batch). Memory is
@@ -42,6 +45,7 @@ import torch
 
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.models.gmm_missing import validate_missing_data
 from lvm_pyro.threads import single_threaded
 
 AVERAGING = ("statistics", "parameters", None)
@@ -141,7 +145,7 @@ class OnlineEM:
         model's dtype and device; validated by the caller)."""
         self._restore_current()
         if self.shift is None:
-            self.shift = x.mean(0)
+            self.shift = x.nanmean(0)
         out = self.model.expected_statistics(x, self.shift, self.chunk_size, sample_weight)
         total, batch = out if isinstance(out, tuple) else (None, out)
         weight = float(len(x)) if sample_weight is None else float(sample_weight.sum())
@@ -242,15 +246,16 @@ def _batches(data, batch_size: int, weights, rng: np.random.Generator | None) ->
         yield batch, None
 
 
-def _as_rows(batch, dtype, device, n_features: int | None, name: str) -> torch.Tensor:
-    """A batch as validated (B, D) rows. Validation runs on this thread alone: a batch is too
-    small for torch's intra-op threads, whose fork-join per operation costs more than the
-    check itself on a busy machine."""
+def _as_rows(batch, dtype, device, n_features: int | None, name: str, missing: bool = False) -> torch.Tensor:
+    """A batch as validated (B, D) rows (NaN kept when the model marginalizes missing values).
+    Validation runs on this thread alone: a batch is too small for torch's intra-op threads,
+    whose fork-join per operation costs more than the check itself on a busy machine."""
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(np.array(batch))  # a copy: read from a memmap, writable
     event_shape = None if n_features is None else (n_features,)
+    check = validate_missing_data if missing else validate_data
     with single_threaded(torch.device(device)):
-        return validate_data(batch, name=name, event_shape=event_shape, dtype=dtype, device=device)
+        return check(batch, name=name, event_shape=event_shape, dtype=dtype, device=device)
 
 
 def online_em(
@@ -320,6 +325,7 @@ def online_em(
     if hasattr(model, "to"):
         model.to(dtype=dtype, device=device)
     n_features = getattr(model, "n_features", None)
+    missing = bool(getattr(model, "missing_values", False))
     indexable = _indexable(data)
     weights = None
     if sample_weight is not None:
@@ -360,7 +366,7 @@ def online_em(
         t_pass = time.perf_counter()
         total, weight = 0.0, 0.0
         for i, (batch, w) in enumerate(_batches(data, batch_size, weights, rng)):
-            x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}")
+            x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}", missing)
             wt = (
                 None
                 if w is None

@@ -493,7 +493,7 @@ class _ClosedFormRoute:
     def __init__(self, model, data: tuple, chunk_size: int | None,
                  group: DistributedContext | None = None) -> None:
         self.model, self.chunk_size, self.group = model, chunk_size, group
-        self.shift = data[0].mean(0)
+        self.shift = data[0].nanmean(0)  # NaN: missing values (the Gaussian mixture)
         self.sample_weight = None
 
     def _rows(self, data: tuple) -> torch.Tensor:

@@ -22,6 +22,12 @@ operation, very slow when a core is busy with other work), so they run single-th
 whole chunks are handed out in turn to as many threads as torch uses; the statistics are
 summed in chunk order, so the result does not depend on the number of threads.
 
+Missing values: NaN entries (missing at random) are marginalized exactly. Every closed-form
+method (log_prob, posterior, log_joint, map_z, expected_statistics, hence ``em`` and the
+estimator) sends the rows with a NaN to :mod:`lvm_pyro.models.gmm_missing` (conditioning on
+the observed entries) and the complete rows through the fast path; the Pyro program itself
+needs complete rows.
+
 Canonical order (label switching): :meth:`~GaussianMixtureModel.canonicalize_` sorts the
 components by decreasing weight, ties broken by increasing first mean coordinate; ``em``
 and the estimator apply it at the end of fitting.
@@ -42,7 +48,6 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroParam, pyro_method
 from torch.distributions import constraints
 
-from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.gmm.covariance import COVARIANCE_TYPES, COVARIANCES, Covariance
@@ -57,6 +62,15 @@ from lvm_pyro.models.gmm.statistics import (
     chunk_rows,
     log_sum_exp_columns_,
     softmax_columns_,
+)
+from lvm_pyro.models.gmm_missing import (
+    check_missing_data,
+    expand_covariances,
+    expected_statistics_missing,
+    fill_missing_with_means,
+    log_prob_missing,
+    to_gmm_statistics,
+    validate_missing_data,
 )
 from lvm_pyro.threads import run_chunks, single_threaded
 
@@ -115,6 +129,25 @@ def check_sample_weight(sample_weight, n: int, like: torch.Tensor) -> torch.Tens
     return w
 
 
+def _incomplete_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The (N,) mask of rows with a NaN, or None when every row is complete. One pass over x,
+    single-threaded (with intra-op threads its fork-join costs more than the pass)."""
+    with single_threaded(x.device):
+        incomplete = torch.isnan(x).any(1)
+        return incomplete if bool(incomplete.any()) else None
+
+
+def _refuse_missing(x: torch.Tensor) -> None:
+    """The Pyro program needs complete rows (not checked while torch.compile traces)."""
+    if not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+        raise DataError(
+            "data has NaN entries (missing values): the Gaussian mixture marginalizes them in "
+            "em's closed-form route (e_step='closed_form', the default), log_prob / posterior / "
+            "map_z and GaussianMixture; the Pyro program (fit, e_step='enum', NUTS, the ArviZ "
+            "export) needs complete rows"
+        )
+
+
 class GaussianMixtureModel(LatentVariableModel):
     """A mixture of K Gaussians in D dimensions: z ~ Categorical(w), x | z ~ N(mu_z, Sigma_z).
 
@@ -140,6 +173,8 @@ class GaussianMixtureModel(LatentVariableModel):
 
     data_support = "real"
     max_plate_nesting = 1
+    #: NaN entries are missing values, marginalized by the closed-form methods
+    missing_values = True
 
     def __init__(
         self,
@@ -203,7 +238,11 @@ class GaussianMixtureModel(LatentVariableModel):
 
     def check_fit_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Called by ``em`` on validated data: a constant feature (zero variance) is accepted
-        with a warning, its variance being reg_covar."""
+        with a warning, its variance being reg_covar. With NaN entries, rows with no observed
+        entry and columns missing in every row are refused."""
+        if _incomplete_rows(x) is not None:
+            check_missing_data(x, name=name, fit=True)
+            x = fill_missing_with_means(x)
         # a feature is constant when sum_n |x_n - x_0| is 0 (faster than torch.aminmax)
         chunks = x.split(chunk_rows(self.n_features, x.element_size()))
         spread = x.new_empty(len(chunks), self.n_features)
@@ -334,7 +373,9 @@ class GaussianMixtureModel(LatentVariableModel):
     @pyro_method
     def model(self, x: torch.Tensor) -> None:
         """Sites "mixture_weights", "locs", "precisions" ~ prior; per point
-        "z" ~ Cat(weights) (enumerated) and "x" ~ N(locs[z], precisions[z]^-1)."""
+        "z" ~ Cat(weights) (enumerated) and "x" ~ N(locs[z], precisions[z]^-1). Needs
+        complete rows (NaN entries are marginalized by the closed-form methods only)."""
+        _refuse_missing(x)
         priors = self._priors(x)
         weights, loc, precision = (pyro.sample(name, priors[name]) for name in GLOBAL_SITES)
         with self.data_plate(x):
@@ -395,6 +436,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.pointwise_log_likelihood(draws, torch.zeros(4, 1)).shape
             torch.Size([3, 4])
         """
+        _refuse_missing(x)
         weights, locs, precisions = (samples[name] for name in GLOBAL_SITES)
         rows = []
         for w, loc, prec in zip(weights, locs, precisions):
@@ -459,11 +501,39 @@ class GaussianMixtureModel(LatentVariableModel):
         y = phi[:, : self.n_features] @ coef.tied_factor
         return phi, lj, -0.5 * torch.linalg.vecdot(y, y)
 
+    def validate(self, x, name: str = "data") -> torch.Tensor:
+        """As ``LatentVariableModel.validate``, with NaN entries kept (missing values). The
+        checks' passes over the data run single-threaded (no fork-join per operation)."""
+        with single_threaded(x.device if torch.is_tensor(x) else torch.device("cpu")):
+            return validate_missing_data(x, name=name, event_shape=self.input_shape)
+
     def _rows(self, x, name: str = "x") -> torch.Tensor:
-        """User data as (N, n_features) rows in the parameters' dtype and device, validated once."""
-        return validate_data(
-            x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype, device=self.loc.device
-        )
+        """User data as (N, n_features) rows in the parameters' dtype and device, validated
+        once; NaN entries (missing values) are kept."""
+        with single_threaded(self.loc.device):
+            return validate_missing_data(
+                x, name=name, event_shape=(self.n_features,), dtype=self.loc.dtype, device=self.loc.device
+            )
+
+    def _missing_args(self):
+        """(log w, mu, covariances) as :mod:`lvm_pyro.models.gmm_missing` takes them."""
+        K, D = self.n_components, self.n_features
+        cov = expand_covariances(self.covariances().detach(), self.covariance_type, K, D)
+        return self.weights.detach().log(), self.loc.detach(), cov
+
+    def _by_rows(self, x: torch.Tensor, chunk_size: int | None, reduce, missing) -> torch.Tensor:
+        """reduce over the complete rows (the chunked fast path) and missing(MissingLogProb)
+        over the rows with a NaN, put back in row order."""
+        incomplete = _incomplete_rows(x)
+        if incomplete is None:
+            return self._per_chunk(x, chunk_size, reduce)
+        with torch.no_grad():
+            part = missing(log_prob_missing(x[incomplete], *self._missing_args()))
+        out = part.new_empty((len(x), *part.shape[1:]))
+        out[incomplete] = part
+        if not bool(incomplete.all()):
+            out[~incomplete] = self._per_chunk(x[~incomplete], chunk_size, reduce)
+        return out
 
     def _n_columns(self) -> int:
         return self._cov.n_phi(self.n_features) + 1 + self.n_components
@@ -500,7 +570,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.log_joint(torch.zeros(3, 1)).shape
             torch.Size([3, 2])
         """
-        return self._per_chunk(self._rows(x), chunk_size, lambda lj: lj.T.clone())
+        return self._by_rows(self._rows(x), chunk_size, lambda lj: lj.T.clone(), lambda m: m.log_joint)
 
     def log_prob(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """log p(x_n) = logsumexp_k log p(x_n, z_n = k), shape (N,).
@@ -510,7 +580,7 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> round(float(gmm.log_prob(torch.zeros(1, 1))), 4)
             -0.9189
         """
-        return self._per_chunk(self._rows(x), chunk_size, log_sum_exp_columns_)
+        return self._by_rows(self._rows(x), chunk_size, log_sum_exp_columns_, lambda m: m.log_prob)
 
     def posterior(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Responsibilities r_nk = p(z_n = k | x_n) = w_k N(x_n; k) / sum_j w_j N(x_n; j), (N, K).
@@ -520,7 +590,9 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.posterior(torch.zeros(1, 1)).tolist()
             [[0.5, 0.5]]
         """
-        return self._per_chunk(self._rows(x), chunk_size, lambda lj: torch.softmax(lj, 0).T)
+        return self._by_rows(
+            self._rows(x), chunk_size, lambda lj: torch.softmax(lj, 0).T, lambda m: m.responsibilities
+        )
 
     def map_z(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Hard clustering: argmax_k p(z_n = k | x_n), shape (N,).
@@ -531,7 +603,9 @@ class GaussianMixtureModel(LatentVariableModel):
             >>> gmm.map_z(torch.tensor([[4.0]])).tolist()
             [1]
         """
-        return self._per_chunk(self._rows(x), chunk_size, lambda lj: lj.argmax(0))
+        return self._by_rows(
+            self._rows(x), chunk_size, lambda lj: lj.argmax(0), lambda m: m.log_joint.argmax(1)
+        )
 
     @torch.no_grad()
     def expected_statistics(
@@ -556,8 +630,28 @@ class GaussianMixtureModel(LatentVariableModel):
             [2.0, 2.0]
         """
         w = check_sample_weight(sample_weight, len(x), x)
+        shift = self._shift(x, shift)
+        incomplete = _incomplete_rows(x)
+        if incomplete is not None:
+            return self._expected_statistics_missing(x, shift, chunk_size, w, incomplete)
         with single_threaded(x.device) as threads:
-            return self._expected_statistics(x, self._shift(x, shift), chunk_size, threads, w)
+            return self._expected_statistics(x, shift, chunk_size, threads, w)
+
+    def _expected_statistics_missing(self, x, shift, chunk_size, w, incomplete):
+        """Rows with a NaN by exact marginalization, the complete rows by the fast path; the
+        statistics and log-likelihoods added."""
+        part = expected_statistics_missing(
+            x[incomplete], *self._missing_args(), None if w is None else w[incomplete], shift=shift
+        )
+        total, stats = part.log_likelihood, to_gmm_statistics(part, self.covariance_type)
+        if not bool(incomplete.all()):
+            complete = ~incomplete
+            with single_threaded(x.device) as threads:
+                ll, rest = self._expected_statistics(
+                    x[complete], shift, chunk_size, threads, None if w is None else w[complete]
+                )
+            total, stats = total + ll, stats + rest
+        return total, stats
 
     def _expected_statistics(self, x, shift, chunk_size, threads, w=None):
         coef = self._coefficients(shift)
@@ -752,6 +846,8 @@ class GaussianMixtureModel(LatentVariableModel):
                 "use n_components <= n_samples, or more data"
             )
         self.to(dtype=x.dtype, device=x.device)
+        if bool(torch.isnan(x).any()):  # seeds from mean-filled rows; EM then marginalizes
+            x = fill_missing_with_means(x)
         w = check_sample_weight(sample_weight, len(x), x)
         shift = x.mean(0)
         if method == "random":
@@ -813,7 +909,10 @@ class GaussianMixtureModel(LatentVariableModel):
         else:
             idx = torch.multinomial(w.double().cpu(), len(empty), replacement=True, generator=gen)
         loc, weights = self.loc.detach().clone(), self.weights.detach().clone()
-        loc[empty] = x[idx.to(x.device)].to(loc)
+        rows = x[idx.to(x.device)]
+        if bool(torch.isnan(rows).any()):  # missing entries of the new means: the data's mean
+            rows = torch.where(torch.isnan(rows), (mean + stats.shift).to(rows), rows)
+        loc[empty] = rows.to(loc)
         weights[empty] = 1.0 / self.n_components
         self.loc, self.weights = loc, weights / weights.sum()
         self._factor = self._cov.reseed(self._factor.detach(), empty, cov)
