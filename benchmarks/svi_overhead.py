@@ -207,11 +207,16 @@ def run(args) -> str:
                 hand = time_handwritten(x, cfg, estimator, steps, warmup, device)
                 hand_ms.append(1e3 * hand)
                 for name, timer in timers.items():
+                    if args.peers and not any(p in name for p in args.peers.split(",")):
+                        continue
                     seconds = timer()
                     if seconds is not None:
                         ratios[name].append(seconds / hand)
-            gaps = {peer: trajectory_gap(x, cfg, estimator, device, mode)
-                    for peer, mode in ((DEFAULT_PEER, "auto"), (GRAD_PEER, "grad"))}
+                print(f"round: {size} {estimator} hand {1e3 * hand:.2f} ms; "
+                      + "; ".join(f"{k} {v[-1]:.2f}x" for k, v in ratios.items() if v), flush=True)
+            gaps = {} if args.no_gap else {
+                peer: trajectory_gap(x, cfg, estimator, device, mode)
+                for peer, mode in ((DEFAULT_PEER, "auto"), (GRAD_PEER, "grad")) if ratios.get(peer)}
             for peer, values in ratios.items():
                 if values:
                     rows.append((size, estimator, peer, statistics.median(values),
@@ -250,6 +255,9 @@ def main() -> None:
                         help="wall time, or process CPU time (steadier on a shared machine)")
     parser.add_argument("--meanfield", action="store_true", help="also time the analytic-KL objective")
     parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
+    parser.add_argument("--peers", default="", help="comma-separated substrings of the peers to time "
+                        "(default: all)")
+    parser.add_argument("--no-gap", action="store_true", help="skip the compiled-vs-eager loss gap")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "svi_overhead.md"))
     args = parser.parse_args()
     if args.quick:

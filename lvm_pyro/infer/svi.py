@@ -577,4 +577,5 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
         with pyro.validation_enabled(False):
             step.prepare(first, check, trainer.beta_input)
         trainer.compiled = step
+    config["compiled"] = trainer.compiled is not None and trainer.compiled.has_graph(first)
     return trainer
