@@ -39,8 +39,9 @@ def categorical_hmm(sequences):
     with pyro.plate("sequences", len(sequences), dim=-2) as batch:
         z = None
         for t in pyro.markov(range(sequences.shape[1])):
-            z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
-                            infer={"enumerate": "parallel"})
+            z = pyro.sample(
+                f"z_{t}", dist.Categorical(init if z is None else trans[z]), infer={"enumerate": "parallel"}
+            )
             pyro.sample(f"y_{t}", dist.Categorical(emit[z]), obs=sequences[batch, t].unsqueeze(-1))
 
 
@@ -53,8 +54,9 @@ def gaussian_hmm(sequences):
     with pyro.plate("sequences", len(sequences), dim=-2) as batch:
         z = None
         for t in pyro.markov(range(sequences.shape[1])):
-            z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
-                            infer={"enumerate": "parallel"})
+            z = pyro.sample(
+                f"z_{t}", dist.Categorical(init if z is None else trans[z]), infer={"enumerate": "parallel"}
+            )
             pyro.sample(f"y_{t}", dist.Normal(loc[z], scale[z]), obs=sequences[batch, t].unsqueeze(-1))
 
 
@@ -68,8 +70,9 @@ def _sequences(kind, n=12, t=9, seed=0):
     if kind == "categorical":
         noise = torch.randint(V, (n, t), generator=g)
         return torch.where(torch.rand(n, t, generator=g) < 0.7, states, noise).double()
-    return torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)[states] + torch.randn(n, t, generator=g,
-                                                                                     dtype=torch.float64)
+    return torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)[states] + torch.randn(
+        n, t, generator=g, dtype=torch.float64
+    )
 
 
 def _log_emission(kind, p, y):
@@ -100,12 +103,15 @@ def baum_welch(kind, p, y):
         beta[:, i] = torch.logsumexp(lt + (le[:, i + 1] + beta[:, i + 1])[:, None, :], 2)
     log_z = torch.logsumexp(alpha[:, -1], 1)
     gamma = (alpha + beta - log_z[:, None, None]).exp()
-    xi = (alpha[:, :-1, :, None] + lt + (le[:, 1:] + beta[:, 1:])[:, :, None, :]
-          - log_z[:, None, None, None]).exp()
+    xi = (
+        alpha[:, :-1, :, None] + lt + (le[:, 1:] + beta[:, 1:])[:, :, None, :] - log_z[:, None, None, None]
+    ).exp()
     new = dict(init=gamma[:, 0].mean(0), trans=xi.sum((0, 1)) / xi.sum((0, 1, 3))[:, None])
     w = gamma.reshape(-1, K)
     if kind == "categorical":
-        new["emit"] = torch.nn.functional.one_hot(y.long().reshape(-1), V).double().T.matmul(w).T / w.sum(0)[:, None]
+        new["emit"] = (
+            torch.nn.functional.one_hot(y.long().reshape(-1), V).double().T.matmul(w).T / w.sum(0)[:, None]
+        )
     else:
         yy = y.reshape(-1, 1)
         new["loc"] = (w * yy).sum(0) / w.sum(0)
@@ -171,16 +177,28 @@ def test_padded_sequences_are_masked_on_the_chain_route():
             z = None
             for t in pyro.markov(range(sequences.shape[1])):
                 with pyro.poutine.mask(mask=(t < lengths[batch]).unsqueeze(-1)):
-                    z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else trans[z]),
-                                    infer={"enumerate": "parallel"})
+                    z = pyro.sample(
+                        f"z_{t}",
+                        dist.Categorical(init if z is None else trans[z]),
+                        infer={"enumerate": "parallel"},
+                    )
                     pyro.sample(f"y_{t}", dist.Normal(loc[z], 1.0), obs=sequences[batch, t].unsqueeze(-1))
 
     runs = []
     for e_step in ("auto", "enum"):
         pyro.clear_param_store()
         with pytest.warns(UserWarning, match="masked"):
-            runs.append(em(padded, (y, lengths), data_plate="sequences", max_iter=1, tol=0.0, device="cpu",
-                           e_step=e_step))
+            runs.append(
+                em(
+                    padded,
+                    (y, lengths),
+                    data_plate="sequences",
+                    max_iter=1,
+                    tol=0.0,
+                    device="cpu",
+                    e_step=e_step,
+                )
+            )
     assert runs[0].e_step == "chain"
     assert runs[0].log_likelihood[0] == pytest.approx(runs[1].log_likelihood[0], rel=1e-12)
     # the M-step of the chain route: Baum-Welch on the unpadded sequences
@@ -197,8 +215,10 @@ def test_padded_sequences_are_masked_on_the_chain_route():
             beta.insert(0, torch.logsumexp(p["trans"].log() + (le[:, t + 1] + beta[0])[:, None, :], 2))
         log_z = torch.logsumexp(alpha[-1], 1)
         gammas.append(torch.cat([(a + b - log_z).exp() for a, b in zip(alpha, beta)]))
-        xis += [(alpha[t - 1][0, :, None] + p["trans"].log() + (le[0, t] + beta[t][0])[None, :] - log_z).exp()
-                for t in range(1, n)]
+        xis += [
+            (alpha[t - 1][0, :, None] + p["trans"].log() + (le[0, t] + beta[t][0])[None, :] - log_z).exp()
+            for t in range(1, n)
+        ]
     loc = sum((g * y[i, : len(g), None]).sum(0) for i, g in enumerate(gammas)) / sum(g.sum(0) for g in gammas)
     trans = sum(xis) / sum(xis).sum(1, keepdim=True)
     pyro.clear_param_store()
@@ -213,8 +233,9 @@ def test_a_second_order_chain_is_refused_with_its_reason():
     y = _sequences("gaussian", n=5, t=6)
 
     def second_order(sequences):
-        trans = pyro.param("so_trans", torch.full((K, K, K), 1.0 / K, dtype=sequences.dtype),
-                           constraint=constraints.simplex)
+        trans = pyro.param(
+            "so_trans", torch.full((K, K, K), 1.0 / K, dtype=sequences.dtype), constraint=constraints.simplex
+        )
         loc = pyro.param("so_loc", torch.linspace(-1, 1, K, dtype=sequences.dtype))
         with pyro.plate("sequences", len(sequences), dim=-2) as batch:
             a = b = 0
@@ -232,11 +253,19 @@ def test_a_second_order_chain_is_refused_with_its_reason():
 def test_benchmark_runs_in_quick_mode():
     pytest.importorskip("hmmlearn")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "hmm_em.py"
-    done = subprocess.run([sys.executable, str(script), "--quick", "--iters", "4"], capture_output=True,
-                          text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--iters", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| categorical") or
-            line.startswith("| gaussian")]
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("| categorical") or line.startswith("| gaussian")
+    ]
     assert len(rows) == 2
     for row in rows:
         assert float(row.split("|")[5].split()[0]) < 1e-9  # the same log-likelihoods as hmmlearn
@@ -258,24 +287,38 @@ class HMMWithItsOwnMStep:
     def m_step(self, sequences, posterior):
         t = sequences.shape[1]
         gamma = torch.stack([posterior[f"z_{i}"].reshape(len(sequences), K) for i in range(t)], 1)
-        xi = torch.stack([posterior[(f"z_{i - 1}", f"z_{i}")].reshape(len(sequences), K, K)
-                          for i in range(1, t)], 1)
+        xi = torch.stack(
+            [posterior[(f"z_{i - 1}", f"z_{i}")].reshape(len(sequences), K, K) for i in range(1, t)], 1
+        )
         w, y = gamma.reshape(-1, K), sequences.reshape(-1, 1)
         loc = (w * y).sum(0) / w.sum(0)
-        new = dict(init=gamma[:, 0].mean(0), trans=xi.sum((0, 1)) / xi.sum((0, 1, 3))[:, None], loc=loc,
-                   scale=((w * (y - loc) ** 2).sum(0) / w.sum(0)).sqrt())
+        new = dict(
+            init=gamma[:, 0].mean(0),
+            trans=xi.sum((0, 1)) / xi.sum((0, 1, 3))[:, None],
+            loc=loc,
+            scale=((w * (y - loc) ** 2).sum(0) / w.sum(0)).sqrt(),
+        )
         with torch.no_grad():
             for name, value in new.items():
                 constraint = pyro.get_param_store().get_state()["constraints"][name]
-                pyro.param(name).unconstrained().copy_(torch.distributions.transform_to(constraint).inv(value))
+                pyro.param(name).unconstrained().copy_(
+                    torch.distributions.transform_to(constraint).inv(value)
+                )
 
 
 @pytest.mark.parametrize("chunk_size", [None, 5])
 def test_a_models_own_m_step_receives_pairwise_marginals_and_equals_the_closed_form(chunk_size):
     y = _sequences("gaussian", n=12, t=6, seed=3)
     pyro.clear_param_store()
-    own = em(HMMWithItsOwnMStep(), y, data_plate="sequences", max_iter=4, tol=0.0, device="cpu",
-             chunk_size=chunk_size)
+    own = em(
+        HMMWithItsOwnMStep(),
+        y,
+        data_plate="sequences",
+        max_iter=4,
+        tol=0.0,
+        device="cpu",
+        chunk_size=chunk_size,
+    )
     assert (own.e_step, own.m_step) == ("enum", "model")
     ours = {n: pyro.param(n).detach().clone() for n in ("init", "trans", "loc", "scale")}
     pyro.clear_param_store()

@@ -229,7 +229,7 @@ CASES = [
     ),
     Case(
         "stalled M-step warns",
-        lambda: _mix(max_iter=20, tol=1e-6, m_step_lr=50.0, m_step_steps=2),
+        lambda: _mix(max_iter=20, tol=1e-6, m_step_lr=50.0, m_step_steps=2, e_step="enum"),
         RuntimeWarning,
         r"stopped without converging.*raise m_step_steps.*m_step_lr",
     ),
