@@ -30,7 +30,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lvm_pyro.diagnostics import plots
-from lvm_pyro.diagnostics.arviz import KHAT_GOOD, KHAT_OK, psis_khat
+from lvm_pyro.diagnostics.psis import KHAT_GOOD, KHAT_OK, psis_khat
 from lvm_pyro.errors import LVMError
 
 #: the report's chapters, in reading order: (anchor, heading)
