@@ -55,7 +55,8 @@ import pyro
 import torch
 
 from lvm_pyro.data import DigitsData, load_dataset, resolve_device
-from lvm_pyro.diagnostics.arviz import to_inference_data
+from lvm_pyro.diagnostics import arviz as arviz_adapter
+from lvm_pyro.diagnostics.export import to_inference_data
 from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, DiagnosticWarning, LVMError
 from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, RunLock, load_checkpoint, save_checkpoint
 from lvm_pyro.infer.em import em
@@ -88,8 +89,6 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+\-]*\Z")
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages the library runs on."""
-    import arviz
-
     import lvm_pyro
 
     return {
@@ -97,7 +96,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pyro": pyro.__version__,
-        "arviz": arviz.__version__,
+        **arviz_adapter.versions(),
     }
 
 
@@ -696,7 +695,7 @@ def _finish(run: Run, result, args: argparse.Namespace) -> tuple[dict, Section]:
     idata, point_estimate, export_warnings = _export(result, test, run.config["seed"])
     notes.extend([*fig_notes, *(f"Warning: {w}" for w in export_warnings)])
     with atomic_output(run.directory / "inference_data.nc") as tmp:
-        idata.to_netcdf(str(tmp))
+        arviz_adapter.to_netcdf(idata, tmp)
     _write_json(run.directory / "metrics.json", metrics)
     _write_json(run.directory / "timing.json", {"wall_time_s": result.wall_time,
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -30,7 +30,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lvm_pyro.diagnostics import plots
-from lvm_pyro.diagnostics.arviz import KHAT_GOOD, KHAT_OK, psis_khat
+from lvm_pyro.diagnostics.psis import KHAT_GOOD, KHAT_OK, psis_khat
 from lvm_pyro.errors import LVMError
 
 #: the report's chapters, in reading order: (anchor, heading)
@@ -130,8 +130,15 @@ def remove_stray_outputs(folder: str | Path) -> list[str]:
 #: figures are drawn at this resolution and shown at their natural size (no downscaling on a
 #: desktop screen), with fonts large enough to read there
 REPORT_DPI = 90
-_REPORT_STYLE = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10,
-                 "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 12}
+_REPORT_STYLE = {
+    "font.size": 12,
+    "axes.titlesize": 12,
+    "axes.labelsize": 12,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "figure.titlesize": 12,
+}
 #: inches per image in the report's image grids: 8x8 digits stay crisp, the grid fits the page
 _CELL = 0.6
 
@@ -153,9 +160,16 @@ def draw(model, n: int) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def model_figures(model, result, x_test: torch.Tensor, y_test: torch.Tensor | None,
-                  image_shape: Sequence[int] | None, *, khat_samples: int = 200,
-                  seed: int = 0) -> tuple[dict[str, Figure], list[str], dict[str, object]]:
+def model_figures(
+    model,
+    result,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor | None,
+    image_shape: Sequence[int] | None,
+    *,
+    khat_samples: int = 200,
+    seed: int = 0,
+) -> tuple[dict[str, Figure], list[str], dict[str, object]]:
     """The figures a model supports, a note for each one it could not draw and why, and the
     numbers the figures show (k-hat counts) for their captions.
 
@@ -186,12 +200,12 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
         torch.manual_seed(seed)
         if cond.dim() == 1:  # class labels: one row of draws per label
             labels = torch.arange(int(x_test[1].max()) + 1, device=cond.device).repeat_interleave(4)
-            figs["samples by label"] = plots.plot_samples(_cpu(model.sample(labels)), image_shape, ncols=8,
-                                                          size=_CELL)
+            figs["samples by label"] = plots.plot_samples(
+                _cpu(model.sample(labels)), image_shape, ncols=8, size=_CELL
+            )
         elif y.shape[1] + cond.shape[1] == math.prod(image_shape):  # completions of top halves
             draws = torch.stack([model.sample(cond) for _ in range(4)], dim=1)
-            figs["completions"] = plots.plot_completions(_cpu(cond), _cpu(draws), image_shape,
-                                                         truth=_cpu(y))
+            figs["completions"] = plots.plot_completions(_cpu(cond), _cpu(draws), image_shape, truth=_cpu(y))
         return figs, notes, facts
     if images and hasattr(model, "sample"):
         torch.manual_seed(seed)
@@ -199,12 +213,14 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
     if images and hasattr(model, "reconstruct"):
         originals = x_test[:10]
         figs["reconstructions"] = plots.plot_reconstructions(
-            _cpu(originals), _cpu(model.reconstruct(originals)), image_shape, n=len(originals), size=_CELL)
+            _cpu(originals), _cpu(model.reconstruct(originals)), image_shape, n=len(originals), size=_CELL
+        )
     if hasattr(model, "encode"):
         z = model.encode(x_test).mean
         facts["latent_dim"] = int(z.shape[-1])
-        figs["latent"] = plots.plot_latent(_cpu(z), None if y_test is None else _cpu(y_test), title="",
-                                           ax=_axes(4.4, 3.6))
+        figs["latent"] = plots.plot_latent(
+            _cpu(z), None if y_test is None else _cpu(y_test), title="", ax=_axes(4.4, 3.6)
+        )
     if images and hasattr(model, "loc") and hasattr(model, "weights"):
         order = torch.argsort(model.weights.detach(), descending=True)
         figs["components"] = plots.plot_samples(_cpu(model.loc.detach()[order]), image_shape, size=_CELL)
@@ -216,9 +232,12 @@ def _model_figures(model, result, x_test, y_test, image_shape, khat_samples, see
         else:
             figs["khat"] = plots.plot_khat(khat, title="", ax=_axes(5.0, 3.2))
             values = torch.as_tensor(khat.khat_per_point)
-            facts.update(khat_points=len(values), khat_samples=khat_samples,
-                         khat_ok=int((values >= KHAT_GOOD).sum() - (values >= KHAT_OK).sum()),
-                         khat_bad=int((values >= KHAT_OK).sum()))
+            facts.update(
+                khat_points=len(values),
+                khat_samples=khat_samples,
+                khat_ok=int((values >= KHAT_GOOD).sum() - (values >= KHAT_OK).sum()),
+                khat_bad=int((values >= KHAT_OK).sum()),
+            )
     return figs, notes, facts
 
 
@@ -264,13 +283,17 @@ def _warmup_words(metrics: Mapping) -> str:
     if warmup <= 0:
         return "There was no KL warm-up: the whole curve is the negative ELBO."
     if metrics.get("ended_in_kl_warmup"):
-        return (f"The shaded band is the KL warm-up ({warmup:g} epochs, the KL weight beta rising "
-                "from 0 to 1); this run ended inside it, so the whole curve is the negative "
-                "annealed ELBO, not the negative ELBO.")
-    return (f"The shaded band is the KL warm-up ({warmup:g} epochs): the KL weight beta rises from 0 "
-            "to 1, so the curve there is the negative annealed ELBO -(E_q log p(x | z) - beta KL), "
-            "which is lower than the negative ELBO and climbs as beta grows; after the band it is "
-            "the negative ELBO.")
+        return (
+            f"The shaded band is the KL warm-up ({warmup:g} epochs, the KL weight beta rising "
+            "from 0 to 1); this run ended inside it, so the whole curve is the negative "
+            "annealed ELBO, not the negative ELBO."
+        )
+    return (
+        f"The shaded band is the KL warm-up ({warmup:g} epochs): the KL weight beta rises from 0 "
+        "to 1, so the curve there is the negative annealed ELBO -(E_q log p(x | z) - beta KL), "
+        "which is lower than the negative ELBO and climbs as beta grows; after the band it is "
+        "the negative ELBO."
+    )
 
 
 def caption(name: str, section: Section) -> str:
@@ -278,47 +301,64 @@ def caption(name: str, section: Section) -> str:
     m, f, unit = section.metrics, section.facts, section.unit
     if name == "loss" and "iterations" in m:
         state = "converged" if m.get("converged") else "stopped without converging"
-        return (f"Negative mean log-likelihood of the training {unit}s after each EM iteration, in nats "
-                f"per {unit}; exact, the mixture's z summed out. EM never increases it; a flat end means "
-                f"it has converged (here it {state} after {_count(int(m['iterations']), 'iteration')}).")
+        return (
+            f"Negative mean log-likelihood of the training {unit}s after each EM iteration, in nats "
+            f"per {unit}; exact, the mixture's z summed out. EM never increases it; a flat end means "
+            f"it has converged (here it {state} after {_count(int(m['iterations']), 'iteration')})."
+        )
     if name == "loss":
-        return (f"Training loss per optimizer step, in nats per {unit}: the negative ELBO of each "
-                "training batch (faint) and its moving average (solid); the dots are the negative "
-                "ELBO of the validation set after each epoch. Lower is better; a flat end means "
-                f"training has settled. {_warmup_words(m)}")
+        return (
+            f"Training loss per optimizer step, in nats per {unit}: the negative ELBO of each "
+            "training batch (faint) and its moving average (solid); the dots are the negative "
+            "ELBO of the validation set after each epoch. Lower is better; a flat end means "
+            f"training has settled. {_warmup_words(m)}"
+        )
     if name == "khat":
-        return (f"Pareto k-hat of importance sampling with the guide q(z | x) as proposal, one dot per "
-                f"test {unit} ({f.get('khat_samples', '')} draws each). Below 0.5 (green) the guide covers "
-                "the posterior well and importance-sampled estimates are reliable; from 0.5 to 0.7 "
-                "(orange) they are usable but converge slowly; above 0.7 (red) the guide misses part of "
-                f"the posterior and that {unit}'s importance-sampled log-likelihood is unreliable. Here "
-                f"{f.get('khat_bad', '?')} of {f.get('khat_points', '?')} are above 0.7 and "
-                f"{f.get('khat_ok', '?')} between 0.5 and 0.7.")
+        return (
+            f"Pareto k-hat of importance sampling with the guide q(z | x) as proposal, one dot per "
+            f"test {unit} ({f.get('khat_samples', '')} draws each). Below 0.5 (green) the guide covers "
+            "the posterior well and importance-sampled estimates are reliable; from 0.5 to 0.7 "
+            "(orange) they are usable but converge slowly; above 0.7 (red) the guide misses part of "
+            f"the posterior and that {unit}'s importance-sampled log-likelihood is unreliable. Here "
+            f"{f.get('khat_bad', '?')} of {f.get('khat_points', '?')} are above 0.7 and "
+            f"{f.get('khat_ok', '?')} between 0.5 and 0.7."
+        )
     if name == "latent":
         dims = f.get("latent_dim", 0)
-        where = ("their first two principal components" if dims > 2
-                 else "the latent axes")
-        return (f"The guide's posterior mean E_q[z | x] of each test {unit} ({dims}-dimensional), shown "
-                f"on {where} and coloured by the digit's label, which the model never saw. Labels in "
-                "separate clusters mean the code captures the class; one mixed cloud means it does not.")
+        where = "their first two principal components" if dims > 2 else "the latent axes"
+        return (
+            f"The guide's posterior mean E_q[z | x] of each test {unit} ({dims}-dimensional), shown "
+            f"on {where} and coloured by the digit's label, which the model never saw. Labels in "
+            "separate clusters mean the code captures the class; one mixed cloud means it does not."
+        )
     if name == "samples":
-        return (f"New {unit}s drawn from the trained model: z from the prior, then x from the likelihood "
-                f"p(x | z). They should look like the data; pixel noise is expected, since the "
-                "likelihood draws each pixel independently given z.")
+        return (
+            f"New {unit}s drawn from the trained model: z from the prior, then x from the likelihood "
+            f"p(x | z). They should look like the data; pixel noise is expected, since the "
+            "likelihood draws each pixel independently given z."
+        )
     if name == "reconstructions":
-        return (f"Upper row of each pair: test {unit}s; lower row: their reconstructions E[x | z] at the "
-                "guide's mean z = E_q[z | x] (dark = probability of an ink pixel near 1). Close pairs mean "
-                "the code keeps what the image shows.")
+        return (
+            f"Upper row of each pair: test {unit}s; lower row: their reconstructions E[x | z] at the "
+            "guide's mean z = E_q[z | x] (dark = probability of an ink pixel near 1). Close pairs mean "
+            "the code keeps what the image shows."
+        )
     if name == "components":
-        return ("The mixture's component means as images, the largest weight first: each is the "
-                "average of the images that component explains, a prototype of one kind of digit.")
+        return (
+            "The mixture's component means as images, the largest weight first: each is the "
+            "average of the images that component explains, a prototype of one kind of digit."
+        )
     if name == "completions":
-        return ("Each row: the true image, then four completions. The top half (above the red line) "
-                "is given; the bottom half is drawn from the model's p(bottom | top). Varied, plausible "
-                "bottoms mean the model has learnt the uncertainty, not only an average.")
+        return (
+            "Each row: the true image, then four completions. The top half (above the red line) "
+            "is given; the bottom half is drawn from the model's p(bottom | top). Varied, plausible "
+            "bottoms mean the model has learnt the uncertainty, not only an average."
+        )
     if name == "samples by label":
-        return ("Four images drawn from p(image | label) for each label, one label after another: "
-                "each group should show the digit it was asked for.")
+        return (
+            "Four images drawn from p(image | label) for each label, one label after another: "
+            "each group should show the digit it was asked for."
+        )
     return f"Figure: {name}."
 
 
@@ -368,15 +408,20 @@ def _value(value) -> str:
 
 
 def _heading(section: Section) -> str:
-    return f"<h3>{_esc(section.name)}: {_esc(section.description)}</h3>" if section.description else (
-        f"<h3>{_esc(section.name)}</h3>")
+    return (
+        f"<h3>{_esc(section.name)}: {_esc(section.description)}</h3>"
+        if section.description
+        else (f"<h3>{_esc(section.name)}</h3>")
+    )
 
 
 def _figure(name: str, png: bytes, section: Section) -> str:
     data = base64.b64encode(png).decode("ascii")
     alt = f"{section.name}: {name}"
-    return (f"<figure><img alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_esc(caption(name, section))}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_esc(caption(name, section))}</figcaption></figure>"
+    )
 
 
 def _figures(section: Section, chapter: str) -> list[str]:
@@ -397,9 +442,11 @@ def _data_chapter(sections: Sequence[Section]) -> list[str]:
     parts = []
     for s in sections:
         d = s.data
-        rows = [("data", _esc(d.get("description", s.metrics.get("data", "")))),
-                ("preprocessing", _esc(d.get("preprocessing", s.metrics.get("preprocessing", "")))),
-                ("likelihood", _esc(d.get("likelihood", s.metrics.get("likelihood", ""))))]
+        rows = [
+            ("data", _esc(d.get("description", s.metrics.get("data", "")))),
+            ("preprocessing", _esc(d.get("preprocessing", s.metrics.get("preprocessing", "")))),
+            ("likelihood", _esc(d.get("likelihood", s.metrics.get("likelihood", "")))),
+        ]
         if d.get("splits"):
             rows.append(("split", _esc(", ".join(f"{n}: {k} {s.unit}s" for n, k in d["splits"].items()))))
         parts.append(_heading(s) + "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>")
@@ -413,11 +460,14 @@ def _models_chapter(sections: Sequence[Section]) -> list[str]:
         model = s.config.get("model options", {})
         training = s.config.get("training", {})
         if model:
-            parts.append("<p>Model options, the defaults filled in (set with "
-                         "<code>--option KEY=VALUE</code>):</p>" + _settings(model))
+            parts.append(
+                "<p>Model options, the defaults filled in (set with "
+                "<code>--option KEY=VALUE</code>):</p>" + _settings(model)
+            )
         if training:
-            parts.append(f"<p>Training by <code>{_esc(s.config.get('trainer', ''))}</code>:</p>"
-                         + _settings(training))
+            parts.append(
+                f"<p>Training by <code>{_esc(s.config.get('trainer', ''))}</code>:</p>" + _settings(training)
+            )
     return parts
 
 
@@ -427,17 +477,24 @@ def _training_chapter(sections: Sequence[Section]) -> list[str]:
     for s in sections:
         m = s.metrics
         parts = [_heading(s)]
+        final = m.get("train_objective")
         if "iterations" in m:
             done = "converged" if m.get("converged") else "stopped without converging"
-            text = (f"EM ran {_count(int(m['iterations']), 'iteration')} and {done}; the final training "
-                    f"log-likelihood is {_nats(float(m['train_objective']), s.unit)}.")
-        else:
-            what = m.get("train_objective_is", "ELBO per point")
-            text = (f"{_count(int(m.get('epochs', 0)), 'epoch')} ({_count(int(m.get('steps', 0)), 'step')}); "
-                    f"stop reason: {_esc(m.get('stop_reason') or 'the planned epochs ran')}. Final training "
-                    f"objective, the {_esc(what)}: {_nats(float(m['train_objective']), s.unit)}.")
+            text = f"EM ran {_count(int(m['iterations']), 'iteration')} and {done}."
+            if final is not None:
+                text += f" The final training log-likelihood is {_nats(float(final), s.unit)}."
+        elif "epochs" in m:
+            text = (
+                f"{_count(int(m['epochs']), 'epoch')} ({_count(int(m.get('steps', 0)), 'step')}); "
+                f"stop reason: {_esc(m.get('stop_reason') or 'the planned epochs ran')}."
+            )
+            if final is not None:
+                what = m.get("train_objective_is", "ELBO per point")
+                text += f" Final training objective, the {_esc(what)}: {_nats(float(final), s.unit)}."
             if m.get("val_elbo") is not None:
                 text += f" Validation ELBO after the last epoch: {_nats(float(m['val_elbo']), s.unit)}."
+        else:
+            text = "No training record."
         if m.get("wall_time_s") is not None:
             text += f" Wall time {float(m['wall_time_s']):.1f} s."
         parts.append(f"<p>{text}</p>")
@@ -468,25 +525,43 @@ def _quality_chapter(sections: Sequence[Section]) -> list[str]:
             "positive and depends on the pixels' scale), "
             f"{_esc(probs)} by a log-<em>probability</em> of binary pixels (never above 0). They are "
             "different data and different units of measure: compare each model only with models of "
-            "the same data and likelihood.</p>")
+            "the same data and likelihood.</p>"
+        )
     for s in sections:
         m, unit = s.metrics, s.unit
         parts.append(_heading(s))
         rows = []
         if m.get("test_log_likelihood") is not None:
             k = m.get("log_likelihood_samples")
-            how = ("exact, z summed out" if k == "exact"
-                   else f"importance-sampled with {k} draws per {unit}, &plusmn; one standard error")
+            how = (
+                "exact, z summed out"
+                if k == "exact"
+                else f"importance-sampled with {k} draws per {unit}, &plusmn; one standard error"
+            )
             what = "log-density" if likelihood_kind(s) == "density" else "log-probability"
-            rows.append((f"test log-likelihood ({what})",
-                         f"{_nats(float(m['test_log_likelihood']), unit, m.get('test_log_likelihood_se'))} "
-                         f"({how})"))
+            rows.append(
+                (
+                    f"test log-likelihood ({what})",
+                    f"{_nats(float(m['test_log_likelihood']), unit, m.get('test_log_likelihood_se'))} "
+                    f"({how})",
+                )
+            )
         if m.get("test_elbo") is not None:
-            rows.append(("test ELBO", f"{_nats(float(m['test_elbo']), unit)} (a lower bound on the "
-                                      "log-likelihood; the gap is the guide's mean KL to the posterior)"))
+            rows.append(
+                (
+                    "test ELBO",
+                    f"{_nats(float(m['test_elbo']), unit)} (a lower bound on the "
+                    "log-likelihood; the gap is the guide's mean KL to the posterior)",
+                )
+            )
         elif "iterations" in m:
-            rows.append(("test ELBO", "not defined for EM: its posterior p(z | x) is exact, so the bound "
-                                      "equals the test log-likelihood above"))
+            rows.append(
+                (
+                    "test ELBO",
+                    "not defined for EM: its posterior p(z | x) is exact, so the bound "
+                    "equals the test log-likelihood above",
+                )
+            )
         parts.append(_table(rows) if rows else "<p>No held-out measure was computed for this model.</p>")
     parts.append("<p>Higher is better for every number here.</p>")
     return parts
@@ -514,9 +589,16 @@ def _samples_chapter(sections: Sequence[Section]) -> list[str]:
     return parts or ["<p>No model of this run draws examples.</p>"]
 
 
-def write_report(path: str | Path, title: str, sections: Sequence[Section],
-                 versions: Mapping[str, str], command: str = "", *, notes: Sequence[str] = (),
-                 full_config: Mapping[str, object] | None = None) -> Path:
+def write_report(
+    path: str | Path,
+    title: str,
+    sections: Sequence[Section],
+    versions: Mapping[str, str],
+    command: str = "",
+    *,
+    notes: Sequence[str] = (),
+    full_config: Mapping[str, object] | None = None,
+) -> Path:
     """Write the run's story as one self-contained HTML file (every figure inlined as a PNG),
     atomically: data and preprocessing, models and settings, training, held-out quality,
     diagnostics (with ``notes`` that concern every model) and samples, then the versions and
@@ -544,8 +626,10 @@ def write_report(path: str | Path, title: str, sections: Sequence[Section],
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
         f"<p class='lede'>Written {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}"
-        + (f" by <code>{_esc(command)}</code>" if command else "") + f". {models}.</p>",
-        "<nav><ul>" + "".join(f"<li>{i}. <a href='#{a}'>{h}</a></li>" for i, (a, h) in enumerate(STORY, 1))
+        + (f" by <code>{_esc(command)}</code>" if command else "")
+        + f". {models}.</p>",
+        "<nav><ul>"
+        + "".join(f"<li>{i}. <a href='#{a}'>{h}</a></li>" for i, (a, h) in enumerate(STORY, 1))
         + "<li><a href='#versions'>Versions and full configuration</a></li></ul></nav>",
     ]
     for number, (anchor, heading) in enumerate(STORY, 1):
@@ -557,8 +641,10 @@ def write_report(path: str | Path, title: str, sections: Sequence[Section],
     for s in sections:
         config = full_config.get(s.name) if full_config else None
         config = _esc(json.dumps(config if config is not None else s.config, indent=2, default=str))
-        parts.append(f"<details><summary>{_esc(s.name)}: every setting, as stored</summary>"
-                     f"<pre>{config}</pre></details>")
+        parts.append(
+            f"<details><summary>{_esc(s.name)}: every setting, as stored</summary>"
+            f"<pre>{config}</pre></details>"
+        )
     parts.append("</section></body></html>")
     path = Path(path)
     with atomic_output(path) as tmp:

@@ -26,8 +26,25 @@ from lvm_pyro.models.vae import VAE
 
 EPOCHS = "3"
 #: the KL warm-up (2 epochs) spans the kill, so the resumed run must restore the KL schedule too
-SMALL = ["--data", "digits", "--seed", "0", "--epochs", EPOCHS, "--batch-size", "32", "--kl-warmup", "2",
-         "--option", "hidden=(64,)", "--option", "latent_dim=2", "--quiet", "--num-samples", "2"]
+SMALL = [
+    "--data",
+    "digits",
+    "--seed",
+    "0",
+    "--epochs",
+    EPOCHS,
+    "--batch-size",
+    "32",
+    "--kl-warmup",
+    "2",
+    "--option",
+    "hidden=(64,)",
+    "--option",
+    "latent_dim=2",
+    "--quiet",
+    "--num-samples",
+    "2",
+]
 
 
 def _fit(out: Path, name: str) -> Path:
@@ -68,8 +85,18 @@ def test_the_same_seed_gives_identical_metrics_and_weights(whole, tmp_path):
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(whole, tmp_path):
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "lvm_pyro.cli", "fit", "vae", "--out", str(tmp_path), "--name", "killed",
-               *SMALL]
+    command = [
+        sys.executable,
+        "-m",
+        "lvm_pyro.cli",
+        "fit",
+        "vae",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "killed",
+        *SMALL,
+    ]
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -80,7 +80,7 @@ def check_story(path: Path) -> _Report:
         assert len(words) >= 12, f"figure {fig['alt']!r} has no caption in words: {fig['caption']!r}"
         assert fig["caption"] != fig["alt"].split(": ")[-1]
     text = " ".join(" ".join(report.text).split())
-    assert not re.search(r"\bNone\b", text), text[max(text.find("None") - 200, 0): text.find("None") + 50]
+    assert not re.search(r"\bNone\b", text), text[max(text.find("None") - 200, 0) : text.find("None") + 50]
     # units: every number in the held-out chapter's cells is in nats per image/example
     quality = [t for chapter, t in report.cells if chapter.endswith("Held-out quality")]
     assert quality
@@ -100,36 +100,76 @@ def _png(seed: int = 0) -> bytes:
 
 def _sections() -> list[Section]:
     gmm = Section(
-        "gmm", "Gaussian mixture by EM",
-        {"preprocessing": "scaled: grey level / 16, in [0, 1]", "likelihood": "Gaussian",
-         "train_objective": 30.7, "iterations": 25, "converged": True, "test_log_likelihood": 29.99,
-         "test_log_likelihood_se": 0.55, "log_likelihood_samples": "exact"},
+        "gmm",
+        "Gaussian mixture by EM",
+        {
+            "preprocessing": "scaled: grey level / 16, in [0, 1]",
+            "likelihood": "Gaussian",
+            "train_objective": 30.7,
+            "iterations": 25,
+            "converged": True,
+            "test_log_likelihood": 29.99,
+            "test_log_likelihood_se": 0.55,
+            "log_likelihood_samples": "exact",
+        },
         {"components": _png(1), "loss": _png(2), "samples": _png(3)},
-        config={"trainer": "em", "model options": {"n_components": 10, "covariance_type": "diag"},
-                "training": {"max_iter": 200, "tol": 1e-4}},
-        data={"description": "digits, scaled", "preprocessing": "scaled", "likelihood": "Gaussian",
-              "splits": {"train": 1197, "val": 300, "test": 300}},
-        unit="image", point_estimate=True)
+        config={
+            "trainer": "em",
+            "model options": {"n_components": 10, "covariance_type": "diag"},
+            "training": {"max_iter": 200, "tol": 1e-4},
+        },
+        data={
+            "description": "digits, scaled",
+            "preprocessing": "scaled",
+            "likelihood": "Gaussian",
+            "splits": {"train": 1197, "val": 300, "test": 300},
+        },
+        unit="image",
+        point_estimate=True,
+    )
     vae = Section(
-        "vae", "variational autoencoder",
-        {"preprocessing": "binarized at >= 8 of the grey levels 0..16", "likelihood": "Bernoulli",
-         "train_objective": -22.75, "train_objective_is": "ELBO per point", "epochs": 20, "steps": 360,
-         "stop_reason": "completed", "kl_warmup_epochs": 5.0, "ended_in_kl_warmup": False,
-         "val_elbo": -22.7, "test_log_likelihood": -22.2, "test_log_likelihood_se": 0.25,
-         "test_elbo": -22.8, "log_likelihood_samples": 50, "wall_time_s": 12.5},
+        "vae",
+        "variational autoencoder",
+        {
+            "preprocessing": "binarized at >= 8 of the grey levels 0..16",
+            "likelihood": "Bernoulli",
+            "train_objective": -22.75,
+            "train_objective_is": "ELBO per point",
+            "epochs": 20,
+            "steps": 360,
+            "stop_reason": "completed",
+            "kl_warmup_epochs": 5.0,
+            "ended_in_kl_warmup": False,
+            "val_elbo": -22.7,
+            "test_log_likelihood": -22.2,
+            "test_log_likelihood_se": 0.25,
+            "test_elbo": -22.8,
+            "log_likelihood_samples": 50,
+            "wall_time_s": 12.5,
+        },
         {"samples": _png(4), "khat": _png(5), "latent": _png(6), "loss": _png(7), "reconstructions": _png(8)},
         notes=["Warning: something the run said"],
-        config={"trainer": "fit", "model options": {"latent_dim": 16, "hidden": (256, 256)},
-                "training": {"objective": "reparam", "epochs": 20, "kl_warmup": "5 epochs"}},
+        config={
+            "trainer": "fit",
+            "model options": {"latent_dim": 16, "hidden": (256, 256)},
+            "training": {"objective": "reparam", "epochs": 20, "kl_warmup": "5 epochs"},
+        },
         data={"description": "digits, binarized", "preprocessing": "binarized", "likelihood": "Bernoulli"},
         facts={"khat_points": 200, "khat_bad": 7, "khat_ok": 40, "khat_samples": 200, "latent_dim": 16},
-        unit="image")
+        unit="image",
+    )
     return [gmm, vae]
 
 
 def test_the_report_is_a_story_with_captions_units_and_settings(tmp_path):
-    path = write_report(tmp_path / "r.html", "run", _sections(), {"torch": "2"}, "lvm-pyro run",
-                        notes=["The ArviZ file holds one point estimate."])
+    path = write_report(
+        tmp_path / "r.html",
+        "run",
+        _sections(),
+        {"torch": "2"},
+        "lvm-pyro run",
+        notes=["The ArviZ file holds one point estimate."],
+    )
     report = check_story(path)
     # figures sit in the chapter that tells their part of the story, in story order
     where = {fig["alt"]: fig["chapter"] for fig in report.figures}
@@ -180,9 +220,27 @@ def test_model_figures_say_which_points_have_a_high_k_hat():
 
 
 def test_the_report_of_a_fit_run_tells_the_story(tmp_path, capsys):
-    argv = ["fit", "vae", "--data", "digits", "--out", str(tmp_path), "--name", "v", "--quiet",
-            "--epochs", "2", "--kl-warmup", "1", "--num-samples", "5", "--option", "hidden=(8,)",
-            "--option", "latent_dim=2"]
+    argv = [
+        "fit",
+        "vae",
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "v",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--kl-warmup",
+        "1",
+        "--num-samples",
+        "5",
+        "--option",
+        "hidden=(8,)",
+        "--option",
+        "latent_dim=2",
+    ]
     assert cli.main(argv) == 0
     report = check_story(tmp_path / "v" / "report.html")
     text = " ".join(report.text)
@@ -198,8 +256,24 @@ def test_the_report_of_a_fit_run_tells_the_story(tmp_path, capsys):
 
 
 def test_an_em_run_reports_no_test_elbo_none(tmp_path):
-    assert cli.main(["fit", "gmm", "--data", "digits", "--out", str(tmp_path), "--name", "g", "--quiet",
-                     "--option", "n_components=3"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                "gmm",
+                "--data",
+                "digits",
+                "--out",
+                str(tmp_path),
+                "--name",
+                "g",
+                "--quiet",
+                "--option",
+                "n_components=3",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert None not in metrics.values() and "test_elbo" not in metrics
     assert metrics["log_likelihood_samples"] == "exact"
@@ -208,8 +282,10 @@ def test_an_em_run_reports_no_test_elbo_none(tmp_path):
     assert "not defined for EM" in text and "n_components" in text and "max_iter" in text
 
 
-@pytest.mark.parametrize("name", ["loss", "khat", "latent", "samples", "reconstructions", "components",
-                                  "completions", "samples by label"])
+@pytest.mark.parametrize(
+    "name",
+    ["loss", "khat", "latent", "samples", "reconstructions", "components", "completions", "samples by label"],
+)
 def test_every_figure_name_has_its_own_caption(name):
     section = _sections()[1]
     text = caption(name, section)

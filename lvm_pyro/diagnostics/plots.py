@@ -18,7 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
-from lvm_pyro.diagnostics.arviz import KHAT_GOOD, KHAT_OK, PSISResult, plot_ppc
+from lvm_pyro.diagnostics.ppc import plot_ppc
+from lvm_pyro.diagnostics.psis import KHAT_GOOD, KHAT_OK, PSISResult
 from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError
 
 __all__ = [
@@ -638,8 +639,9 @@ def plot_latent(
 def plot_khat(khat, *, ax=None, title: str | None = None) -> Figure:
     """Pareto k-hat per data point against the 0.5 (good) and 0.7 (bad) thresholds.
 
-    ``khat``: a :class:`~lvm_pyro.diagnostics.arviz.PSISResult` (its per-point k-hats), an
-    ArviZ ELPDData from ``az.loo`` / ``loo`` (its ``pareto_k``), or an array.
+    ``khat``: a :class:`~lvm_pyro.diagnostics.psis.PSISResult` (its per-point k-hats), a
+    :class:`~lvm_pyro.diagnostics.loo.LOOResult` from ``loo`` or an ArviZ ELPDData (its
+    ``pareto_k``), or an array.
 
     Example:
         >>> import numpy as np

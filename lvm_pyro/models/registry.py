@@ -87,8 +87,17 @@ def register_model(
     """
     if trainer not in TRAINERS:
         raise ConfigurationError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
-    entry = ModelEntry(name, build, description, dict(data_options or {}), dict(fit_options or {}),
-                       trainer, prepare or _features, options, tuple(fixed))
+    entry = ModelEntry(
+        name,
+        build,
+        description,
+        dict(data_options or {}),
+        dict(fit_options or {}),
+        trainer,
+        prepare or _features,
+        options,
+        tuple(fixed),
+    )
     _REGISTRY[name] = entry
     return entry
 
@@ -180,12 +189,14 @@ def _completion_shapes(data) -> tuple[tuple[int], tuple[int]]:
     return (features - features // 2,), (features // 2,)
 
 
-def _digits_mixture(data, n_components: int = 10, covariance_type: str = "diag", reg_covar: float = 1e-2,
-                    **options):
+def _digits_mixture(
+    data, n_components: int = 10, covariance_type: str = "diag", reg_covar: float = 1e-2, **options
+):
     from lvm_pyro.models.gmm import GaussianMixtureModel
 
-    return GaussianMixtureModel(n_components, math.prod(data.event_shape), covariance_type,
-                                reg_covar=reg_covar, **options)
+    return GaussianMixtureModel(
+        n_components, math.prod(data.event_shape), covariance_type, reg_covar=reg_covar, **options
+    )
 
 
 def _load_builtins() -> None:
@@ -207,42 +218,83 @@ def _load_builtins() -> None:
 
     vae_training = {"epochs": 300, "batch_size": 64}
     builtins = [
-        dict(name="gmm", build=_digits_mixture, options=GaussianMixtureModel, fixed=("n_features",),
-             description="Gaussian mixture, 10 diagonal components (reg_covar 0.01 on pixels in [0, 1]), "
-                         "by EM",
-             data_options={"scale": True}, fit_options={"max_iter": 200, "tol": 1e-4, "n_init": 3},
-             trainer="em"),
-        dict(name="vae", build=lambda data, **options: VAE(data.event_shape, **options),
-             options=VAE, fixed=("input_shape",),
-             description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
-             data_options=BINARY_DIGITS, fit_options=vae_training),
-        dict(name="hvae", build=lambda data, **options: HierarchicalVAE(data.event_shape, **options),
-             options=HierarchicalVAE, fixed=("input_shape",),
-             description="hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
-             data_options=BINARY_DIGITS, fit_options=vae_training),
-        dict(name="mixvae", build=lambda data, **options: MixturePriorVAE(data.event_shape, **options),
-             options=MixturePriorVAE, fixed=("input_shape",),
-             description="VAE with a learned 10-component mixture-of-Gaussians prior, Bernoulli pixels",
-             data_options=BINARY_DIGITS, fit_options=vae_training),
-        dict(name="sbn", build=lambda data, **options: SigmoidBeliefNet(data.event_shape, **options),
-             options=SigmoidBeliefNet, fixed=("input_shape",),
-             description="sigmoid belief network (binary latents), trained by score-function gradients",
-             data_options=BINARY_DIGITS,
-             fit_options={"objective": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3}),
-        dict(name="cvae", build=lambda data, **options: ConditionalVAE(*_completion_shapes(data), **options),
-             options=ConditionalVAE, fixed=("input_shape", "condition_shape", "n_classes"),
-             description="conditional VAE completing the bottom half of each image from its top half",
-             data_options=BINARY_DIGITS, fit_options=vae_training, prepare=halves),
-        dict(name="cvae-baseline",
-             build=lambda data, **options: ConditionalBaseline(*_completion_shapes(data), **options),
-             options=ConditionalBaseline, fixed=("input_shape", "condition_shape", "n_classes"),
-             description="deterministic network predicting the bottom half of each image from its top half",
-             data_options=BINARY_DIGITS, fit_options={"epochs": 100, "batch_size": 64, "kl_warmup": 0},
-             prepare=halves),
-        dict(name="cvae-label", build=label_cvae, options=ConditionalVAE,
-             fixed=("input_shape", "condition_shape", "n_classes"),
-             description="conditional VAE generating a digit image from its class label",
-             data_options=BINARY_DIGITS, fit_options=vae_training, prepare=_with_labels),
+        dict(
+            name="gmm",
+            build=_digits_mixture,
+            options=GaussianMixtureModel,
+            fixed=("n_features",),
+            description="Gaussian mixture, 10 diagonal components (reg_covar 0.01 on pixels in [0, 1]), "
+            "by EM",
+            data_options={"scale": True},
+            fit_options={"max_iter": 200, "tol": 1e-4, "n_init": 3},
+            trainer="em",
+        ),
+        dict(
+            name="vae",
+            build=lambda data, **options: VAE(data.event_shape, **options),
+            options=VAE,
+            fixed=("input_shape",),
+            description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
+            data_options=BINARY_DIGITS,
+            fit_options=vae_training,
+        ),
+        dict(
+            name="hvae",
+            build=lambda data, **options: HierarchicalVAE(data.event_shape, **options),
+            options=HierarchicalVAE,
+            fixed=("input_shape",),
+            description="hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
+            data_options=BINARY_DIGITS,
+            fit_options=vae_training,
+        ),
+        dict(
+            name="mixvae",
+            build=lambda data, **options: MixturePriorVAE(data.event_shape, **options),
+            options=MixturePriorVAE,
+            fixed=("input_shape",),
+            description="VAE with a learned 10-component mixture-of-Gaussians prior, Bernoulli pixels",
+            data_options=BINARY_DIGITS,
+            fit_options=vae_training,
+        ),
+        dict(
+            name="sbn",
+            build=lambda data, **options: SigmoidBeliefNet(data.event_shape, **options),
+            options=SigmoidBeliefNet,
+            fixed=("input_shape",),
+            description="sigmoid belief network (binary latents), trained by score-function gradients",
+            data_options=BINARY_DIGITS,
+            fit_options={"objective": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3},
+        ),
+        dict(
+            name="cvae",
+            build=lambda data, **options: ConditionalVAE(*_completion_shapes(data), **options),
+            options=ConditionalVAE,
+            fixed=("input_shape", "condition_shape", "n_classes"),
+            description="conditional VAE completing the bottom half of each image from its top half",
+            data_options=BINARY_DIGITS,
+            fit_options=vae_training,
+            prepare=halves,
+        ),
+        dict(
+            name="cvae-baseline",
+            build=lambda data, **options: ConditionalBaseline(*_completion_shapes(data), **options),
+            options=ConditionalBaseline,
+            fixed=("input_shape", "condition_shape", "n_classes"),
+            description="deterministic network predicting the bottom half of each image from its top half",
+            data_options=BINARY_DIGITS,
+            fit_options={"epochs": 100, "batch_size": 64, "kl_warmup": 0},
+            prepare=halves,
+        ),
+        dict(
+            name="cvae-label",
+            build=label_cvae,
+            options=ConditionalVAE,
+            fixed=("input_shape", "condition_shape", "n_classes"),
+            description="conditional VAE generating a digit image from its class label",
+            data_options=BINARY_DIGITS,
+            fit_options=vae_training,
+            prepare=_with_labels,
+        ),
     ]
     for spec in builtins:
         if spec["name"] not in _REGISTRY:
