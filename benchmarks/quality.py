@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> str:
     rows.append(train_and_score("VAE, no KL warm-up", "reparam, kl_warmup=0", seeded(VAE),
                                 train, val, test, budget, kl_warmup=0))
     rows.append(train_and_score("VAE, IWAE-trained (k=5)", "iwae, 5 particles (no warm-up)", seeded(VAE),
-                                train, val, test, budget, estimator="iwae", num_particles=5))
+                                train, val, test, budget, objective="iwae", num_particles=5))
     rows.append(train_and_score("Hierarchical VAE (2 layers)", "reparam, Markov guide, KL warm-up 100",
                                 seeded(HierarchicalVAE), train, val, test, budget))
     rows.append(train_and_score("Hierarchical VAE (2 layers), ladder guide", "reparam, KL warm-up 100",

@@ -34,7 +34,8 @@ compile = {"auto": "auto", "False": False, "True": True}[sys.argv[2]]
 result = lvm_pyro.fit(vae, data.train.x, val_data=data.val.x, epochs=int(sys.argv[1]), progress=False,
                       seed=0, compile=compile)
 print(json.dumps({"wall": result.wall_time, "compile": result.compile_time,
-                  "compiled": result.config["compiled"], "val_elbo": result.val_elbo[-1], "steps": result.steps}))
+                  "compiled": result.config["compiled"], "val_elbo": result.val_elbo[-1],
+                  "steps": result.steps}))
 """
 
 

@@ -18,11 +18,14 @@ from lvm_pyro.infer.callbacks import (
     LRScheduler,
     TrainState,
 )
+from lvm_pyro.infer.compile import Compilation
 from lvm_pyro.infer.em import EMResult, em
-from lvm_pyro.infer.evaluate import LogLikelihood, amortization_gap, elbo, log_likelihood
+from lvm_pyro.infer.evaluate import LogLikelihood, elbo, log_likelihood
 from lvm_pyro.infer.mcmc import MCMCResult, mcmc
-from lvm_pyro.infer.objectives import ESTIMATORS, make_objective
+from lvm_pyro.infer.objectives import ESTIMATORS, OBJECTIVES, make_objective
+from lvm_pyro.infer.online_em import OnlineEM, online_em
 from lvm_pyro.infer.svi import FitResult, fit
+from lvm_pyro.infer.trainer import Checkpointing, Distribution, Trainer
 from lvm_pyro.models.base import LatentVariableModel, empty_guide
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.conditional import ConditionalBaseline, ConditionalVAE
@@ -49,6 +52,8 @@ _LAZY = {
     "select_components": "lvm_pyro.diagnostics.selection",
     "ComponentSelection": "lvm_pyro.diagnostics.selection",
     "plots": "lvm_pyro.diagnostics",
+    "amortization_gap": "lvm_pyro.diagnostics.amortization",
+    "AmortizationGap": "lvm_pyro.diagnostics.amortization",
 }
 
 
@@ -65,6 +70,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ESTIMATORS",
+    "OBJECTIVES",
+    "Checkpointing",
+    "Compilation",
+    "Distribution",
+    "Trainer",
+    "OnlineEM",
+    "online_em",
     "VAE",
     "BlackBoxVI",
     "Callback",
@@ -87,7 +99,6 @@ __all__ = [
     "MixturePriorVAE",
     "SigmoidBeliefNet",
     "TrainState",
-    "amortization_gap",
     "elbo",
     "em",
     "errors",

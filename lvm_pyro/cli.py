@@ -61,8 +61,9 @@ from lvm_pyro.errors import CheckpointError, ConfigurationError, DataError, Diag
 from lvm_pyro.infer.checkpoint import CHECKPOINT_NAME, RunLock, load_checkpoint, save_checkpoint
 from lvm_pyro.infer.em import em
 from lvm_pyro.infer.evaluate import elbo, log_likelihood
-from lvm_pyro.infer.objectives import ESTIMATORS
+from lvm_pyro.infer.objectives import OBJECTIVES
 from lvm_pyro.infer.svi import fit
+from lvm_pyro.infer.trainer import Checkpointing
 from lvm_pyro.models.registry import ModelEntry, accepted_options, available_models, get_model, model_options
 from lvm_pyro.report import (
     Section,
@@ -570,7 +571,7 @@ def _train(run: Run, args: argparse.Namespace, resume: bool = False):
     if "steps" in settings:
         settings.pop("epochs", None)
     return fit(run.model, train, val_data=val, device=args.device, seed=run.config["seed"],
-               progress=not args.quiet, checkpoint_dir=run.directory, resume=resume,
+               progress=not args.quiet, checkpoint=Checkpointing(run.directory, resume=resume),
                **_fit_keywords(settings))
 
 
@@ -1011,11 +1012,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_objective(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--objective", choices=ESTIMATORS, default=None,
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="the training objective and its gradient estimator: reparam (Trace_ELBO), "
                         "meanfield (analytic KL), score (REINFORCE), iwae (importance-weighted bound), "
                         "enum (discrete sites summed out) (default: the model's, reparam for the VAEs)")
-    p.add_argument("--estimator", dest="estimator_alias", choices=ESTIMATORS, default=None,
+    p.add_argument("--estimator", dest="estimator_alias", choices=OBJECTIVES, default=None,
                    help=argparse.SUPPRESS)  # the old name of --objective: warns
 
 

@@ -7,8 +7,6 @@ Compiling costs seconds, so the tests that compile are few and share one shape
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -175,9 +173,3 @@ def test_no_torch_jit_and_no_ctypes_in_the_engine():
     for name in ("infer/svi.py", "infer/trainer.py", "infer/compile.py", "infer/evaluate.py"):
         assert "ctypes" not in (root / name).read_text()
 
-
-def test_no_module_level_import_cycle():
-    script = Path(__file__).parent / "import_cycles.py"
-    out = subprocess.run([sys.executable, str(script), str(Path(lvm_pyro.__file__).parent.parent)],
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "0 module-level import cycles", out

@@ -496,7 +496,8 @@ def _hmm_exact(kind, sequences):
     return forward_algorithm(init.log(), trans.log(), log_emission)
 
 
-@pytest.mark.parametrize("e_step, routes", [("enum", ("enum", "gradient")), ("auto", ("chain", "closed_form"))])
+@pytest.mark.parametrize("e_step, routes",
+                         [("enum", ("enum", "gradient")), ("auto", ("chain", "closed_form"))])
 @pytest.mark.parametrize("kind, model", [("categorical", hmm_categorical), ("gaussian", hmm_gaussian)])
 def test_em_on_a_pyro_style_hmm_without_a_guide_equals_the_forward_algorithm(kind, model, e_step, routes):
     sequences = _hmm_sequences(kind)

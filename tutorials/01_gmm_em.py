@@ -158,7 +158,7 @@ save(fig, "01_gmm_em.png")
 # ## EM against gradient ascent on the marginal likelihood
 #
 # The model is also an ordinary Pyro program: `GaussianMixtureModel.model` draws z from
-# `Categorical(w)` with `infer={"enumerate": "parallel"}`. With `estimator="enum"`, `fit`
+# `Categorical(w)` with `infer={"enumerate": "parallel"}`. With `objective="enum"`, `fit`
 # sums z out exactly (`TraceEnum_ELBO`), so its loss is -log p(x) itself, and Adam climbs
 # the log-likelihood by gradients. Both start from the same k-means initialization.
 
@@ -171,7 +171,7 @@ by_grad.load_state_dict(start.state_dict())
 
 em_run = em(by_em, x, init="current", tol=1e-8, max_iter=500)
 grad_steps = 300 if SMOKE else 1000
-grad_run = fit(by_grad, x, estimator="enum", steps=grad_steps, lr=0.05, batch_size=len(x),
+grad_run = fit(by_grad, x, objective="enum", steps=grad_steps, lr=0.05, batch_size=len(x),
                progress=False, seed=0)
 em_ll = np.array(em_run.log_likelihood)
 grad_ll = -np.array(grad_run.losses)  # flat priors: -log p(x) per point, before each update

@@ -170,7 +170,7 @@ print(f"closed-form KL of the best mean-field q: 0.5 (sum log diag(P) - log det 
 
 # %%
 pyro.clear_param_store()
-run = fit(model, x, guide=meanfield_guide, estimator="meanfield", steps=400 if SMOKE else 3000,
+run = fit(model, x, guide=meanfield_guide, objective="meanfield", steps=400 if SMOKE else 3000,
           lr=0.02, batch_size=N, progress=False, seed=0)
 best_r = (1 / post_precision.diagonal()).sqrt()
 print(f"fitted scales r = {pyro.param('r').detach().numpy().round(4)}, "

@@ -109,7 +109,7 @@ assert ratios["score, no baseline"] > 10, "the score-function gradient should be
 # sampling distribution), which is why only the encoder's weights are compared.
 #
 # Does the variance matter for training? Two identical VAEs, one trained with each
-# estimator (`fit(..., estimator="reparam")` vs `estimator="score"`, whose default is a
+# estimator (`fit(..., objective="reparam")` vs `objective="score"`, whose default is a
 # decaying-average baseline), same seed, same number of steps, no KL warm-up:
 
 # %%
@@ -118,7 +118,7 @@ curves = {}
 for estimator in ("reparam", "score"):
     torch.manual_seed(0)
     vae = VAE((64,), latent_dim=16, hidden=(256, 256))
-    run = fit(vae, x_train, estimator=estimator, epochs=compare_epochs, batch_size=64, lr=1e-3,
+    run = fit(vae, x_train, objective=estimator, epochs=compare_epochs, batch_size=64, lr=1e-3,
               val_data=x_val, kl_warmup=0, progress=False, seed=0)
     curves[estimator] = run.val_elbo
     print(f"{estimator:>8}: validation ELBO after {compare_epochs} epochs {run.val_elbo[-1]:.3f} "

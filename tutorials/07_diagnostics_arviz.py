@@ -83,7 +83,7 @@ em_fit = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
 gmm = GaussianMixtureModel(3, 2, "diag", prior=prior).double()
 gmm.set_parameters(weights=em_fit.weights_, means=em_fit.means_, covariances=em_fit.covariances_)
 guide = gmm.global_guide("normal")
-svi = fit(gmm.model, x, guide=guide, estimator="enum", steps=200 if SMOKE else 1500, lr=0.02,
+svi = fit(gmm.model, x, guide=guide, objective="enum", steps=200 if SMOKE else 1500, lr=0.02,
           batch_size=N, progress=False, seed=0)
 draws = 100 if SMOKE else 500
 idata_svi = to_inference_data(svi, x, num_samples=draws, seed=0)

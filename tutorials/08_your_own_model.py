@@ -149,7 +149,7 @@ fitted, results = {}, {}
 for estimator in ("reparam", "meanfield", "iwae", "score"):
     torch.manual_seed(0)
     fa = FactorAnalysis(D, K)
-    run = fit(fa, x_train, estimator=estimator, **fa_settings)
+    run = fit(fa, x_train, objective=estimator, **fa_settings)
     fitted[estimator] = fa
     results[estimator] = dict(
         run=run,
@@ -192,7 +192,7 @@ if not SMOKE:
 # %%
 torch.manual_seed(0)
 fa_diag = FactorAnalysis(D, K, guide_covariance="diag")
-fit(fa_diag, x_train, estimator="reparam", **fa_settings)
+fit(fa_diag, x_train, objective="reparam", **fa_settings)
 
 
 @torch.no_grad()
@@ -251,7 +251,7 @@ print(idata.posterior["z"].shape, "posterior draws of z (chain, draw, point, fac
 # - `em` works on it unchanged: the E-step enumerates z, and since the model has no
 #   closed-form M-step, `em` takes a few Adam steps on the expected complete-data
 #   log-likelihood per iteration (generalized EM, still never decreasing);
-# - `fit(..., estimator="enum")` climbs the exact marginal likelihood by gradients;
+# - `fit(..., objective="enum")` climbs the exact marginal likelihood by gradients;
 # - `log_likelihood` sums z out exactly.
 
 
@@ -313,7 +313,7 @@ print(f"slopes {moe.slope.detach().numpy().round(3)} (true -1.5 and 0.8), "
 
 torch.manual_seed(0)
 moe_grad = MixtureOfRegressions(2)
-grad_run = fit(moe_grad, points, estimator="enum", steps=300 if SMOKE else 1500, lr=0.05,
+grad_run = fit(moe_grad, points, objective="enum", steps=300 if SMOKE else 1500, lr=0.05,
                batch_size=len(points), progress=False, seed=0)
 exact_em = log_likelihood(moe, points, num_samples=1).mean
 exact_grad = log_likelihood(moe_grad, points, num_samples=1).mean

@@ -186,7 +186,7 @@ def select_components(
         with store.scope():
             gmm = GaussianMixtureModel(k, x.shape[1], covariance_type, prior=prior).to(x)
             gmm.set_parameters(weights=est.weights_, means=est.means_, covariances=est.covariances_)
-            result = fit(gmm.model, x, guide=gmm.global_guide("normal"), estimator="enum", steps=steps,
+            result = fit(gmm.model, x, guide=gmm.global_guide("normal"), objective="enum", steps=steps,
                          lr=lr, batch_size=len(x), progress=False, seed=seed, kl_warmup=0)
             idatas[k] = to_inference_data(result, x, num_samples=num_samples, posterior_predictive=False,
                                           seed=seed)

@@ -259,7 +259,7 @@ def iwae_site_error(name: str, plate: str) -> ModelContractError:
     return ModelContractError(
         f"estimator 'iwae' weights each data point on its own, but sample site {name!r} is "
         f"outside the {plate!r} plate: put it inside pyro.plate({plate!r}, len(x)), or use "
-        "estimator='reparam' for models with global latent variables"
+        "objective='reparam' for models with global latent variables"
     )
 
 
@@ -384,9 +384,9 @@ def make_objective(
         >>> make_objective("meanfield").elbo.__class__.__name__
         'TraceMeanField_ELBO'
     """
-    if estimator not in ESTIMATORS:
+    if estimator not in OBJECTIVES:
         raise ConfigurationError(
-            f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}"
+            f"unknown objective {estimator!r}; valid objectives: {', '.join(OBJECTIVES)}"
         )
     if num_particles is None:
         num_particles = 5 if estimator == "iwae" else 1

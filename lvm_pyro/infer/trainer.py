@@ -229,12 +229,12 @@ def check_program(program: Program, scale: TrainingScale, batch: tuple, objectiv
         if discrete:
             raise ConfigurationError(
                 f"estimator 'meanfield' needs reparameterizable guide sites, but {discrete} cannot be "
-                "reparameterized (discrete?): use estimator='score' or 'iwae' (or 'reparam', which "
+                "reparameterized (discrete?): use objective='score' or 'iwae' (or 'reparam', which "
                 "adds score-function terms for them)"
             )
     if enumerated and objective != "enum":
         raise ConfigurationError(
-            f"the model marks {enumerated} for enumeration: use estimator='enum' (or em) to "
+            f"the model marks {enumerated} for enumeration: use objective='enum' (or em) to "
             "sum them out"
         )
     if not any(s["type"] == "sample" and s["is_observed"] for s in model_trace.nodes.values()):

@@ -222,7 +222,7 @@ class ConditionalBaseline(_ConditionalBase):
     """The deterministic baseline: y ~ p(y | f(x)), a network of x alone, no latent variable.
 
     log p(y | x) is exact, so a CVAE is judged by whether its log p(y | x) beats this one's.
-    Train with ``estimator="reparam"`` (the loss is then -log p(y | x), with no guide sites).
+    Train with ``objective="reparam"`` (the loss is then -log p(y | x), with no guide sites).
 
     Example:
         >>> base = ConditionalBaseline((64,), n_classes=10, hidden=(16,))

@@ -3,7 +3,7 @@
 z_k ~ Bernoulli(sigmoid(b_k)), k = 1..K; x | z ~ p(x | decoder(z)); q(z | x) = prod_k
 Bernoulli(sigmoid(e_k(x))). A binary z has no reparameterization, so gradients of the ELBO
 with respect to the encoder need the score function (REINFORCE): train with
-``estimator="score"`` (decaying-average baseline) or ``"iwae"`` (VIMCO's leave-one-out
+``objective="score"`` (decaying-average baseline) or ``"iwae"`` (VIMCO's leave-one-out
 baselines). ``"reparam"`` also runs (Pyro adds a score-function term without a baseline, so
 its gradients are noisy); ``"meanfield"`` is not valid (it assumes reparameterized sites and
 would silently drop the encoder's gradient through the likelihood).

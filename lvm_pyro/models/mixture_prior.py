@@ -11,7 +11,7 @@ in one of two equivalent ways (``enumerate_component``):
   the model has only the site "z" and trains with every estimator (reparam, iwae, score,
   meanfield with a Monte Carlo KL term) and KL warm-up.
 - ``True``: the model has a site "c" marked ``infer={"enumerate": "parallel"}`` and
-  ``p(z | c)``; Pyro's enumeration sums it out. Train with ``estimator="enum"``
+  ``p(z | c)``; Pyro's enumeration sums it out. Train with ``objective="enum"``
   (TraceEnum_ELBO). For the same z the two objectives are equal, term for term.
 
 The default is the analytic form because it works with every estimator; enumeration is there
