@@ -1,8 +1,9 @@
 """End to end: 300 epochs of the default VAE on the binarized digits, compile time included.
 
-``fit(VAE(), train, val_data=val, epochs=300)`` with every other setting at its default (the
-rule of ``compile="auto"`` compiles this run: 300 epochs x 9 steps x 177k parameters x 128
-rows >= 5e10) against the same call with ``compile=False``. Each run is a fresh process (its
+``fit(VAE(), train, val_data=val, epochs=300)`` with every other setting at its default, with
+``compile=True`` (the whole step compiled, compile time included) and with ``compile=False``.
+The rule of ``compile="auto"`` keeps this run eager (300 epochs x 9 steps x 177k parameters x
+128 rows = 6e10 < 1e12): this benchmark is the evidence for that threshold. Each run is a fresh process (its
 ``fit`` wall time is measured: set-up, compiling, training and the per-epoch validation).
 Runs alternate default / eager for ``--rounds`` rounds. PyTorch's compile cache is "warm"
 (a previous run of the same shapes compiled it: the usual case after the first run on a
@@ -56,32 +57,31 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="an empty compile cache for every compiled run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "svi_end_to_end.md"))
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {"auto": [], "False": []}
+    modes = ("auto", "True", "False")
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     if not args.cold:
         run_once("True", 1, args.threads, None)  # fills the compile cache for these shapes
     for _ in range(args.rounds):
-        for mode in ("auto", "False"):
-            cache = tempfile.mkdtemp(prefix="inductor_cold_") if args.cold and mode == "auto" else None
+        for mode in modes:
+            cache = tempfile.mkdtemp(prefix="inductor_cold_") if args.cold and mode == "True" else None
             runs[mode].append(run_once(mode, args.epochs, args.threads, cache))
             print(mode, runs[mode][-1], flush=True)
-    default, eager = runs["auto"], runs["False"]
-    wall_d = statistics.median(r["wall"] for r in default)
-    wall_e = statistics.median(r["wall"] for r in eager)
+    eager = statistics.median(r["wall"] for r in runs["False"])
     lines = [
         f"End to end: {args.epochs} epochs of the default VAE on the binarized digits "
-        f"({default[0]['steps']} steps, val_data each epoch), {args.threads} thread(s), "
+        f"({runs['False'][0]['steps']} steps, val_data each epoch), {args.threads} thread(s), "
         f"{'cold' if args.cold else 'warm'} compile cache, median of {args.rounds} runs; load average "
         f"{os.getloadavg()[0]:.1f} at the end",
         "",
-        "| settings | fit wall time (s) | of which compiling (s) | compiled | final val ELBO |",
-        "|---|---|---|---|---|",
-        f"| defaults (compile='auto') | {wall_d:.1f} | "
-        f"{statistics.median(r['compile'] for r in default):.1f} | "
-        f"{default[0]['compiled']} | {default[-1]['val_elbo']:.3f} |",
-        f"| compile=False | {wall_e:.1f} | 0 | {eager[0]['compiled']} | {eager[-1]['val_elbo']:.3f} |",
-        "",
-        f"defaults / compile=False: {wall_d / wall_e:.2f}x",
+        "| settings | fit wall time (s) | of which compiling (s) | compiled | final val ELBO "
+        "| / compile=False |",
+        "|---|---|---|---|---|---|",
     ]
+    for mode in modes:
+        wall = statistics.median(r["wall"] for r in runs[mode])
+        compiling = statistics.median(r["compile"] for r in runs[mode])
+        lines.append(f"| compile={mode!s} | {wall:.1f} | {compiling:.1f} | {runs[mode][0]['compiled']} | "
+                     f"{runs[mode][-1]['val_elbo']:.3f} | {wall / eager:.2f}x |")
     table = "\n".join(lines)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -138,13 +138,13 @@ def test_a_model_reading_python_numbers_from_the_data_falls_back_to_eager():
 
 
 def test_the_path_is_chosen_by_a_fixed_rule_not_by_timing():
-    digits_vae = [torch.zeros(177_000)]  # the default VAE: 300 epochs of 9 steps of 128 digits
-    assert graph_pays_off(digits_vae, batch_rows=128, steps=2700)
-    assert not graph_pays_off(digits_vae, batch_rows=128, steps=270)  # a short run
-    assert not graph_pays_off([torch.zeros(100)], batch_rows=64, steps=10**6)  # too little work
-    assert graph_pays_off([torch.zeros(10**6)], batch_rows=100, steps=500)
-    assert not graph_pays_off([torch.zeros(10**9)], batch_rows=100, steps=499)  # too few steps
-    assert AUTO_MIN_WORK == 5e10
+    digits_vae = [torch.zeros(177_000)]  # the default VAE: 9 steps of 128 digits an epoch
+    assert graph_pays_off(digits_vae, batch_rows=128, steps=45_000)  # 5,000 epochs
+    assert not graph_pays_off(digits_vae, batch_rows=128, steps=2700)  # 300 epochs: compiling does not pay
+    assert not graph_pays_off([torch.zeros(100)], batch_rows=64, steps=10**7)  # too little work
+    assert graph_pays_off([torch.zeros(10**6)], batch_rows=100, steps=20_000)
+    assert not graph_pays_off([torch.zeros(10**9)], batch_rows=100, steps=19_999)  # too few steps
+    assert AUTO_MIN_WORK == 1e12
     auto = Compilation.of("auto")
     assert choose(auto, "score", digits_vae, 128, 10**5) == (
         False, "objective 'score' is not compiled (only reparam, meanfield, iwae)")

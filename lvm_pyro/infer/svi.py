@@ -146,7 +146,7 @@ def fit(
             and TorchInductor; objectives "reparam", "meanfield", "iwae"), verified against
             the eager step before use, with a fallback to eager. "auto" (default) compiles
             when the run is long enough to repay compiling (``graph_pays_off``: planned steps
-            x parameter elements x batch rows >= 5e10), True always, False never, or a
+            x parameter elements x batch rows >= 1e12, and >= 20,000 steps), True always, False never, or a
             ``Compilation``. The rule is fixed, so reruns and resumptions are bit-identical;
             the two paths agree to rounding. Compiling a shape takes seconds (cached on disk
             by PyTorch) to a minute (first time); ``FitResult.compile_time`` reports it.
