@@ -367,10 +367,10 @@ CASES = [
     Case("model not a model", lambda: em(3, _x(), device="cpu"), ConfigurationError, r"LatentVariableModel"),
     # ---- data
     Case(
-        "data with NaN",
+        "data with a row of NaN only (a missing value with nothing observed beside it)",
         lambda: em(GaussianMixtureModel(2, 1), _x_with(math.nan), device="cpu"),
         DataError,
-        r"non-finite.*first at index \[3, 0\]",
+        r"every entry missing.*first row 3",
     ),
     Case(
         "data with inf", lambda: em(mixture, _x_with(math.inf), device="cpu"), DataError, r"non-finite.*inf"

@@ -24,9 +24,16 @@ def fitted() -> GaussianMixture:
 FITTED = fitted()
 
 
-def with_nan() -> np.ndarray:
+def with_nan(row: bool = False, column: bool = False) -> np.ndarray:
+    """NaN entries are missing values (marginalized); a row or a column with no observed
+    entry cannot be fitted."""
     x = X.copy()
     x[4, 1] = np.nan
+    if row:
+        x[6] = np.nan
+    if column:
+        x[4, 1] = X[4, 1]
+        x[:, 0] = np.nan
     return x
 
 
@@ -84,7 +91,8 @@ CASES = [
         r"constant",
     ),
     # --- data given to fit ------------------------------------------------------------------------
-    Case("gm-fit-nan", lambda: GaussianMixture(2).fit(with_nan()), DE, r"nan"),
+    Case("gm-fit-nan-row", lambda: GaussianMixture(2).fit(with_nan(row=True)), DE,
+         r"every entry missing.*row 6"),
     Case("gm-fit-inf", lambda: GaussianMixture(2).fit(np.where(X > 4, np.inf, X)), DE, r"inf"),
     Case("gm-fit-1d", lambda: GaussianMixture(2).fit(X[:, 0]), DE, r"reshape"),
     Case("gm-fit-3d", lambda: GaussianMixture(2).fit(X[None]), DE, r"shape|2-D|2D"),
@@ -113,7 +121,9 @@ CASES = [
     Case(
         "gm-fit-ragged", lambda: GaussianMixture(2).fit([[1.0, 2.0], [3.0]] * 3), DTE, r"ragged|shape|numeric"
     ),
-    Case("gm-fit-tensor-nan", lambda: GaussianMixture(2).fit(torch.as_tensor(with_nan())), DE, r"nan"),
+    Case("gm-fit-tensor-nan-column",
+         lambda: GaussianMixture(2).fit(torch.as_tensor(with_nan(column=True))), DE,
+         r"column.*\[0\].*every row"),
     # --- methods before fit -----------------------------------------------------------------------
     Case("gm-predict-before-fit", lambda: GaussianMixture(2).predict(X), errors.NotFittedError, r"fit"),
     Case(
@@ -126,7 +136,7 @@ CASES = [
     Case("gm-bic-before-fit", lambda: GaussianMixture(2).bic(X), errors.NotFittedError, r"fit"),
     # --- methods on data the model was not fitted on ------------------------------------------
     Case("gm-predict-wrong-features", lambda: FITTED.predict(np.zeros((4, 3))), DE, r"features"),
-    Case("gm-predict-proba-nan", lambda: FITTED.predict_proba(with_nan()), DE, r"nan"),
+    Case("gm-predict-proba-inf", lambda: FITTED.predict_proba(np.where(X > 4, np.inf, X)), DE, r"inf"),
     Case("gm-score-1d", lambda: FITTED.score(X[0]), DE, r"reshape"),
     Case("gm-score-samples-empty", lambda: FITTED.score_samples(X[:0]), DE, r"empty|sample|rows|at least"),
     Case("gm-aic-strings", lambda: FITTED.aic(np.array([["a", "b"]])), DTE, r"numeric|number|str"),
@@ -137,7 +147,7 @@ CASES = [
     Case("gm-sample-negative-component", lambda: FITTED.sample(3, component=-1), CE, r"component"),
     # --- GaussianMixtureModel's own methods -------------------------------------------------------
     Case("gmm-log-prob-wrong-features", lambda: gmm().log_prob(torch.zeros(3, 5)), DE, r"feature|shape"),
-    Case("gmm-log-prob-nan", lambda: gmm().log_prob(torch.full((3, 2), float("nan"))), DE, r"nan"),
+    Case("gmm-log-prob-inf", lambda: gmm().log_prob(torch.full((3, 2), float("inf"))), DE, r"inf"),
     Case("gmm-log-prob-numpy-1d", lambda: gmm().log_prob(np.zeros(2)), DE, r"shape|reshape"),
     Case("gmm-posterior-strings", lambda: gmm().posterior([["a", "b"]]), DTE, r"numeric|number|str"),
     Case("gmm-map-z-empty", lambda: gmm().map_z(torch.zeros(0, 2)), DE, r"empty|rows|at least"),
