@@ -370,7 +370,13 @@ def _enum_e_step(
             name: _site_marginal(posterior(ordinal, {symbol}), tr.symbol_to_dim, enum_dim)
             for name, (symbol, ordinal, enum_dim) in tr.enum_sites.items()
         }
-    # every factor over two or more enumerated sites (an HMM's (z_{t-1}, z_t)), for a model's m_step
+    axes = _add_factor_marginals(tr, weights, marginals)
+    return total, _ChunkPosterior(_weigh_rows(tr, weights, row_weight), marginals, row_weight, axes)
+
+
+def _add_factor_marginals(tr: _EnumTrace, weights: dict, marginals: dict) -> dict:
+    """Add every factor over two or more enumerated sites (an HMM's (z_{t-1}, z_t)) to
+    ``marginals``, for a model's m_step; returns the data axis of each marginal."""
     order = list(tr.enum_sites)
     symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
     data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
@@ -380,10 +386,15 @@ def _enum_e_step(
             key = tuple(sorted((symbol_site[s] for s in syms), key=order.index))
             marginals[key] = _factor_marginal(weights[name], tr, list(key))
             axes[key] = data_dim - len(key)
-    if row_weight is not None:
-        weights = {name: _weighted_rows(weights[name], row_weight, tr.data_symbol) if tr.data_symbol in o
-                   else weights[name] for name, o, _, syms in tr.named if syms}
-    return total, _ChunkPosterior(weights, marginals, row_weight, axes)
+    return axes
+
+
+def _weigh_rows(tr: _EnumTrace, weights: dict, row_weight: torch.Tensor | None) -> dict:
+    """The factors' posteriors with each data row multiplied by its sample weight."""
+    if row_weight is None:
+        return weights
+    return {name: _weighted_rows(weights[name], row_weight, tr.data_symbol) if tr.data_symbol in o
+            else weights[name] for name, o, _, syms in tr.named if syms}
 
 
 def _random_posterior(
@@ -411,18 +422,8 @@ def _random_posterior(
         if symbols:
             prod = math.prod(site_q[s] for s in sorted(symbols))
             weights[name] = packed.pack(prod, dim_to_symbol)
-    order = list(tr.enum_sites)
-    symbol_site = {symbol: name for name, (symbol, _, _) in tr.enum_sites.items()}
-    data_dim = tr.symbol_to_dim.get(tr.data_symbol, -1)
-    axes = {name: data_dim - 1 for name in marginals}
-    for name, ordinal, _, symbols in tr.named:
-        if len(symbols) > 1:
-            key = tuple(sorted((symbol_site[s] for s in symbols), key=order.index))
-            marginals[key] = _factor_marginal(weights[name], tr, list(key))
-            axes[key] = data_dim - len(key)
-        if symbols and tr.data_symbol in ordinal:
-            weights[name] = _weighted_rows(weights[name], row_weight, tr.data_symbol)
-    return _ChunkPosterior(weights, marginals, row_weight, axes)
+    axes = _add_factor_marginals(tr, weights, marginals)
+    return _ChunkPosterior(_weigh_rows(tr, weights, row_weight), marginals, row_weight, axes)
 
 
 def _expected_log_joint(tr: _EnumTrace, post: _ChunkPosterior) -> torch.Tensor:
