@@ -5,7 +5,7 @@ imputed entries at the column mean with no spread: the fitted variances shrink a
 correlations fade. This benchmark draws data from a known mixture, removes a fraction of the
 entries completely at random, and fits:
 
-- ``ours (NaN marginalized)``: EM from :mod:`lvm_pyro.models.gmm_missing` (the E-step
+- ``ours (NaN marginalized)``: EM from :mod:`lvm_pyro.models.gmm.missing` (the E-step
   conditions on the observed entries of each row; exact EM for the observed-data likelihood);
 - ``mean imputation + sklearn``: SimpleImputer(strategy="mean"), then GaussianMixture;
 - ``iterative imputation + sklearn``: IterativeImputer (regression on the other columns, the
@@ -47,7 +47,7 @@ from sklearn.experimental import enable_iterative_imputer  # noqa: F401
 from sklearn.impute import IterativeImputer, SimpleImputer
 from sklearn.mixture import GaussianMixture
 
-from lvm_pyro.models.gmm_missing import (
+from lvm_pyro.models.gmm.missing import (
     check_missing_data,
     expand_covariances,
     expected_statistics_missing,

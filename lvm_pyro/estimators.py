@@ -33,7 +33,7 @@ from lvm_pyro.errors import ConfigurationError, DataError, DataTypeError, NotFit
 from lvm_pyro.infer.em import EMState, em
 from lvm_pyro.infer.online_em import OnlineEM, online_em
 from lvm_pyro.models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, check_sample_weight
-from lvm_pyro.models.gmm_missing import validate_missing_data
+from lvm_pyro.models.gmm.missing import validate_missing_data
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -72,7 +72,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     Missing values: NaN entries in X (missing at random) are marginalized exactly in ``fit``,
     ``partial_fit``, ``score``, ``score_samples``, ``predict``, ``predict_proba``, ``bic`` and
     ``aic`` (the E-step conditions on each row's observed entries, for every covariance type;
-    :mod:`lvm_pyro.models.gmm_missing`); rows with every entry missing and columns missing in
+    :mod:`lvm_pyro.models.gmm.missing`); rows with every entry missing and columns missing in
     every row are refused by ``fit``. scikit-learn's mixture refuses NaN.
 
     Sample weights (``fit(X, sample_weight=w)``, ``partial_fit(X, sample_weight=w)``):

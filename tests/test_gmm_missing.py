@@ -9,8 +9,8 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from lvm_pyro.errors import ConfigurationError, DataError
-from lvm_pyro.models import gmm_missing as gm
-from lvm_pyro.models.gmm_missing import (
+from lvm_pyro.models.gmm import missing as gm
+from lvm_pyro.models.gmm.missing import (
     MissingStatistics,
     check_missing_data,
     expand_covariances,
@@ -372,7 +372,7 @@ def test_validate_missing_data_keeps_nan_and_refuses_the_rest():
     import numpy as np
 
     from lvm_pyro.data import validate_data
-    from lvm_pyro.models.gmm_missing import validate_missing_data
+    from lvm_pyro.models.gmm.missing import validate_missing_data
 
     a = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, np.nan]])
     x = validate_missing_data(a, dtype=F64)

@@ -13,7 +13,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 import lvm_pyro
 from lvm_pyro import errors
 from lvm_pyro.data import load_digits
-from lvm_pyro.infer.evaluate import amortization_gap, log_likelihood
+from lvm_pyro.diagnostics.amortization import amortization_gap
+from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.discrete import SigmoidBeliefNet
 from lvm_pyro.models.mixture_prior import MixturePriorVAE
@@ -59,7 +60,7 @@ def test_enumeration_and_the_analytic_marginal_are_the_same_objective():
     by_hand = (torch.log_softmax(enum.component_logits, -1)
                + dist.Normal(enum.component_locs, enum.component_scales()).log_prob(z[:, None]).sum(-1))
     torch.testing.assert_close(analytic.prior(torch.Size([7]), z).log_prob(z), by_hand.logsumexp(-1))
-    with pytest.raises(errors.ConfigurationError, match="estimator='enum'"):
+    with pytest.raises(errors.ConfigurationError, match="objective='enum'"):
         lvm_pyro.fit(enum, x, steps=1, progress=False)
 
 
@@ -115,7 +116,7 @@ def test_sigmoid_belief_net_bad_input():
         SigmoidBeliefNet((4,), latent_dim=0)
     with pytest.raises(errors.DataError, match="likelihood='gaussian'"):
         lvm_pyro.fit(SigmoidBeliefNet((4,), latent_dim=2), torch.rand(8, 4) + 0.1, steps=1, progress=False)
-    assert get_model("sbn").fit_options["estimator"] == "score"
+    assert get_model("sbn").fit_options["objective"] == "score"
 
 
 # --- black-box (non-amortized) VI ----------------------------------------------------------

@@ -153,7 +153,7 @@ def test_enum_estimator_sums_out_a_discrete_site():
     lvm_pyro.fit((model, lambda x: None), x, objective="enum", steps=300, lr=0.1,
                  batch_size=400, progress=False, seed=0)
     torch.testing.assert_close(pyro.param("locs").detach(), torch.tensor([-3.0, 3.0]), atol=0.2, rtol=0)
-    with pytest.raises(errors.ConfigurationError, match="estimator='enum'"):
+    with pytest.raises(errors.ConfigurationError, match="objective='enum'"):
         lvm_pyro.fit((model, lambda x: None), x, steps=1, progress=False)
 
 

@@ -50,7 +50,8 @@ from matplotlib.figure import Figure
 from lvm_pyro import elbo, fit
 from lvm_pyro.data import load_digits
 from lvm_pyro.diagnostics import plots
-from lvm_pyro.infer.evaluate import amortization_gap, log_likelihood
+from lvm_pyro.diagnostics.amortization import amortization_gap
+from lvm_pyro.infer.evaluate import log_likelihood
 from lvm_pyro.models.blackbox import BlackBoxVI
 from lvm_pyro.models.vae import VAE
 

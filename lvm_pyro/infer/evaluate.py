@@ -253,13 +253,3 @@ def _log_weights(program: Program, batch: tuple, num: int, nesting: int, plate: 
     """log p(x_i, z_ij | theta) - log q(z_ij | x_i) of shape (num, batch size): the one definition
     in ``lvm_pyro.infer.logdensity`` (enumerated sites summed out, point-estimated globals held)."""
     return local_log_weights(program, batch, num, plate=plate, nesting=nesting)
-
-
-def __getattr__(name: str):
-    """``amortization_gap`` (a workflow that trains) lives in ``lvm_pyro.diagnostics.amortization``;
-    the old import path resolves to it lazily, so this module imports nothing that trains."""
-    if name in ("amortization_gap", "AmortizationGap"):
-        from lvm_pyro.diagnostics import amortization
-
-        return getattr(amortization, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

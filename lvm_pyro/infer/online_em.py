@@ -45,7 +45,7 @@ import torch
 
 from lvm_pyro.data import validate_data
 from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
-from lvm_pyro.models.gmm_missing import validate_missing_data
+from lvm_pyro.models.gmm.missing import validate_missing_data
 from lvm_pyro.threads import single_threaded
 
 AVERAGING = ("statistics", "parameters", None)

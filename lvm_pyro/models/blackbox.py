@@ -4,7 +4,7 @@ The amortized encoder gives every x the posterior approximation q(z | x) = N(mu(
 from one shared network. Black-box VI instead gives every data point i its own parameters,
 q_i(z) = N(m_i, diag s_i^2) (or a full Cholesky factor), optimized directly. With the decoder
 fixed, the best per-point ELBO is at least the amortized one; the difference is the
-amortization gap (Cremer et al., 2018), measured by ``lvm_pyro.infer.evaluate.amortization_gap``:
+amortization gap (Cremer et al., 2018), measured by ``lvm_pyro.diagnostics.amortization.amortization_gap``:
 
     gap = (1/N) sum_i [max_{q_i} ELBO(x_i; q_i) - ELBO(x_i; q(z | x_i))] >= 0.
 """

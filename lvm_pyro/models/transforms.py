@@ -37,7 +37,7 @@ from contextlib import contextmanager
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to, constraints, transform_to
 from torch.distributions.transforms import Transform
 
 
@@ -113,6 +113,10 @@ def _bijection(constraint) -> Transform:
     return CholeskyVectorToPositiveDefinite()
 
 
+def _positive_definite_transform(constraint) -> Transform:
+    return transform_to(constraints.positive_definite)
+
+
 class BijectivePositiveDefinite(type(constraints.positive_definite)):
     """Positive-definite matrices, as ``constraints.positive_definite``, with
     ``biject_to(this) = CholeskyVectorToPositiveDefinite()``; made by
@@ -130,6 +134,8 @@ def bijective_positive_definite() -> BijectivePositiveDefinite:
     with _LOCK:
         if BijectivePositiveDefinite not in biject_to._registry:
             biject_to.register(BijectivePositiveDefinite, _bijection)
+        if BijectivePositiveDefinite not in transform_to._registry:  # AutoDelta, pyro.param
+            transform_to.register(BijectivePositiveDefinite, _positive_definite_transform)
     return _SUPPORT
 
 

@@ -24,7 +24,7 @@ summed in chunk order, so the result does not depend on the number of threads.
 
 Missing values: NaN entries (missing at random) are marginalized exactly. Every closed-form
 method (log_prob, posterior, log_joint, map_z, expected_statistics, hence ``em`` and the
-estimator) sends the rows with a NaN to :mod:`lvm_pyro.models.gmm_missing` (conditioning on
+estimator) sends the rows with a NaN to :mod:`lvm_pyro.models.gmm.missing` (conditioning on
 the observed entries) and the complete rows through the fast path; the Pyro program itself
 needs complete rows.
 
@@ -52,6 +52,15 @@ from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
 from lvm_pyro.models.base import LatentVariableModel, check_latent_size
 from lvm_pyro.models.gmm.covariance import COVARIANCE_TYPES, COVARIANCES, Covariance
 from lvm_pyro.models.gmm.kmeans import as_generator, kmeans, kmeans_plusplus
+from lvm_pyro.models.gmm.missing import (
+    check_missing_data,
+    expand_covariances,
+    expected_statistics_missing,
+    fill_missing_with_means,
+    log_prob_missing,
+    to_gmm_statistics,
+    validate_missing_data,
+)
 from lvm_pyro.models.gmm.prior import GMMPrior, is_number
 from lvm_pyro.models.gmm.statistics import (
     GROUP,
@@ -62,15 +71,6 @@ from lvm_pyro.models.gmm.statistics import (
     chunk_rows,
     log_sum_exp_columns_,
     softmax_columns_,
-)
-from lvm_pyro.models.gmm_missing import (
-    check_missing_data,
-    expand_covariances,
-    expected_statistics_missing,
-    fill_missing_with_means,
-    log_prob_missing,
-    to_gmm_statistics,
-    validate_missing_data,
 )
 from lvm_pyro.threads import run_chunks, single_threaded
 
@@ -516,7 +516,7 @@ class GaussianMixtureModel(LatentVariableModel):
             )
 
     def _missing_args(self):
-        """(log w, mu, covariances) as :mod:`lvm_pyro.models.gmm_missing` takes them."""
+        """(log w, mu, covariances) as :mod:`lvm_pyro.models.gmm.missing` takes them."""
         K, D = self.n_components, self.n_features
         cov = expand_covariances(self.covariances().detach(), self.covariance_type, K, D)
         return self.weights.detach().log(), self.loc.detach(), cov

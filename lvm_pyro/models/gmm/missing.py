@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from lvm_pyro.errors import ConfigurationError, DataError
+from lvm_pyro.models.gmm.statistics import GMMStatistics
 from lvm_pyro.threads import single_threaded
 
 __all__ = [
@@ -590,8 +591,6 @@ def to_gmm_statistics(stats: MissingStatistics, covariance_type: str):
     """The same statistics as a :class:`lvm_pyro.models.gmm.GMMStatistics` of the given
     covariance type, for ``GaussianMixtureModel.m_step_from_statistics`` (priors, reg_covar
     and its checks then apply unchanged)."""
-    from lvm_pyro.models.gmm import GMMStatistics  # lazy: the mixture imports this module
-
     _check_type(covariance_type)
     sxx = stats.sxx
     if covariance_type == "tied":
