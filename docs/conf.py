@@ -342,7 +342,16 @@ def _process_docstring(app, what, name, obj, options, lines):
             in_code, indent = True, len(line) - len(line.lstrip())
 
 
+def _skip_metadata_routing(app, what, name, obj, skip, options):
+    """scikit-learn generates ``set_{fit,partial_fit,score,...}_request`` on estimators whose
+    methods take ``sample_weight``; their docstrings link scikit-learn's own glossary."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
 def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_routing)
     app.connect("missing-reference", _resolve_to_public)
     app.connect("autodoc-process-docstring", _grouped_args, priority=400)  # before napoleon (500)
     app.connect("autodoc-process-docstring", _process_docstring, priority=600)  # after it

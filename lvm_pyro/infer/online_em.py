@@ -74,7 +74,7 @@ class OnlineEMState:
 
 
 class OnlineEM:
-    """The running state of online EM over one model; :meth:`step` takes one minibatch.
+    """The running state of online EM over one model; :meth:`OnlineEM.step` takes one minibatch.
 
     Args:
         model: a model with the statistics protocol (e.g. ``GaussianMixtureModel``), already

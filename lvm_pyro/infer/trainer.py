@@ -310,7 +310,7 @@ class Trainer:
     """Owns a training run: the loss, one step, the epoch loop, checkpoints and callbacks.
 
     ``scale`` holds the minibatch and data-parallel scaling (num_data, plate, global_scale);
-    the KL weight ``beta`` is an argument of :meth:`loss` and :meth:`step`, never stored.
+    the KL weight ``beta`` is an argument of :meth:`Trainer.loss` and :meth:`Trainer.step`, never stored.
     ``compiled`` (a prepared ``CompiledStep`` or None) replaces the eager step where it has a
     graph for the batch's shapes.
     """
