@@ -14,9 +14,10 @@ recorded once as a graph of aten operations and replayed:
 2. ``torch._inductor.compile`` (AOTAutograd + TorchInductor: the compiler behind
    ``torch.compile``, applied to an FX graph without TorchDynamo) compiles it once per batch
    shape. Its results go to PyTorch's on-disk compile caches (FX graph cache, AOTAutograd
-   cache), so a later run with the same model and shapes, in any process, reuses them: the
-   first compile of a shape takes tens of seconds (a C++ compiler builds the kernels), later
-   ones a few seconds (``FitResult.compile_time`` reports it).
+   cache; :func:`_cacheable` gives them the shape environment they key on), so a later run
+   with the same model and shapes, in any process, reuses them: the first compile of a shape
+   on a machine takes about half a minute (a C++ compiler builds the kernels), later ones
+   load in well under a second, plus the recording (``FitResult.compile_time`` reports it).
 3. Random draws call the same aten generator ops as eager (inductor's ``fallback_random``):
    they come from torch's global generator, so ``torch.get_rng_state`` in a checkpoint
    covers them and a resumed run draws what an uninterrupted one draws.
@@ -32,11 +33,12 @@ Which path a run takes is decided by a fixed rule, never by timing (:func:`choos
 seed reproduces a run bit for bit and a resumed run (which keeps the path its checkpoint
 records) is exact. ``compile="auto"`` (the default) compiles only when the run is long
 enough to repay the compile time: planned steps x parameter elements x batch rows >=
-``AUTO_MIN_WORK`` and at least ``AUTO_MIN_STEPS`` steps. Recording, verifying and compiling
-the default VAE's step costs about a minute on two cores (measured: 64 s of compiling plus
-the recording, on a 20-epoch digits run), which a step 2-3x faster than eager repays only
-after tens of thousands of steps: 300 epochs of the default VAE on the digits (2,700 steps)
-stay eager; 5,000 epochs compile. Short fits (a test suite) never compile.
+``AUTO_MIN_WORK`` and at least ``AUTO_MIN_STEPS`` steps. Measured on two cores with the
+default VAE on the digits: recording, verifying and loading its compiled step from the cache
+costs about 5 s in a new process (36 s the first time on a machine), and each compiled epoch
+takes 0.035-0.054 s against 0.10-0.13 s eager, so a run of a few thousand steps repays it:
+300 epochs (2,700 steps) compile and finish faster end to end
+(``benchmarks/svi_end_to_end.py``). Short fits (a test suite) never compile.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ from lvm_pyro.infer.checkpoint import get_rng_state, set_rng_state
 COMPILABLE = ("reparam", "meanfield", "iwae")
 
 #: ``compile="auto"``: compile when planned steps x parameter elements x batch rows reach this
-#: (the default VAE on the binarized digits: 5,000 epochs x 9 steps x 177k parameters x 128
-#: rows = 1e12; its 300-epoch run, 6e10, stays eager).
-AUTO_MIN_WORK = 1e12
-#: ... and the run has at least this many steps (compiling never pays for fewer).
-AUTO_MIN_STEPS = 20_000
+#: (the default VAE on the binarized digits, 300 epochs: 2,700 steps x 177k parameters x 128
+#: rows = 6e10; a test's model of a few hundred parameters never does).
+AUTO_MIN_WORK = 1e10
+#: ... and the run has at least this many steps (the compile time is not repaid sooner).
+AUTO_MIN_STEPS = 2_000
 
 #: "step": loss, backward and (Adam/AdamW) optimizer update in one graph; "grad": loss and
 #: gradients in the graph, the optimizer steps eagerly (any optimizer).
@@ -119,15 +121,15 @@ def graph_pays_off(params: Sequence[torch.Tensor], batch_rows: int, steps: int) 
     """The rule of ``compile="auto"``: does compiling repay its cost for this run?
 
     Yes when steps >= ``AUTO_MIN_STEPS`` and steps x sum(parameter elements) x batch rows >=
-    ``AUTO_MIN_WORK`` (1e12). A function of the model, the batch size and the planned number
+    ``AUTO_MIN_WORK`` (1e10). A function of the model, the batch size and the planned number
     of steps only, so reruns decide alike.
 
     Example:
-        >>> graph_pays_off([torch.zeros(177_000)], batch_rows=128, steps=45_000)
-        True
         >>> graph_pays_off([torch.zeros(177_000)], batch_rows=128, steps=2700)
+        True
+        >>> graph_pays_off([torch.zeros(177_000)], batch_rows=128, steps=1800)
         False
-        >>> graph_pays_off([torch.zeros(1000)], batch_rows=128, steps=3000)
+        >>> graph_pays_off([torch.zeros(1000)], batch_rows=128, steps=30_000)
         False
     """
     work = sum(p.numel() for p in params) * batch_rows * steps
@@ -308,7 +310,7 @@ class CompiledStep:
             self.trace_time = time.perf_counter() - started
             self._restore(saved)
             set_rng_state(rng)
-            with torch.no_grad():  # an inference graph: its backward pass is recorded inside it
+            with torch.no_grad(), _cacheable():  # an inference graph: its backward pass is inside it
                 compiled = torch._inductor.compile(gm, _detached(self._inputs(batch, beta)),
                                                    options=dict(INDUCTOR_OPTIONS))
             self._restore(saved)
@@ -378,6 +380,21 @@ class CompiledStep:
         self.graphs.clear()
         warnings.warn(f"the compiled step is not used ({reason}); training continues on the eager "
                       "path (pass compile=False to skip the attempt)", stacklevel=5)
+
+
+def _cacheable():
+    """A tracing context with a shape environment around ``torch._inductor.compile``.
+
+    PyTorch's FX-graph and AOTAutograd caches key their entries on a shape environment, which
+    TorchDynamo provides and a graph recorded by ``make_fx`` lacks: without one both caches are
+    bypassed ("No shape env") and every run re-lowers the graph (~12 s for the default VAE's
+    step on two cores). With this (static) one, a shape compiled once, in any process, loads
+    from the on-disk cache in a fraction of a second.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return torch._guards.tracing(torch._guards.TracingContext(FakeTensorMode(shape_env=ShapeEnv())))
 
 
 def _detached(inputs: list) -> list:

@@ -146,10 +146,11 @@ def fit(
             and TorchInductor; objectives "reparam", "meanfield", "iwae"), verified against
             the eager step before use, with a fallback to eager. "auto" (default) compiles
             when the run is long enough to repay compiling (``graph_pays_off``: planned steps
-            x parameter elements x batch rows >= 1e12, and >= 20,000 steps), True always, False never, or a
-            ``Compilation``. The rule is fixed, so reruns and resumptions are bit-identical;
-            the two paths agree to rounding. Compiling a shape takes seconds (cached on disk
-            by PyTorch) to a minute (first time); ``FitResult.compile_time`` reports it.
+            x parameter elements x batch rows >= 1e10, and >= 2,000 steps), True always, False
+            never, or a ``Compilation``. The rule is fixed, so reruns and resumptions are
+            bit-identical; the two paths agree to rounding. Compiling a shape takes about half
+            a minute the first time on a machine, then seconds (PyTorch's on-disk cache);
+            ``FitResult.compile_time`` reports it.
         distributed: data-parallel training in a torch.distributed group (launch with
             ``torchrun --nproc_per_node=P``; True or a ``Distribution``): ``batch_size`` is the
             global batch, split over the processes, gradients summed; rank 0 shows progress
