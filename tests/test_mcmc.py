@@ -166,3 +166,9 @@ def test_bad_input_names_the_fix(x):
     run = mcmc(normal_normal_model, x, num_samples=5, warmup_steps=5, num_chains=1)
     with pytest.raises(ConfigurationError, match="no such guide"):
         psis_khat(run, x)
+
+
+def test_flat_priors_are_refused_with_the_fix():
+    gmm = GaussianMixtureModel(2, 2, "diag").double()  # no prior: flat (improper) on every global
+    with pytest.raises(ModelContractError, match=r"flat improper priors.*GMMPrior"):
+        lvm_pyro.mcmc(gmm, torch.randn(20, 2, dtype=torch.float64), num_samples=4, warmup_steps=4)

@@ -129,6 +129,31 @@ def test_the_sklearn_facade_leaves_the_process_as_it_found_it(two_threads, mallo
     assert "mallopt" not in looked_up and calls == []
 
 
+def test_evaluation_and_diagnostics_leave_the_param_store_as_they_found_it(two_threads):
+    x = torch.randint(0, 2, (40, 6), generator=torch.Generator().manual_seed(0)).float()
+    vae = lvm_pyro.VAE((6,), latent_dim=2, hidden=(8,))
+    lvm_pyro.fit(vae, x, epochs=1, kl_warmup=0, progress=False, seed=0)
+    xs = _mixture_data()[::10].double()
+    gmm = GaussianMixtureModel(2, 2, "diag", prior=lvm_pyro.GMMPrior(1.0, 0.0, 10.0, 3.0)).double()
+    pyro.param("users_own", torch.tensor(1.5))
+    process = _Process(vae, gmm)
+    calls = {
+        "elbo": lambda: lvm_pyro.elbo(vae, x),
+        "log_likelihood": lambda: lvm_pyro.log_likelihood(vae, x, num_samples=4),
+        "gradient_variance": lambda: lvm_pyro.gradient_variance(vae, x, num_draws=5, warmup_draws=0),
+        "to_inference_data": lambda: lvm_pyro.to_inference_data(vae, x[:10], num_samples=4),
+        "psis_khat": lambda: lvm_pyro.psis_khat(vae, x[:10], num_samples=20),
+        "log_likelihood of a mixture": lambda: lvm_pyro.log_likelihood(gmm, xs),
+        "mcmc": lambda: lvm_pyro.mcmc(gmm, xs, num_samples=4, warmup_steps=4, num_chains=1),
+    }
+    for name, call in calls.items():
+        call()
+        try:
+            process.assert_unchanged()
+        except AssertionError as exc:
+            raise AssertionError(f"{name} changed the process") from exc
+
+
 def test_threads_are_restored_when_the_block_raises(two_threads):
     from lvm_pyro.threads import run_chunks, single_threaded
 

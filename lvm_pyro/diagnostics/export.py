@@ -38,6 +38,7 @@ from lvm_pyro.diagnostics.replay import (
 )
 from lvm_pyro.errors import ConfigurationError, DiagnosticWarning, ModelContractError
 from lvm_pyro.infer import logdensity
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 
 __all__ = ["to_inference_data"]
 
@@ -87,6 +88,7 @@ def _coords(dims: Mapping[str, Sequence[str]], arrays: Mapping[str, np.ndarray],
 # ------------------------------------------------------------------------------------------
 
 
+@restoring_param_store()
 @torch.no_grad()
 def to_inference_data(
     result,
@@ -169,6 +171,7 @@ def to_inference_data(
     seed = check_seed(seed)
     version = adapter.api(arviz_api)
     src = source_of(result, data, num_samples)
+    claim_module_params(src.module)
     src.data_plate = resolve_plate(data_plate, result)
     if seed is not None:
         pyro.set_rng_seed(seed)

@@ -30,6 +30,7 @@ from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer.logdensity import check_program
 from lvm_pyro.infer.objectives import SCORE_BASELINES, Objective, make_objective
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.infer.svi import FitResult
 from lvm_pyro.models.base import Program, as_program
 
@@ -84,7 +85,9 @@ def _program(model, guide) -> Program:
         if guide is not None:
             raise ConfigurationError("a fit result carries its guide: do not pass guide= as well")
         return model.program
-    return as_program(model, guide)
+    program = as_program(model, guide)
+    claim_module_params(program.module)
+    return program
 
 
 def _args(program: Program, data) -> tuple[torch.Tensor, ...]:
@@ -156,6 +159,7 @@ def _shuffled(args: tuple, seed: int | None) -> Callable[[], tuple]:
     return batch
 
 
+@restoring_param_store()
 def gradient_variance(
     model,
     data,

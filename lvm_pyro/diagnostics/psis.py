@@ -32,6 +32,7 @@ from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.em import EMResult
 from lvm_pyro.infer.mcmc import MCMCResult
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.infer.svi import FitResult
 from lvm_pyro.models.base import as_program
 
@@ -137,6 +138,7 @@ def _khat(log_w: np.ndarray, api_version: int | None = None) -> np.ndarray:
     return np.where(constant | tied, -np.inf, k)
 
 
+@restoring_param_store()
 @torch.no_grad()
 def psis_khat(
     model,
@@ -195,6 +197,7 @@ def psis_khat(
         except ConfigurationError as exc:
             raise ConfigurationError(f"psis_khat needs a model and its guide: {exc}") from exc
     fitted = model if isinstance(model, FitResult) else None
+    claim_module_params(program.module)
     args = prepare_args(program.validate, data, fitted_like(program, fitted))
     if seed is not None:
         pyro.set_rng_seed(seed)

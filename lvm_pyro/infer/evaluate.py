@@ -32,9 +32,11 @@ from lvm_pyro.infer.logdensity import (
     plate_nesting,
 )
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program
 
 
+@restoring_param_store()
 @torch.no_grad()
 def elbo(
     model,
@@ -76,6 +78,7 @@ def elbo(
             raise ConfigurationError("pass objective= or its former name estimator=, not both")
         objective = estimator
     program = as_program(model, guide)
+    claim_module_params(program.module)
     seed = check_seed(seed)
     check_plate_name(data_plate)
     batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
@@ -162,6 +165,7 @@ class LogLikelihood:
                 f"median ESS={float(self.ess.median()):.1f})")
 
 
+@restoring_param_store()
 @torch.no_grad()
 def log_likelihood(
     model,
@@ -209,6 +213,7 @@ def log_likelihood(
         (-1.2655, -1.2655)
     """
     program = as_program(model, guide)
+    claim_module_params(program.module)
     for value, label in ((num_samples, "num_samples"), (max_elements, "max_elements"),
                          (chunk_size, "chunk_size"), (batch_size, "batch_size")):
         if value is not None:

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.transforms import biject_to
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import (
+    InitMessenger,
     init_to_feasible,
     init_to_mean,
     init_to_median,
@@ -32,6 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_data, validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import LatentVariableModel
 
 #: ``init_strategy`` names and the Pyro initialization function each one stands for.
@@ -133,6 +137,7 @@ def _check_count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+@restoring_param_store()
 def mcmc(
     model,
     data,
@@ -211,6 +216,7 @@ def mcmc(
     if module is not None:  # the model follows the data's device and floating dtype, as in fit
         x0 = args[0]
         module.to(device=x0.device, dtype=x0.dtype if x0.is_floating_point() else None)
+    claim_module_params(module)
     latent = _check_latents(fn, args)
     init_fn = _init_strategy(init_strategy, latent)
 
@@ -256,8 +262,8 @@ def mcmc(
 def _check_latents(fn: Callable, args: tuple) -> dict[str, dict]:
     """The latent sites NUTS samples, by name; refuse a model with none, or with a discrete one
     not enumerated."""
-    with pyro.validation_enabled(False):
-        tr = poutine.trace(fn).get_trace(*args)
+    with pyro.validation_enabled(False):  # flat (ImproperUniform) priors cannot be sampled: start uniform
+        tr = poutine.trace(InitMessenger(_flat_start(args))(fn)).get_trace(*args)
     latent = [
         s for s in tr.nodes.values()
         if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
@@ -274,7 +280,40 @@ def _check_latents(fn: Callable, args: tuple) -> dict[str, dict]:
             "the model has no continuous latent sample sites for NUTS to sample: add a latent "
             "variable (pyro.sample without obs=) with a prior"
         )
+    flat = [s["name"] for s in latent if isinstance(_base(s["fn"]), dist.ImproperUniform)]
+    if flat:
+        raise ModelContractError(
+            f"the sites {flat} have flat improper priors (ImproperUniform), so the posterior NUTS "
+            "would sample need not be a distribution (a mixture's empty component can wander to "
+            "infinity): give them proper priors (for GaussianMixtureModel, prior=GMMPrior(weight_"
+            "concentration=1.0, mean_scale=10.0, precision_df=n_features + 1)), or fit a point "
+            "estimate with em"
+        )
     return {s["name"]: s for s in latent}
+
+
+def _flat_start(args: tuple) -> Callable:
+    """Pyro's ``init_to_uniform``, and a point of the support for a flat prior (which cannot
+    be sampled), in the data's floating dtype and device: to trace the model once."""
+    like = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), torch.zeros(()))
+
+    def init(site):
+        if isinstance(_base(site["fn"]), dist.ImproperUniform):
+            to_support = biject_to(site["fn"].support)
+            shape = to_support.inverse_shape(site["fn"].shape())
+            return to_support(like.new_zeros(shape))
+        if site["fn"].support.is_discrete:  # refused or summed out later: any draw
+            return site["fn"].sample()
+        return init_to_uniform(site)
+
+    return init
+
+
+def _base(fn):
+    """A site's distribution without Independent / masking wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
 
 
 def _describe(init_strategy) -> str:
