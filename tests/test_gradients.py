@@ -28,7 +28,7 @@ def test_reparam_variance_of_the_location_gradient_is_the_closed_form():
     so Var = P^2 s^2 exactly."""
     torch.manual_seed(0)
     x = torch.randn(30).double()
-    result = gradient_variance(normal_normal_model, x, guide=guide, estimator="reparam", num_draws=800,
+    result = gradient_variance(normal_normal_model, x, guide=guide, objective="reparam", num_draws=800,
                                seed=0)
     precision = 1 / PRIOR_SCALE**2 + len(x) / NOISE**2
     expected = precision**2 * GUIDE_SCALE**2
@@ -46,9 +46,9 @@ def test_score_function_variance_is_orders_of_magnitude_above_reparam_on_a_vae(d
     pyro.set_rng_seed(0)
     vae = VAE((64,), latent_dim=4, hidden=(32,))
     before = {k: v.clone() for k, v in vae.state_dict().items()}
-    reparam = gradient_variance(vae, digits, estimator="reparam", num_draws=60, seed=0)
-    plain = gradient_variance(vae, digits, estimator="score", score_baseline="none", num_draws=60, seed=0)
-    decaying = gradient_variance(vae, digits, estimator="score", score_baseline="decaying", num_draws=60,
+    reparam = gradient_variance(vae, digits, objective="reparam", num_draws=60, seed=0)
+    plain = gradient_variance(vae, digits, objective="score", score_baseline="none", num_draws=60, seed=0)
+    decaying = gradient_variance(vae, digits, objective="score", score_baseline="decaying", num_draws=60,
                                  warmup_draws=30, seed=0)
     encoder = [n for n in reparam.per_parameter if n.startswith("encoder")]
     decoder = [n for n in reparam.per_parameter if n.startswith("decoder")]
@@ -93,11 +93,11 @@ def test_decaying_baseline_is_measured_as_in_shuffled_training():
     on one fixed batch learns)."""
     x = torch.linspace(-6, 6, 40, dtype=torch.float64)
     per_point = dist.Normal(x.new_tensor(0.0), 2**0.5).log_prob(x) - SHIFT**2
-    options = dict(estimator="score", score_baseline="none", num_draws=400, seed=0)
+    options = dict(objective="score", score_baseline="none", num_draws=400, seed=0)
     constant = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(per_point.mean().expand(40)),
                                  **options)
     oracle = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(per_point), **options)
-    decaying = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(), estimator="score",
+    decaying = gradient_variance(_local_model, x, guide=_shifted_posterior_guide(), objective="score",
                                  score_baseline="decaying", num_draws=400, seed=0)
     assert oracle.total < 0.2 * constant.total  # the two readings are far apart here
     # an average of ~10 random points' costs: a little noisier than the exact constant, at most
@@ -107,18 +107,18 @@ def test_decaying_baseline_is_measured_as_in_shuffled_training():
 def test_neural_baseline_is_trained_during_warm_up(digits):
     pyro.set_rng_seed(0)
     vae = VAE((64,), latent_dim=4, hidden=(32,))
-    plain = gradient_variance(vae, digits, estimator="score", num_draws=20, seed=0)
-    neural = gradient_variance(vae, digits, estimator="score", score_baseline="neural", num_draws=20,
+    plain = gradient_variance(vae, digits, objective="score", num_draws=20, seed=0)
+    neural = gradient_variance(vae, digits, objective="score", score_baseline="neural", num_draws=20,
                                warmup_draws=50, seed=0)
     assert plain.ratio(neural) > 3
 
 
 def test_bad_input_names_the_fix():
     x = torch.randn(10)
-    with pytest.raises(ConfigurationError, match="unknown estimator"):
-        gradient_variance(normal_normal_model, x, guide=guide, estimator="enum")
+    with pytest.raises(ConfigurationError, match="unknown objective"):
+        gradient_variance(normal_normal_model, x, guide=guide, objective="enum")
     with pytest.raises(ConfigurationError, match="score_baseline"):
-        gradient_variance(normal_normal_model, x, guide=guide, estimator="score", score_baseline="avg")
+        gradient_variance(normal_normal_model, x, guide=guide, objective="score", score_baseline="avg")
     for bad in (1, 0, 2.0):
         with pytest.raises(ConfigurationError, match="num_draws"):
             gradient_variance(normal_normal_model, x, guide=guide, num_draws=bad)
@@ -132,3 +132,13 @@ def test_bad_input_names_the_fix():
 
     with pytest.raises(ModelContractError, match="no latent"):
         gradient_variance(observed_only, x, guide=no_latent_guide)
+
+
+def test_the_former_keyword_estimator_still_works_and_warns():
+    x = torch.randn(20, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(FutureWarning, match="use objective='score'"):
+        old = gradient_variance(normal_normal_model, x, guide=guide, estimator="score", num_draws=20, seed=0)
+    new = gradient_variance(normal_normal_model, x, guide=guide, objective="score", num_draws=20, seed=0)
+    assert old.objective == old.estimator == "score" and old.total == new.total
+    with pytest.raises(ConfigurationError, match="not both"):
+        gradient_variance(normal_normal_model, x, guide=guide, objective="score", estimator="reparam")

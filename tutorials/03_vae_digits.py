@@ -85,10 +85,10 @@ probe = VAE((64,), latent_dim=16, hidden=(256, 256))
 batch = x_train[:64]
 draws = 30 if SMOKE else 200
 variances = {
-    "reparameterization": gradient_variance(probe, batch, estimator="reparam", num_draws=draws, seed=0),
-    "score, no baseline": gradient_variance(probe, batch, estimator="score", score_baseline="none",
+    "reparameterization": gradient_variance(probe, batch, objective="reparam", num_draws=draws, seed=0),
+    "score, no baseline": gradient_variance(probe, batch, objective="score", score_baseline="none",
                                             num_draws=draws, seed=0),
-    "score, neural baseline": gradient_variance(probe, batch, estimator="score", score_baseline="neural",
+    "score, neural baseline": gradient_variance(probe, batch, objective="score", score_baseline="neural",
                                                 num_draws=draws, seed=0),
 }
 encoder = [name for name in variances["reparameterization"].per_parameter if name.startswith("encoder")]

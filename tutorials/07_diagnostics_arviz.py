@@ -180,7 +180,7 @@ khat = psis_khat(svi, x, num_samples=200 if SMOKE else 2000, seed=0)
 print(khat.summary())
 with pyro.get_param_store().scope():  # a second autoguide: keep its parameters apart
     gmm.set_parameters(weights=em_fit.weights_, means=em_fit.means_, covariances=em_fit.covariances_)
-    short = fit(gmm.model, x, guide=gmm.global_guide("normal"), estimator="enum", steps=20, lr=0.02,
+    short = fit(gmm.model, x, guide=gmm.global_guide("normal"), objective="enum", steps=20, lr=0.02,
                 batch_size=N, progress=False, seed=0)
     khat_short = psis_khat(short, x, num_samples=200 if SMOKE else 2000, seed=0)
 print(f"the same guide after only 20 SVI steps: k-hat {khat_short.khat:.2f} ({khat_short.label})")
@@ -241,7 +241,7 @@ def bayesian_mixture(k: int, mixture_prior, steps: int):
     start = GaussianMixture(k, covariance_type="diag", random_state=0).fit(x)
     model = GaussianMixtureModel(k, 2, "diag", prior=mixture_prior).double()
     model.set_parameters(weights=start.weights_, means=start.means_, covariances=start.covariances_)
-    return fit(model.model, x, guide=model.global_guide("normal"), estimator="enum", steps=steps,
+    return fit(model.model, x, guide=model.global_guide("normal"), objective="enum", steps=steps,
                lr=0.02, batch_size=N, progress=False, seed=0)
 
 

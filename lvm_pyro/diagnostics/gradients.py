@@ -17,6 +17,7 @@ data in a fresh random order (the estimate itself, a sum over the data, does not
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,7 @@ class GradientVariance:
     gradient, for a signal-to-noise reading (total / mean_sq_norm).
     """
 
-    estimator: str
+    objective: str
     baseline: str | None
     num_draws: int
     per_parameter: dict[str, float]
@@ -60,8 +61,13 @@ class GradientVariance:
     sizes: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
+    def estimator(self) -> str:
+        """The former name of :attr:`objective`."""
+        return self.objective
+
+    @property
     def label(self) -> str:
-        return self.estimator if self.baseline is None else f"{self.estimator} (baseline: {self.baseline})"
+        return self.objective if self.baseline is None else f"{self.objective} (baseline: {self.baseline})"
 
     def ratio(self, other: GradientVariance, parameters: list[str] | None = None) -> float:
         """Var(self) / Var(other): summed over all elements, or over the named parameters."""
@@ -165,24 +171,25 @@ def gradient_variance(
     data,
     *,
     guide: Callable | None = None,
-    estimator: str = "reparam",
+    objective: str = "reparam",
     num_draws: int = 100,
     num_particles: int = 1,
     score_baseline: str = "none",
     warmup_draws: int = 50,
     seed: int | None = None,
+    estimator: str | None = None,
 ) -> GradientVariance:
     """Var[g] of the ELBO gradient estimate g at the current parameters, per parameter tensor.
 
-    g_s = grad of the estimator's surrogate of -ELBO(x) = -E_q[log p(x, z) - log q(z | x)]
+    g_s = grad of the objective's surrogate of -ELBO(x) = -E_q[log p(x, z) - log q(z | x)]
     summed over the data, for s = 1..num_draws fresh draws of z; no parameter is changed.
 
     Args:
         model: a LatentVariableModel, a (model, guide) pair, a model with ``guide=``, or a
             ``fit`` result (its trained parameters).
         data: x or (x, cond, ...), used whole as one batch.
-        estimator: "reparam", "meanfield", "score" (every site forced to score-function
-            gradients) or "iwae".
+        objective: the gradient estimator, named as in ``fit(objective=)``: "reparam",
+            "meanfield", "score" (every site forced to score-function gradients) or "iwae".
         num_particles: samples of z per gradient estimate.
         score_baseline: for "score": "none" (plain REINFORCE), "decaying" (a moving average
             of the downstream cost) or "neural" (a network b(x) regressing the cost).
@@ -191,6 +198,7 @@ def gradient_variance(
             10 draws to track the cost; the neural baseline is trained for these draws
             (Adam, lr 1e-2) with the model's parameters held fixed. Ignored without a baseline.
         seed: seeds Pyro's RNG first, and the data orders of the decaying baseline.
+        estimator: the former name of ``objective`` (a FutureWarning).
 
     With ``score_baseline="decaying"`` every draw (warm-up and measured) permutes the data's
     rows (x and its conditions together), so the per-position averages see the mix of points
@@ -209,14 +217,20 @@ def gradient_variance(
         >>> def guide(x):
         ...     pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 0.5))
         >>> x = torch.randn(20)
-        >>> rep = gradient_variance(model, x, guide=guide, estimator="reparam", num_draws=200, seed=0)
-        >>> sf = gradient_variance(model, x, guide=guide, estimator="score", num_draws=200, seed=0)
+        >>> rep = gradient_variance(model, x, guide=guide, objective="reparam", num_draws=200, seed=0)
+        >>> sf = gradient_variance(model, x, guide=guide, objective="score", num_draws=200, seed=0)
         >>> sf.ratio(rep) > 1
         True
     """
-    if estimator not in VARIANCE_ESTIMATORS:
+    if estimator is not None:  # the former name
+        warnings.warn(f"gradient_variance(estimator=) is a former spelling; use objective={estimator!r}",
+                      FutureWarning, stacklevel=3)
+        if objective != "reparam":
+            raise ConfigurationError("pass objective= or its former name estimator=, not both")
+        objective = estimator
+    if objective not in VARIANCE_ESTIMATORS:
         raise ConfigurationError(
-            f"unknown estimator {estimator!r} for gradient_variance; valid: {', '.join(VARIANCE_ESTIMATORS)}"
+            f"unknown objective {objective!r} for gradient_variance; valid: {', '.join(VARIANCE_ESTIMATORS)}"
         )
     if score_baseline not in SCORE_BASELINES:
         raise ConfigurationError(
@@ -233,17 +247,17 @@ def gradient_variance(
     if seed is not None:
         pyro.set_rng_seed(seed)
     params = _parameters(program, args)
-    objective = make_objective(
-        estimator,
+    loss = make_objective(
+        objective,
         num_particles=num_particles,
         max_plate_nesting=program.max_plate_nesting,
         vectorize_particles=False if score_baseline == "neural" else None,
         score_baseline=score_baseline,
         baseline_features=int(args[0][0].numel()),
     )
-    for extra in objective.extra_modules:
+    for extra in loss.extra_modules:
         extra.to(device=args[0].device, dtype=args[0].dtype)
-    baseline = score_baseline if estimator == "score" else None
+    baseline = score_baseline if objective == "score" else None
     batch = _shuffled(args, seed) if baseline == "decaying" else lambda: args
     store = pyro.get_param_store()
     before = set(store.keys())
@@ -251,19 +265,19 @@ def gradient_variance(
     saved = [p.grad for p in leaves]
     try:
         if baseline in ("decaying", "neural"):
-            extra = [p for m in objective.extra_modules for p in m.parameters()]
+            extra = [p for m in loss.extra_modules for p in m.parameters()]
             opt = torch.optim.Adam(extra, lr=1e-2) if extra else None
             for _ in range(warmup_draws):
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                _backward(objective, program, batch())
+                _backward(loss, program, batch())
                 if opt is not None:
                     opt.step()
         draws = {name: [] for name in params}
         for _ in range(num_draws):
             for p in leaves:
                 p.grad = None
-            _backward(objective, program, batch())
+            _backward(loss, program, batch())
             for name, p in params.items():
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 draws[name].append(g.detach().reshape(-1).double().cpu())
@@ -287,7 +301,7 @@ def gradient_variance(
             "measure at parameters where training runs"
         )
     return GradientVariance(
-        estimator=estimator,
+        objective=objective,
         baseline=baseline,
         num_draws=num_draws,
         per_parameter=per_parameter,

@@ -363,7 +363,7 @@ def _log_prob_total(trace) -> torch.Tensor:
 
 
 def make_objective(
-    estimator: str = "reparam",
+    objective: str = "reparam",
     *,
     num_particles: int | None = None,
     max_plate_nesting: int | None = None,
@@ -371,7 +371,7 @@ def make_objective(
     score_baseline: str = "decaying",
     baseline_features: int | None = None,
 ) -> Objective:
-    """Build the objective for an estimator name (see the module table).
+    """Build the objective named ``objective`` (see the module table).
 
     ``num_particles`` is the number of samples per step: K for "iwae" (default 5 there; K = 1
     is the ELBO itself), 1 by default for the others.
@@ -384,25 +384,25 @@ def make_objective(
         >>> make_objective("meanfield").elbo.__class__.__name__
         'TraceMeanField_ELBO'
     """
-    if estimator not in OBJECTIVES:
+    if objective not in OBJECTIVES:
         raise ConfigurationError(
-            f"unknown objective {estimator!r}; valid objectives: {', '.join(OBJECTIVES)}"
+            f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}"
         )
     if num_particles is None:
-        num_particles = 5 if estimator == "iwae" else 1
+        num_particles = 5 if objective == "iwae" else 1
     num_particles = check_count(num_particles, "num_particles")
     mpn = float("inf") if max_plate_nesting is None else max_plate_nesting
-    if estimator == "iwae":
+    if objective == "iwae":
         return Objective("iwae", ImportanceWeightedELBO(num_particles=num_particles, max_plate_nesting=mpn))
     vectorize = num_particles > 1 if vectorize_particles is None else vectorize_particles
     kwargs = dict(
         num_particles=num_particles, max_plate_nesting=mpn, vectorize_particles=vectorize
     )
-    if estimator == "reparam":
+    if objective == "reparam":
         return Objective("reparam", Trace_ELBO(**kwargs))
-    if estimator == "meanfield":
+    if objective == "meanfield":
         return Objective("meanfield", TraceMeanField_ELBO(**kwargs))
-    if estimator == "enum":
+    if objective == "enum":
         return Objective("enum", TraceEnum_ELBO(**kwargs))
     if score_baseline not in SCORE_BASELINES:
         raise ConfigurationError(

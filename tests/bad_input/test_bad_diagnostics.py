@@ -213,7 +213,7 @@ CASES = [
     Case("ppc-unknown-var", lambda: plot_ppc(idata(), var_names=["y"]), CE, r"'y'|var_names"),
     Case("ppc-num-pp-samples-0", lambda: plot_ppc(idata(), num_pp_samples=0), CE, r"num_pp_samples"),
     # --- gradient_variance ----------------------------------------------------------------------
-    Case("gv-unknown-estimator", gv(estimator="enum"), CE, r"estimator"),
+    Case("gv-unknown-objective", gv(objective="enum"), CE, r"unknown objective .enum."),
     Case("gv-num-draws-1", gv(num_draws=1), CE, r"num_draws"),
     Case("gv-num-draws-bool", gv(num_draws=True), CE, r"num_draws"),
     Case("gv-num-particles-0", gv(num_particles=0), CE, r"num_particles"),

@@ -198,10 +198,10 @@ def test_gradient_variance(name, dtype):
     """Finite, positive gradient variances for reparam; score-function gradients are noisier
     for a reparameterizable continuous guide."""
     s = build(name, dtype)
-    rep = lvm_pyro.gradient_variance(s.pair, s.data, estimator="reparam", num_draws=8, seed=0)
+    rep = lvm_pyro.gradient_variance(s.pair, s.data, objective="reparam", num_draws=8, seed=0)
     assert np.isfinite(rep.total) and rep.total > 0
     assert all(np.isfinite(v) for v in rep.per_parameter.values())
     if name in ("normal_normal", "factor_analysis", "vae_example"):
         pyro.set_rng_seed(0)
-        score = lvm_pyro.gradient_variance(s.pair, s.data, estimator="score", num_draws=8, seed=0)
+        score = lvm_pyro.gradient_variance(s.pair, s.data, objective="score", num_draws=8, seed=0)
         assert score.total > rep.total
