@@ -452,39 +452,12 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
                    seed, progress, kl_warmup, score_baseline, vectorize_particles, data_plate,
                    compilation: Compilation) -> Trainer:
     """Everything a run needs, checked and built, its checkpoint restored: the Trainer."""
-    resume = checkpointing is not None and checkpointing.resume
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    shuffle_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
-    ckpt = load_checkpoint(checkpoint_path(ckpt_dir), complete=True) if resume else None
-    if ckpt is not None:  # the batch order (and validation noise) of the run being resumed
-        shuffle_seed = ckpt["config"]["shuffle_seed"]
-    if group is not None:
-        # one batch order for every rank; each rank its own noise
-        shuffle_seed = group.broadcast_int(shuffle_seed, dev)
-        pyro.set_rng_seed(shuffle_seed % 2**32 + group.rank)
-
-    batches = make_batches(data, program, dev, batch_size=batch_size, seed=shuffle_seed)
-    val_batches = (
-        make_batches(val_data, program, dev, batch_size=None, shuffle=False, name="val_data",
-                     max_batch_size=batches.batch_size)
-        if val_data is not None else None
-    )
-    first_batches = iter(batches.epoch())
-    first = next(first_batches)
-    check = next(first_batches, first)  # another batch of the same shape, to verify a compiled step on
-    batches.rewind_epoch(batches.epoch_start_state)
-    if group is not None:
-        if batches.batch_size < group.world_size:
-            raise ConfigurationError(
-                f"batch_size={batches.batch_size} is smaller than the {group.world_size} processes: "
-                "pass a global batch_size of at least one example per process"
-            )
-        first, check = group.shard(first), group.shard(check)
+    ckpt, shuffle_seed = _seed_and_checkpoint(seed, ckpt_dir, checkpointing, group, dev)
+    batches, val_batches, first, check = _batches(data, val_data, program, dev, group, batch_size,
+                                                  shuffle_seed)
     x0 = first[0]
     if program.module is not None:
         program.module.to(device=dev, dtype=x0.dtype if x0.is_floating_point() else None)
-
     if vectorize_particles is None and (num_particles or 1) > 1 and objective != "iwae":
         # particles in one vectorized pass where the model broadcasts over them, else in sequence
         vectorize_particles = broadcasts_over_particles(program, first, program.max_plate_nesting)
@@ -497,11 +470,7 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
     warmup_cb = next((cb for cb in callbacks if isinstance(cb, KLWarmup)), None)
     keys = _callback_keys(callbacks)
 
-    scale = TrainingScale(batches.num_data, plate=data_plate)
-    if group is not None:
-        # a shard of s of a global batch of B: data sites count N / B each, global sites 1 / P
-        scale.num_data = batches.num_data * x0.shape[0] / batches.batch_size
-        scale.global_scale = 1.0 / group.world_size
+    scale = _training_scale(batches, x0, group, data_plate)
     claim_module_params(program.module)
     traced = check_program(program, scale, first, objective)
     if batches.batch_size < batches.num_data and not scale.saw_plate:
@@ -518,45 +487,15 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
         group.broadcast_(param_list)
     opt = make_optimizer(optimizer, param_list, lr)
     total_steps = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * batches.steps_per_epoch
-    model_name = type(program.source).__name__ if program.source is not None else "callable"
-    identity = {
-        "estimator": objective,  # (the checkpoint format's key for the objective)
-        "num_particles": loss.elbo.num_particles,
-        "batch_size": batches.batch_size,
-        "num_data": batches.num_data,
-        "data": [[list(t.shape[1:]), str(t.dtype)] for t in first],
-        "optimizer": f"{type(opt).__module__}.{type(opt).__qualname__}",
-        "data_plate": data_plate,
-        "kl_warmup": warmup,
-        "kl_warmup_start": warmup_cb.start if warmup_cb is not None else 0.0,
-        "score_baseline": score_baseline if objective == "score" else None,
-        "model": model_name,
-        "world_size": group.world_size if group is not None else 1,
-        "parameters": shapes(program, params),
-    }
     use_graph, why = choose(compilation, objective, param_list, int(x0.shape[0]), total_steps)
     if ckpt is not None and compilation.enabled == "auto" and "compiled_path" in ckpt["config"]:
         use_graph, why = ckpt["config"]["compiled_path"], "auto: the path of the run being resumed"
+    run = dict(program=program, loss=loss, batches=batches, first=first, opt=opt, group=group,
+               data_plate=data_plate, warmup=warmup, warmup_cb=warmup_cb, objective=objective)
+    identity = _identity(**run, score_baseline=score_baseline, params=params)
     config = {
-        "objective": objective,
-        "estimator": objective,
-        "num_particles": loss.elbo.num_particles,
-        "batch_size": batches.batch_size,
-        "num_data": batches.num_data,
-        "steps_per_epoch": batches.steps_per_epoch,
-        "total_steps": total_steps,
-        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
-        "lr": lr,
-        "clip_norm": clip_norm,
-        "seed": seed,
-        "shuffle_seed": shuffle_seed,
-        "device": str(dev),
-        "dtype": str(x0.dtype),
-        "kl_warmup": warmup,
-        "score_baseline": score_baseline if objective == "score" else None,
-        "data_plate": data_plate,
-        "model": model_name,
-        "world_size": identity["world_size"],
+        **_config(**run, total_steps=total_steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, seed=seed,
+                  shuffle_seed=shuffle_seed, dev=dev, score_baseline=score_baseline),
         "compile": compilation.enabled,
         "compiled_path": use_graph,
         "compile_reason": why,
@@ -572,11 +511,118 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
     if ckpt is not None:
         trainer.restore(ckpt, dev)
     if use_graph:
-        trainer.beta_input = x0.new_ones(()) if x0.is_floating_point() else trainer.beta_input
-        step = CompiledStep(trainer.loss, param_list, opt, clip_norm=clip_norm, mode=compilation.mode,
-                            rtol=compilation.rtol, eager_update=group is not None)
-        with pyro.validation_enabled(False):
-            step.prepare(first, check, trainer.beta_input)
-        trainer.compiled = step
+        _attach_compiled_step(trainer, compilation, first, check)
     config["compiled"] = trainer.compiled is not None and trainer.compiled.has_graph(first)
     return trainer
+
+
+def _attach_compiled_step(trainer: Trainer, compilation: Compilation, first: tuple, check: tuple) -> None:
+    """Record, compile and verify the trainer's step on the first batch's shapes (a failure
+    warns and leaves the trainer eager)."""
+    x0 = first[0]
+    trainer.beta_input = x0.new_ones(()) if x0.is_floating_point() else trainer.beta_input
+    step = CompiledStep(trainer.loss, trainer.param_list, trainer.opt, clip_norm=trainer.clip_norm,
+                        mode=compilation.mode, rtol=compilation.rtol, eager_update=trainer.group is not None)
+    with pyro.validation_enabled(False):
+        step.prepare(first, check, trainer.beta_input)
+    trainer.compiled = step
+
+
+def _seed_and_checkpoint(seed, ckpt_dir: Path | None, checkpointing: Checkpointing | None, group, dev):
+    """Seed Pyro; the checkpoint to resume (or None) and the seed of the batch order (the
+    resumed run's own, and one for every process of a group)."""
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    shuffle_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    resume = checkpointing is not None and checkpointing.resume
+    ckpt = load_checkpoint(checkpoint_path(ckpt_dir), complete=True) if resume else None
+    if ckpt is not None:  # the batch order (and validation noise) of the run being resumed
+        shuffle_seed = ckpt["config"]["shuffle_seed"]
+    if group is not None:
+        # one batch order for every rank; each rank its own noise
+        shuffle_seed = group.broadcast_int(shuffle_seed, dev)
+        pyro.set_rng_seed(shuffle_seed % 2**32 + group.rank)
+    return ckpt, shuffle_seed
+
+
+def _batches(data, val_data, program: Program, dev, group, batch_size, shuffle_seed: int):
+    """The training and validation batches, and the first two batches of the first epoch (the
+    second, of the same shape, verifies a compiled step); the epoch is rewound after."""
+    batches = make_batches(data, program, dev, batch_size=batch_size, seed=shuffle_seed)
+    val_batches = (
+        make_batches(val_data, program, dev, batch_size=None, shuffle=False, name="val_data",
+                     max_batch_size=batches.batch_size)
+        if val_data is not None else None
+    )
+    first_batches = iter(batches.epoch())
+    first = next(first_batches)
+    check = next(first_batches, first)
+    batches.rewind_epoch(batches.epoch_start_state)
+    if group is not None:
+        if batches.batch_size < group.world_size:
+            raise ConfigurationError(
+                f"batch_size={batches.batch_size} is smaller than the {group.world_size} processes: "
+                "pass a global batch_size of at least one example per process"
+            )
+        first, check = group.shard(first), group.shard(check)
+    return batches, val_batches, first, check
+
+
+def _training_scale(batches, x0: torch.Tensor, group, data_plate: str) -> TrainingScale:
+    """How a minibatch's log-densities are scaled to the whole data set (and a shard's to its
+    share of the global batch: data sites count N / B each, global sites 1 / P)."""
+    scale = TrainingScale(batches.num_data, plate=data_plate)
+    if group is not None:
+        scale.num_data = batches.num_data * x0.shape[0] / batches.batch_size
+        scale.global_scale = 1.0 / group.world_size
+    return scale
+
+
+def _model_name(program: Program) -> str:
+    return type(program.source).__name__ if program.source is not None else "callable"
+
+
+def _identity(*, program, loss, batches, first, opt, group, data_plate, warmup, warmup_cb, objective,
+              score_baseline, params) -> dict:
+    """What a checkpoint must match to be resumed (anything else differing is refused)."""
+    return {
+        "estimator": objective,  # (the checkpoint format's key for the objective)
+        "num_particles": loss.elbo.num_particles,
+        "batch_size": batches.batch_size,
+        "num_data": batches.num_data,
+        "data": [[list(t.shape[1:]), str(t.dtype)] for t in first],
+        "optimizer": f"{type(opt).__module__}.{type(opt).__qualname__}",
+        "data_plate": data_plate,
+        "kl_warmup": warmup,
+        "kl_warmup_start": warmup_cb.start if warmup_cb is not None else 0.0,
+        "score_baseline": score_baseline if objective == "score" else None,
+        "model": _model_name(program),
+        "world_size": group.world_size if group is not None else 1,
+        "parameters": shapes(program, params),
+    }
+
+
+def _config(*, program, loss, batches, first, opt, group, data_plate, warmup, warmup_cb, objective,
+            total_steps, optimizer, lr, clip_norm, seed, shuffle_seed, dev, score_baseline) -> dict:
+    """The run's settings as ``FitResult.config`` reports them (and the checkpoint stores)."""
+    return {
+        "objective": objective,
+        "estimator": objective,
+        "num_particles": loss.elbo.num_particles,
+        "batch_size": batches.batch_size,
+        "num_data": batches.num_data,
+        "steps_per_epoch": batches.steps_per_epoch,
+        "total_steps": total_steps,
+        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
+        "lr": lr,
+        "clip_norm": clip_norm,
+        "seed": seed,
+        "shuffle_seed": shuffle_seed,
+        "device": str(dev),
+        "dtype": str(first[0].dtype),
+        "kl_warmup": warmup,
+        "score_baseline": score_baseline if objective == "score" else None,
+        "data_plate": data_plate,
+        "model": _model_name(program),
+        "world_size": group.world_size if group is not None else 1,
+    }
