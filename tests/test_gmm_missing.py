@@ -190,21 +190,28 @@ def test_integer_weights_equal_replicated_rows():
     torch.testing.assert_close(weighted.log_likelihood, replicated.log_likelihood, rtol=0, atol=1e-9)
 
 
-def test_complete_rows_match_the_mixture_model():
-    """No NaN: the statistics and M-step are those of GaussianMixtureModel (every type)."""
+def _true_model(w, mu, cov, cov_type):
+    """The library's mixture set to the true parameters, and its covariances in scikit-learn's
+    layout for ``cov_type`` (from the full (K, D, D) ``cov``)."""
     from lvm_pyro.models.gmm import GaussianMixtureModel
 
+    model = GaussianMixtureModel(3, 4, cov_type).to(F64)
+    sk_cov = {
+        "full": cov,
+        "tied": cov[0],
+        "diag": torch.diagonal(cov, dim1=-2, dim2=-1),
+        "spherical": cov[:, 0, 0],
+    }[cov_type]
+    model.set_parameters(weights=w, means=mu, covariances=sk_cov)
+    return model, sk_cov
+
+
+def test_complete_rows_match_the_mixture_model():
+    """No NaN: the statistics and M-step are those of GaussianMixtureModel (every type)."""
     for cov_type in TYPES:
         w, mu, cov = _mixture(cov_type, seed=10)
         x, _, _ = _sample(w, mu, cov, 300, seed=11)
-        model = GaussianMixtureModel(3, 4, cov_type).to(F64)
-        sk_cov = {
-            "full": cov,
-            "tied": cov[0],
-            "diag": torch.diagonal(cov, dim1=-2, dim2=-1),
-            "spherical": cov[:, 0, 0],
-        }[cov_type]
-        model.set_parameters(weights=w, means=mu, covariances=sk_cov)
+        model, sk_cov = _true_model(w, mu, cov, cov_type)
         ll, ref = model.expected_statistics(x, shift=x.mean(0))
         st = expected_statistics_missing(
             x, w.log(), mu, expand_covariances(sk_cov, cov_type, 3, 4), shift=x.mean(0)
@@ -449,18 +456,9 @@ def test_many_features_against_brute_force():
 def test_split_route_complete_rows_by_the_model(cov_type):
     """The optional speed-up of the wiring: complete rows through the model's own E-step, rows
     with NaN through expected_statistics_missing, summed: equal to all rows through ours."""
-    from lvm_pyro.models.gmm import GaussianMixtureModel
-
     w, mu, cov = _mixture(cov_type, seed=31)
     _, x, _ = _sample(w, mu, cov, 300, seed=32)
-    model = GaussianMixtureModel(3, 4, cov_type).to(F64)
-    sk_cov = {
-        "full": cov,
-        "tied": cov[0],
-        "diag": torch.diagonal(cov, dim1=-2, dim2=-1),
-        "spherical": cov[:, 0, 0],
-    }[cov_type]
-    model.set_parameters(weights=w, means=mu, covariances=sk_cov)
+    model, sk_cov = _true_model(w, mu, cov, cov_type)
     shift = torch.nanmean(x, 0)
     complete = ~torch.isnan(x).any(1)
     assert 0 < int(complete.sum()) < len(x)

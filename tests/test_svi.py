@@ -16,6 +16,7 @@ from models_for_tests import (
     normal_normal_model,
     normal_normal_posterior,
 )
+from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -445,3 +446,52 @@ def test_the_step_takes_beta_as_an_argument():
     finally:
         Trainer.loss = original
     assert seen == [0.0, 0.25, 0.5, 0.75]  # the KL warm-up's beta, passed in at each step
+
+
+def _masked_normal_model(x, observed):
+    mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), 10.0))
+    with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", x.shape[1], dim=-1):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x, obs_mask=observed)
+
+
+def _masked_normal_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64) + 3
+    observed = torch.rand(200, 3, generator=g) > 0.3  # 30% of the entries missing at random
+    return torch.where(observed, x, torch.zeros((), dtype=torch.float64)), observed
+
+
+def _masked_normal_posterior(x, observed):
+    """The exact posterior of mu and log p(x_observed) (prior N(0, 10^2), unit noise)."""
+    xs = x[observed]
+    precision = 1 / 100 + len(xs)
+    mean = xs.sum() / precision
+    cov = torch.eye(len(xs), dtype=x.dtype) + 100.0
+    log_px = dist.MultivariateNormal(torch.zeros_like(xs), cov).log_prob(xs)
+    return float(mean), float(precision**-0.5), float(log_px)
+
+
+def test_fit_and_elbo_sum_out_obs_mask_missing_entries_the_guide_does_not_impute():
+    x, observed = _masked_normal_data()
+    mean, sd, log_px = _masked_normal_posterior(x, observed)
+
+    def exact_guide(x, observed):
+        pyro.sample("mu", dist.Normal(pyro.param("m", x.new_tensor(mean)), pyro.param("s", x.new_tensor(sd))))
+
+    # at the exact posterior the ELBO is log p(x_observed) for every draw of mu
+    value = lvm_pyro.elbo((_masked_normal_model, exact_guide), (x, observed), num_particles=3, seed=0,
+                          batch_size=len(x))
+    assert value * len(x) == pytest.approx(log_px, rel=1e-10)
+    # trained, the guide finds that posterior (an imputing mean-field guide would not: its scale
+    # comes out near 1/sqrt(all 600 entries), 0.04, instead of 1/sqrt(the observed ones))
+    pyro.clear_param_store()
+    guide = AutoNormal(poutine.block(_masked_normal_model, hide=["x_unobserved"]))
+    lvm_pyro.fit((_masked_normal_model, guide), (x, observed), steps=2000, lr=0.02, batch_size=len(x),
+                 objective="meanfield", progress=False, seed=0)
+    assert float(guide.locs.mu.detach()) == pytest.approx(mean, abs=0.5 * sd)
+    assert float(guide.scales.mu.detach()) == pytest.approx(sd, rel=0.2)
+    # an autoguide that imputes the missing entries has a parameter per entry: not in batches
+    imputing = AutoNormal(_masked_normal_model)
+    lvm_pyro.fit((_masked_normal_model, imputing), (x, observed), steps=2, batch_size=len(x), progress=False)
+    with pytest.raises(errors.ModelContractError, match=r"batch of 64 rows.*batch_size=len\(data\)"):
+        lvm_pyro.elbo((_masked_normal_model, imputing), (x, observed), batch_size=64)

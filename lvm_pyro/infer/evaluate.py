@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from lvm_pyro.checks import check_count, check_plate_name, check_seed
 from lvm_pyro.data import resolve_device
-from lvm_pyro.errors import ConfigurationError
+from lvm_pyro.errors import ConfigurationError, ModelContractError
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.logdensity import (
     broadcasts_over_particles,
@@ -29,6 +29,7 @@ from lvm_pyro.infer.logdensity import (
     check_program,
     local_log_weights,
     logmeanexp_chunks,
+    marginalize_missing,
     plate_nesting,
 )
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
@@ -83,6 +84,7 @@ def elbo(
     check_plate_name(data_plate)
     batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
     first = _cast(next(iter(batches.epoch())), program.module)
+    program = marginalize_missing(program, first)
     check_program(program, first, enumerable_ok=False)
     vectorize = None
     if (num_particles or (5 if objective == "iwae" else 1)) > 1 and objective != "iwae":
@@ -124,7 +126,18 @@ def dataset_loss(program: Program, objective: Objective, batches, plate: str = D
         for batch in batches.epoch():
             batch = _cast(batch, module)
             unscaled = TrainingScale(num_data=batch[0].shape[0], plate=plate)
-            total += objective.loss(unscaled(program.model), unscaled(program.guide), *batch)
+            try:
+                total += objective.loss(unscaled(program.model), unscaled(program.guide), *batch)
+            except (RuntimeError, ValueError) as exc:
+                if batch[0].shape[0] == batches.num_data:
+                    raise
+                raise ModelContractError(
+                    f"evaluating in batches of {batch[0].shape[0]} of the {batches.num_data} points "
+                    f"failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): a guide with "
+                    "parameters for each data point (an autoguide of the model's local latent sites, "
+                    "such as the x_unobserved of Pyro's obs_mask) cannot be run on part of the data. "
+                    f"Pass batch_size={batches.num_data}, or hide such sites from the autoguide"
+                ) from exc
     finally:
         if module is not None:
             module.train(was_training)

@@ -25,7 +25,7 @@ import functools
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.distributions as dist
@@ -37,7 +37,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from lvm_pyro.errors import ModelContractError
+from lvm_pyro.errors import LVMError, ModelContractError
 from lvm_pyro.models.base import DATA_PLATE, Program
 
 #: Name of the plate over importance samples; it sits left of every plate of the model.
@@ -116,12 +116,34 @@ def check_guide(model_trace: poutine.Trace, guide_trace: poutine.Trace, *,
         raise ModelContractError("; ".join(parts))
 
 
+#: What a model/guide pair raises when it cannot run on the data it is given.
+PAIR_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, KeyError, NotImplementedError)
+
+
+def pair_failed(exc: Exception, args: tuple) -> ModelContractError:
+    """The error for a model/guide pair that failed on its first run (raise it ``from exc``)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ModelContractError(
+        f"the guide and model fail when run once on a batch of {len(args[0])} rows (x of shape "
+        f"{tuple(args[0].shape)}): {type(exc).__name__}: {first}. Check that they accept this "
+        "data (shape, dtype, number of conditions) and give their distributions valid (finite, "
+        "in-support) parameters; a guide with parameters for each data point (an autoguide of "
+        "the model's local latent sites, such as the x_unobserved of Pyro's obs_mask) runs on "
+        "the whole data only: pass batch_size=len(data). The cause is chained below"
+    )
+
+
 def check_program(program: Program, args: tuple, *, enumerable_ok: bool = False) -> None:
     """Run the guide and the model on it once (no enumeration, nothing recorded) and
     :func:`check_guide` them: the check every wrapper makes before it computes anything."""
-    with poutine.block():
-        guide_trace = poutine.trace(program.guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+    try:
+        with poutine.block():
+            guide_trace = poutine.trace(program.guide).get_trace(*args)
+            model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+    except LVMError:
+        raise
+    except PAIR_ERRORS as exc:
+        raise pair_failed(exc, args) from exc
     check_guide(model_trace, guide_trace, enumerable_ok=enumerable_ok)
 
 
@@ -189,6 +211,7 @@ class MarginalizeMissing(Messenger):
         super().__init__()
         self.sampled = set(sampled)
         self.observed: dict[str, torch.Tensor] = {}
+        self.marginalized: set[str] = set()  # the sites summed out so far
 
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"]
@@ -200,6 +223,35 @@ class MarginalizeMissing(Messenger):
             msg["value"] = self.observed[prefix]
             msg["is_observed"] = True
             msg["mask"] = False
+            self.marginalized.add(name)
+
+
+def marginalize_missing(program: Program, args: tuple) -> Program:
+    """``program`` with its model summing out the missing entries of Pyro's ``obs_mask`` that
+    the guide does not impute (:class:`MarginalizeMissing`), for the wrappers that train or
+    evaluate with Pyro's ELBOs (``fit``, ``elbo``, ``gradient_variance``): their bound is then
+    on log p(x_observed), as ``log_likelihood`` and ``em`` compute it. A guide that samples
+    ``x_unobserved`` (an autoguide of the whole model) imputes the entries instead, as in plain
+    Pyro. ``program`` itself when there is nothing to sum out. Runs guide and model once on
+    ``args``; the random state is left as it was.
+    """
+    state = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        with pyro.validation_enabled(False), torch.no_grad():
+            guide_trace = poutine.trace(program.guide).get_trace(*args)
+            handler = MarginalizeMissing(sampled=guide_trace.nodes)
+            poutine.trace(poutine.replay(handler(program.model), trace=guide_trace)).get_trace(*args)
+    except Exception:  # the wrapper's own check runs the pair next and explains the failure
+        return program
+    finally:
+        torch.set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+    if not handler.marginalized:
+        return program
+    sampled = {n for n, site in guide_trace.nodes.items() if site["type"] == "sample"}
+    return replace(program, model=MarginalizeMissing(sampled=sampled)(program.model))
 
 
 # ------------------------------------------------------------------------------------------
@@ -579,6 +631,7 @@ __all__: list[str] = [
     "PARTICLE_PLATE",
     "HoldGlobals",
     "MarginalizeMissing",
+    "marginalize_missing",
     "PointLogWeights",
     "WeightedTraces",
     "broadcasts_over_particles",

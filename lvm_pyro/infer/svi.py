@@ -42,7 +42,7 @@ from lvm_pyro.infer.checkpoint import (
 )
 from lvm_pyro.infer.compile import Compilation, CompiledStep, choose
 from lvm_pyro.infer.distributed import join_group
-from lvm_pyro.infer.logdensity import broadcasts_over_particles
+from lvm_pyro.infer.logdensity import broadcasts_over_particles, marginalize_missing
 from lvm_pyro.infer.objectives import OBJECTIVES, SCORE_BASELINES, TrainingScale, make_objective
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.infer.trainer import (
@@ -472,6 +472,7 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
 
     scale = _training_scale(batches, x0, group, data_plate)
     claim_module_params(program.module)
+    program = marginalize_missing(program, first)  # obs_mask's missing entries the guide leaves
     traced = check_program(program, scale, first, objective)
     if batches.batch_size < batches.num_data and not scale.saw_plate:
         raise ModelContractError(

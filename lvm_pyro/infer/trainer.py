@@ -41,7 +41,7 @@ from lvm_pyro.infer.checkpoint import (
 )
 from lvm_pyro.infer.compile import CompiledStep
 from lvm_pyro.infer.evaluate import dataset_loss
-from lvm_pyro.infer.logdensity import check_guide, data_frame, sample_sites
+from lvm_pyro.infer.logdensity import PAIR_ERRORS, check_guide, data_frame, pair_failed, sample_sites
 from lvm_pyro.infer.objectives import Objective, TrainingScale, iwae_site_error
 from lvm_pyro.models.base import Program
 
@@ -203,14 +203,8 @@ def check_program(program: Program, scale: TrainingScale, batch: tuple, objectiv
         model_trace = model_tape.trace
     except LVMError:
         raise
-    except (ValueError, RuntimeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelContractError(
-            f"the guide and model fail when run once on the first batch (x of shape "
-            f"{tuple(batch[0].shape)}): {type(exc).__name__}: {first_line}. Check that the model "
-            "and guide accept this data (shape, dtype, number of conditions) and that their "
-            "distributions get valid (finite, in-support) parameters; the cause is chained below"
-        ) from exc
+    except PAIR_ERRORS as exc:
+        raise pair_failed(exc, batch) from exc
     check_guide(model_trace, guide_trace)
     if objective == "iwae":  # refused here, before a vectorized run a global site may not survive
         outside = [s["name"] for s in sample_sites(guide_trace) if data_frame(s, scale.plate) is None]

@@ -199,6 +199,13 @@ def _digits_mixture(
     )
 
 
+def _image_model(name: str, cls: type, description: str, fit_options: dict) -> dict:
+    """The registration of a model of binarized images built as ``cls(input_shape, **options)``."""
+    return dict(name=name, build=lambda data, **options: cls(data.event_shape, **options), options=cls,
+                fixed=("input_shape",), description=description, data_options=BINARY_DIGITS,
+                fit_options=fit_options)
+
+
 def _load_builtins() -> None:
     """Register the library's models once, under names a user has not taken already."""
     global _BUILTINS_LOADED
@@ -229,42 +236,17 @@ def _load_builtins() -> None:
             fit_options={"max_iter": 200, "tol": 1e-4, "n_init": 3},
             trainer="em",
         ),
-        dict(
-            name="vae",
-            build=lambda data, **options: VAE(data.event_shape, **options),
-            options=VAE,
-            fixed=("input_shape",),
-            description="variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
-            data_options=BINARY_DIGITS,
-            fit_options=vae_training,
-        ),
-        dict(
-            name="hvae",
-            build=lambda data, **options: HierarchicalVAE(data.event_shape, **options),
-            options=HierarchicalVAE,
-            fixed=("input_shape",),
-            description="hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
-            data_options=BINARY_DIGITS,
-            fit_options=vae_training,
-        ),
-        dict(
-            name="mixvae",
-            build=lambda data, **options: MixturePriorVAE(data.event_shape, **options),
-            options=MixturePriorVAE,
-            fixed=("input_shape",),
-            description="VAE with a learned 10-component mixture-of-Gaussians prior, Bernoulli pixels",
-            data_options=BINARY_DIGITS,
-            fit_options=vae_training,
-        ),
-        dict(
-            name="sbn",
-            build=lambda data, **options: SigmoidBeliefNet(data.event_shape, **options),
-            options=SigmoidBeliefNet,
-            fixed=("input_shape",),
-            description="sigmoid belief network (binary latents), trained by score-function gradients",
-            data_options=BINARY_DIGITS,
-            fit_options={"objective": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3},
-        ),
+        _image_model("vae", VAE, "variational autoencoder, Bernoulli pixels, N(0, I) prior, KL warm-up",
+                     vae_training),
+        _image_model("hvae", HierarchicalVAE,
+                     "hierarchical VAE, two Gaussian layers (16, 8), bottom-up guide, Bernoulli pixels",
+                     vae_training),
+        _image_model("mixvae", MixturePriorVAE,
+                     "VAE with a learned 10-component mixture-of-Gaussians prior, Bernoulli pixels",
+                     vae_training),
+        _image_model("sbn", SigmoidBeliefNet,
+                     "sigmoid belief network (binary latents), trained by score-function gradients",
+                     {"objective": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3}),
         dict(
             name="cvae",
             build=lambda data, **options: ConditionalVAE(*_completion_shapes(data), **options),
