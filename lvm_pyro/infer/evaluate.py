@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from lvm_pyro.checks import check_count, check_plate_name, check_seed
 from lvm_pyro.data import resolve_device
-from lvm_pyro.errors import ConfigurationError, ModelContractError
+from lvm_pyro.errors import ConfigurationError
 from lvm_pyro.infer.batching import make_batches
 from lvm_pyro.infer.logdensity import (
     broadcasts_over_particles,
@@ -30,6 +30,7 @@ from lvm_pyro.infer.logdensity import (
     local_log_weights,
     logmeanexp_chunks,
     marginalize_missing,
+    pair_failed,
     plate_nesting,
 )
 from lvm_pyro.infer.objectives import Objective, TrainingScale, make_objective
@@ -128,16 +129,10 @@ def dataset_loss(program: Program, objective: Objective, batches, plate: str = D
             unscaled = TrainingScale(num_data=batch[0].shape[0], plate=plate)
             try:
                 total += objective.loss(unscaled(program.model), unscaled(program.guide), *batch)
-            except (RuntimeError, ValueError) as exc:
+            except (RuntimeError, ValueError) as exc:  # a guide with parameters per point, on a batch
                 if batch[0].shape[0] == batches.num_data:
                     raise
-                raise ModelContractError(
-                    f"evaluating in batches of {batch[0].shape[0]} of the {batches.num_data} points "
-                    f"failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): a guide with "
-                    "parameters for each data point (an autoguide of the model's local latent sites, "
-                    "such as the x_unobserved of Pyro's obs_mask) cannot be run on part of the data. "
-                    f"Pass batch_size={batches.num_data}, or hide such sites from the autoguide"
-                ) from exc
+                raise pair_failed(exc, batch) from exc
     finally:
         if module is not None:
             module.train(was_training)
