@@ -16,8 +16,11 @@ constants, the model is compiled once, from a few traces, into flat arrays:
   log Z with respect to a log-potential is the posterior of that cell), and the M-step is the
   weighted maximum-likelihood solution from expected sufficient statistics (normalized
   counts for Categorical, a weighted mean for Bernoulli / Poisson, precision-weighted means
-  then variances for Normal locs and scales: exact conditional maximization, the joint
-  optimum when each scale has its own loc).
+  then variances for Normal locs and scales, weighted means then weighted covariances about
+  them (or their Cholesky factors) for MultivariateNormal locs and covariance_matrix /
+  scale_tril rows: exact conditional maximization, the joint optimum when each scale has its
+  own loc). A MultivariateNormal's elements are whole events (D values), each reading a row of
+  its loc param and a (D, D) row of its matrix param.
 
 Nothing is assumed that is not checked: the structure is read off traces with the parameters
 replaced by probes (entry i of a param set to a distinct code, so an argument that is a gather
@@ -56,6 +59,7 @@ FAMILIES: dict[type, tuple[str, ...]] = {
     dist.Normal: ("loc", "scale"),
     dist.Exponential: ("rate",),
     dist.Gamma: ("concentration", "rate"),
+    dist.MultivariateNormal: ("loc", "covariance_matrix"),  # or ("loc", "scale_tril")
 }
 #: (family, argument) -> the constraint a param needs for the closed form of that role
 ROLES: dict[tuple[type, str], object] = {
@@ -66,7 +70,12 @@ ROLES: dict[tuple[type, str], object] = {
     (dist.Normal, "scale"): constraints.positive,
     (dist.Exponential, "rate"): constraints.positive,
     (dist.Gamma, "rate"): constraints.positive,
+    (dist.MultivariateNormal, "loc"): constraints.real,
+    (dist.MultivariateNormal, "covariance_matrix"): constraints.positive_definite,
+    (dist.MultivariateNormal, "scale_tril"): constraints.lower_cholesky,
 }
+#: constraints of the params whose rows are whole (D, D) matrices (a MultivariateNormal's)
+MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
 _CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
 
 
@@ -83,10 +92,13 @@ def _same_constraint(a, b) -> bool:
 
 @dataclass
 class _Group:
-    """The elements of every site of one family with the same argument sources."""
+    """The elements of every site of one family with the same argument sources. An element is
+    one scalar of the log-density, or one event for a MultivariateNormal (its y is (D,), its
+    loc indices (D,), its matrix a row of a (..., D, D) param or a constant (D, D))."""
 
     family: type
     sources: tuple  # per argument: ("param", name) or ("const", None)
+    args: tuple = ()  # the argument names (FAMILIES[family], but a MultivariateNormal's may differ)
     idx: list = field(default_factory=list)  # per argument: flat param indices or constants
     y: list = field(default_factory=list)
     pos: list = field(default_factory=list)
@@ -94,9 +106,17 @@ class _Group:
     weight: list = field(default_factory=list)  # site scale * mask
 
     def finish(self) -> None:
+        self.args = self.args or FAMILIES[self.family]
         self.idx = [torch.cat(parts) for parts in zip(*self.idx)]
         self.y, self.pos = torch.cat(self.y), torch.cat(self.pos)
         self.kind, self.weight = torch.cat(self.kind), torch.cat(self.weight)
+        self.loc_rows = None  # a MultivariateNormal's loc: the row of the (..., D) param each reads
+        if self.family is dist.MultivariateNormal and self.sources[0][0] == "param":
+            ix = self.idx[0]
+            d = ix.shape[-1]
+            rows = ix[:, 0] // d
+            if torch.equal(ix, rows[:, None] * d + torch.arange(d, device=ix.device)):
+                self.loc_rows = rows
         self.sel, self.at = {}, {}  # per kind: the elements of that kind (None: all) and their cells
         for kind in range(6):
             chosen = self.kind == kind
@@ -115,6 +135,15 @@ def _unwrap(fn):
         elif not isinstance(fn, dist.ExpandedDistribution):
             return fn, event, mask
         fn = fn.base_dist
+
+
+def _mvn_args(fn) -> tuple[str, str]:
+    """The arguments a MultivariateNormal was given: (loc, covariance_matrix) or (loc, scale_tril)."""
+    if "covariance_matrix" in fn.__dict__:
+        return ("loc", "covariance_matrix")
+    if "scale_tril" in fn.__dict__:
+        return ("loc", "scale_tril")
+    raise NotCompilable("a MultivariateNormal is given precision_matrix, not covariance_matrix or scale_tril")
 
 
 def _trace(model, data: tuple, nesting: int, values: dict | None = None, validate: bool = True):
@@ -169,8 +198,10 @@ class CompiledChain:
 
     def _probe_traces(self):
         """A trace with every param replaced by codes: a simplex param by rows that survive a
-        Categorical's normalization and name their row, any other param by entries that name
-        their index (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
+        Categorical's normalization and name their row, a (..., D, D) positive-definite or
+        lower-Cholesky param by rows c I (c = 2**20 (2j + 1) + r + 1/4 for its row r: a matrix a
+        MultivariateNormal can factor), any other param by entries that name their index
+        (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
         self.simplex = [
             n
             for n in self.names
@@ -192,8 +223,17 @@ class CompiledChain:
             r0 += nrows
         self.total_rows = total_rows
         values = dict(rows)
+        self.matrix = {}
         for j, n in enumerate(self.names):
-            if n not in rows:
+            v = self.values[n]
+            if any(self.constraints[n] is c for c in MATRIX) and v.dim() >= 2 and v.shape[-1] == v.shape[-2]:
+                d = v.shape[-1]
+                code = (2 * j + 1) * _CODE + torch.arange(v.numel() // d**2, dtype=torch.float64) + 0.25
+                eye = torch.eye(d, dtype=torch.float64)
+                values[n] = (code[:, None, None] * eye).reshape(v.shape).to(self.device)
+                self.matrix[n] = j
+        for j, n in enumerate(self.names):
+            if n not in values:
                 v = self.values[n]
                 values[n] = (
                     ((2 * j + 1) * _CODE + torch.arange(v.numel(), dtype=torch.float64) + 0.25)
@@ -220,7 +260,7 @@ class CompiledChain:
         (the same in the probe and the real trace)."""
         a = probe.double()
         for j, n in enumerate(self.names):
-            if n in self.simplex:
+            if n in self.simplex or n in self.matrix:
                 continue
             ia = a - (2 * j + 1) * _CODE - 0.25
             if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(
@@ -230,6 +270,27 @@ class CompiledChain:
         if a.shape == real.shape and torch.equal(a, real.double()):
             return ("const", None), real
         raise NotCompilable("a distribution argument depends on the params other than by indexing")
+
+    def _decode_matrix(self, probe: torch.Tensor, real: torch.Tensor):
+        """A MultivariateNormal's matrix under the probe -> ("param", name) and row indices (its
+        batch shape), or a constant (the same in the probe and the real trace)."""
+        a = probe.double()
+        d = a.shape[-1]
+        for n, j in self.matrix.items():
+            if self.values[n].shape[-1] != d:
+                continue
+            r = a[..., 0, 0] - (2 * j + 1) * _CODE - 0.25
+            rows = r.round()
+            eye = torch.eye(d, dtype=a.dtype, device=a.device)
+            if (
+                bool(((r - rows).abs() < 1e-6).all())
+                and bool(((rows >= 0) & (rows < self.values[n].numel() // d**2)).all())
+                and torch.equal(a, (rows + (2 * j + 1) * _CODE + 0.25)[..., None, None] * eye)
+            ):
+                return ("param", n), rows.long()
+        if a.shape == real.shape and torch.equal(a, real.double()):
+            return ("const", None), real
+        raise NotCompilable("a MultivariateNormal's matrix depends on the params other than by indexing")
 
     def _compile(self, real) -> None:
         sites = _sites(real)
@@ -297,10 +358,13 @@ class CompiledChain:
                 weight = weight * s["mask"].to(self.dtype)
             wshape = (1,) * (rank - weight.dim()) + tuple(weight.shape)
             # an expanded factor that reads nothing per row is computed once for all rows
+            args = _mvn_args(base) if family is dist.MultivariateNormal else FAMILIES[family]
             if family is dist.Categorical:
                 read = [(base.probs, 1), (s["value"], 0)]
+            elif family is dist.MultivariateNormal:
+                read = [(base.loc, event + 1), (_arg(base, args[1]), event + 2), (s["value"], event + 1)]
             else:
-                read = [(_arg(base, a), event) for a in FAMILIES[family]] + [(s["value"], event)]
+                read = [(_arg(base, a), event) for a in args] + [(s["value"], event)]
             shared = all(
                 t.dim() - e < -data_dim or t.shape[data_dim - e] == 1 or t.stride(data_dim - e) == 0
                 for t, e in read
@@ -325,12 +389,15 @@ class CompiledChain:
 
             rows_at, events = data_dim - len(event_shape), len(event_shape)
 
-            def flat(t, size=full, at=rows_at, shared=shared):
-                """A tensor aligned to ``size`` (rows narrowed to one where shared), flattened."""
+            def flat(t, size=full, at=rows_at, shared=shared, trailing=()):
+                """A tensor aligned to ``size`` + ``trailing`` (rows narrowed to one where shared),
+                flattened over ``size``."""
                 t = torch.as_tensor(t, device=self.device)
+                at, size = at - len(trailing), tuple(size) + tuple(trailing)
                 if shared and t.dim() >= -at and t.shape[at] > 1:
                     t = t.narrow(at, 0, 1)
-                return t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size).reshape(-1)
+                t = t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size)
+                return t.reshape((-1, *trailing))
 
             def batch_only(t, events=events, flat=flat):
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
@@ -342,10 +409,25 @@ class CompiledChain:
                 idx = [flat(row * self.values[name].shape[-1] + value.long())]
                 sources = (("param", name),)
                 y = flat(value.long())
+            elif family is dist.MultivariateNormal:
+                if event:
+                    raise NotCompilable(f"site {s['name']!r} reinterprets a MultivariateNormal's batch dims")
+                pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+                d = base.event_shape[0]
+                src_loc, ix = self._decode_entries(pb.loc, base.loc)
+                src_mat, rows = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
+                sources = (src_loc, src_mat)
+                idx = [
+                    flat(ix, trailing=(d,))
+                    if src_loc[0] == "param"
+                    else flat(ix.to(self.dtype), trailing=(d,)),
+                    flat(rows) if src_mat[0] == "param" else flat(rows.to(self.dtype), trailing=(d, d)),
+                ]
+                y = flat(value.to(self.dtype), trailing=(d,))
             else:
                 idx, sources = [], []
                 pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
-                for arg in FAMILIES[family]:
+                for arg in args:
                     src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
                     sources.append(src)
                     idx.append(flat(ix) if src[0] == "param" else flat(ix.to(self.dtype)))
@@ -356,7 +438,7 @@ class CompiledChain:
             weight = batch_only(weight.reshape(wshape))
             if fmask is not None:
                 weight = weight * flat(fmask.to(self.dtype))
-            g = groups.setdefault((family, sources), _Group(family, sources))
+            g = groups.setdefault((family, sources, args), _Group(family, sources, args))
             g.idx.append(idx)
             g.y.append(y)
             g.pos.append(batch_only(pos.expand(batch)))
@@ -373,9 +455,11 @@ class CompiledChain:
         constraint matches, else gradient steps on Q."""
         uses: dict[str, set] = {n: set() for n in self.names}
         for g in self.groups:
-            for arg, src in zip(FAMILIES[g.family], g.sources):
+            for arg, src in zip(g.args, g.sources):
                 if src[0] == "param":
-                    uses[src[1]].add((g.family, arg))
+                    # a MultivariateNormal's loc read other than as whole rows has no closed form
+                    whole = arg != "loc" or g.family is not dist.MultivariateNormal or g.loc_rows is not None
+                    uses[src[1]].add((g.family, arg) if whole else (g.family, "loc entries"))
         self.roles, self.routes = {}, {}
         for n in self.names:
             role = next(iter(uses[n])) if len(uses[n]) == 1 else None
@@ -392,10 +476,33 @@ class CompiledChain:
             values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix for src, ix in zip(g.sources, g.idx)
         ]
 
+    @staticmethod
+    def _tril(g: _Group, values: dict) -> torch.Tensor:
+        """A MultivariateNormal group's Cholesky factor per element (E, D, D), each param row
+        factored once."""
+        d = g.y.shape[-1]
+        src, ix = g.sources[1], g.idx[1]
+        m = values[src[1]].reshape(-1, d, d) if src[0] == "param" else ix
+        if g.args[1] == "covariance_matrix":
+            m = torch.linalg.cholesky(m)
+        return m[ix] if src[0] == "param" else m
+
+    def _mvn_log_probs(self, g: _Group, values: dict) -> torch.Tensor:
+        """log N(y_e | loc_e, L_e L_e^T) = -|L_e^-1 (y_e - loc_e)|^2 / 2 - log det L_e - D log(2 pi) / 2."""
+        loc = self._args(g, values)[0]
+        tril = self._tril(g, values)
+        diff = (g.y - loc).unsqueeze(-1)
+        z = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+        half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return -0.5 * (z**2).sum(-1) - half_log_det - 0.5 * g.y.shape[-1] * math.log(2 * math.pi)
+
     def log_probs(self, g: _Group, values: dict) -> torch.Tensor:
         """Every element's log-density under ``values`` (masked elements 0)."""
-        args, y = self._args(g, values), g.y
         f = g.family
+        if f is dist.MultivariateNormal:
+            lp = self._mvn_log_probs(g, values)
+            return torch.where(g.weight != 0, lp * g.weight, lp.new_zeros(()))
+        args, y = self._args(g, values), g.y
         if f is dist.Categorical:
             lp = args[0].log()
         elif f is dist.Bernoulli:
@@ -525,12 +632,15 @@ class CompiledChain:
         """The closed-form params' new values (exact conditional maximization of Q)."""
         new = dict(values)
         stats: dict[str, list] = {}
-        for stage in (0, 1):  # Normal scales after the locs they depend on
+        for stage in (0, 1):  # Normal scales (and covariances) after the locs they depend on
             stats = {}
+            self._mvn_closed_form(new, values, post, stage)
             for g in self.groups:
+                if g.family is dist.MultivariateNormal:
+                    continue
                 w = self.posterior_at(g, post) * g.weight
                 args = self._args(g, new)
-                for a, (arg, src) in enumerate(zip(FAMILIES[g.family], g.sources)):
+                for a, (arg, src) in enumerate(zip(g.args, g.sources)):
                     if src[0] != "param" or self.roles.get(src[1]) is None:
                         continue
                     is_scale = (g.family, arg) == (dist.Normal, "scale")
@@ -579,6 +689,81 @@ class CompiledChain:
                     value = torch.where(b > 0, a / b.clamp_min(torch.finfo(self.dtype).tiny), old)
                 new[n] = value.reshape(values[n].shape)
         return new
+
+    def _mvn_closed_form(self, new: dict, values: dict, post, stage: int) -> None:
+        """MultivariateNormal params in place in ``new``: stage 0 the locs, each the weighted mean
+        of its events (precision-weighted, (sum_e w_e P_e)^-1 sum_e w_e P_e y_e, where one row
+        meets several matrices); stage 1 the matrices, each the weighted covariance of its events
+        about their (new) locs, or its Cholesky factor for a scale_tril. A row without weight, or
+        whose weighted covariance is singular (fewer distinct events than dimensions), keeps its
+        value."""
+        role = "loc" if stage == 0 else None
+        for n in self.names:
+            r = self.roles.get(n)
+            if r is None or r[0] is not dist.MultivariateNormal or (r[1] == "loc") != (role == "loc"):
+                continue
+            parts = []
+            for gi, g in enumerate(self.groups):
+                if g.family is dist.MultivariateNormal:
+                    a = 0 if role == "loc" else 1
+                    if g.sources[a] == ("param", n):
+                        parts.append((gi, g, self.posterior_at(g, post) * g.weight))
+            if role == "loc":
+                new[n] = self._mvn_locs(n, values[n], parts, new)
+            else:
+                new[n] = self._mvn_matrices(n, values[n], parts, new)
+
+    def _mvn_locs(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
+        d = parts[0][1].y.shape[-1]
+        rows = old.numel() // d
+        zeros = dict(dtype=self.dtype, device=self.device)
+        w_sum, wy = torch.zeros(rows, **zeros), torch.zeros(rows, d, **zeros)
+        key_min = torch.full((rows,), math.inf, **zeros)
+        key_max = torch.full((rows,), -math.inf, **zeros)
+        for gi, g, w in parts:
+            w_sum.index_add_(0, g.loc_rows, w)
+            wy.index_add_(0, g.loc_rows, w[:, None] * g.y)
+            # which matrix each event meets: one per row -> the plain weighted mean is exact
+            key = (
+                g.idx[1].to(self.dtype) + gi * 2.0**40
+                if g.sources[1][0] == "param"
+                else torch.full_like(w, -1.0 - gi)
+            )
+            live = w != 0
+            key_min.scatter_reduce_(0, g.loc_rows[live], key[live], "amin")
+            key_max.scatter_reduce_(0, g.loc_rows[live], key[live], "amax")
+        tiny = torch.finfo(self.dtype).tiny
+        fresh = wy / w_sum.clamp_min(tiny)[:, None]
+        general = (key_min != key_max) | (key_min < 0)
+        general = general & (w_sum > 0)
+        if bool(general.any()):
+            prec_sum, prec_y = torch.zeros(rows, d, d, **zeros), torch.zeros(rows, d, **zeros)
+            for _, g, w in parts:
+                precision = torch.cholesky_inverse(self._tril(g, values))
+                prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
+                prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
+            solved = torch.linalg.solve(
+                torch.where(general[:, None, None], prec_sum, torch.eye(d, **zeros)), prec_y
+            )
+            fresh = torch.where(general[:, None], solved, fresh)
+        old_rows = old.reshape(rows, d)
+        return torch.where((w_sum > 0)[:, None], fresh, old_rows).reshape(old.shape)
+
+    def _mvn_matrices(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
+        d = old.shape[-1]
+        rows = old.numel() // d**2
+        zeros = dict(dtype=self.dtype, device=self.device)
+        w_sum, scatter = torch.zeros(rows, **zeros), torch.zeros(rows, d, d, **zeros)
+        for _, g, w in parts:
+            diff = g.y - self._args(g, values)[0]
+            w_sum.index_add_(0, g.idx[1], w)
+            scatter.index_add_(0, g.idx[1], w[:, None, None] * diff[:, :, None] * diff[:, None, :])
+        cov = scatter / w_sum.clamp_min(torch.finfo(self.dtype).tiny)[:, None, None]
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        tril, info = torch.linalg.cholesky_ex(cov)
+        keep = (w_sum > 0) & (info == 0)
+        fresh = tril if self.roles[n][1] == "scale_tril" else cov
+        return torch.where(keep[:, None, None], fresh, old.reshape(rows, d, d)).reshape(old.shape)
 
     # ------------------------------------------------------------------ certification
 

@@ -1,0 +1,242 @@
+"""More families on the closed-form chain route (lvm_pyro.infer.em.chain): MultivariateNormal
+emissions (full covariances or their Cholesky factors) in a mixture and in an HMM.
+
+Every model is a plain Pyro program (pyro.param, an enumerated z, no m_step code); em must take
+the closed-form route and equal EM written out here (or hmmlearn) from the same start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import constraints
+
+from lvm_pyro.infer.em import em
+
+K, D = 3, 2
+
+
+def _start(dtype=torch.float64):
+    return dict(
+        w=torch.tensor([0.4, 0.35, 0.25], dtype=dtype),
+        locs=torch.tensor([[-1.0, 0.0], [1.0, 1.0], [0.0, -2.0]], dtype=dtype),
+        covs=torch.tensor(
+            [[[1.0, 0.2], [0.2, 1.5]], [[2.0, -0.3], [-0.3, 1.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=dtype
+        ),
+        init=torch.tensor([0.5, 0.3, 0.2], dtype=dtype),
+        trans=torch.tensor([[0.7, 0.2, 0.1], [0.15, 0.7, 0.15], [0.1, 0.3, 0.6]], dtype=dtype),
+    )
+
+
+def _mixture_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.tensor([[1.0, 0.5], [0.0, 0.7]], dtype=torch.float64)
+    return torch.cat(
+        [
+            torch.randn(100, D, generator=g, dtype=torch.float64) @ mix + torch.tensor([-3.0, 0.0]),
+            torch.randn(80, D, generator=g, dtype=torch.float64) + torch.tensor([2.0, 2.0]),
+            torch.randn(70, D, generator=g, dtype=torch.float64) * 0.5 + torch.tensor([0.0, -3.0]),
+        ]
+    )
+
+
+def mvn_mixture(x):
+    s = _start(x.dtype)
+    w = pyro.param("w", s["w"], constraint=constraints.simplex)
+    locs = pyro.param("locs", s["locs"])
+    covs = pyro.param("covs", s["covs"], constraint=constraints.positive_definite)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("x", dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]), obs=x)
+
+
+def mvn_mixture_tril(x):
+    s = _start(x.dtype)
+    w = pyro.param("w", s["w"], constraint=constraints.simplex)
+    locs = pyro.param("locs", s["locs"])
+    trils = pyro.param("trils", torch.linalg.cholesky(s["covs"]), constraint=constraints.lower_cholesky)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("x", dist.MultivariateNormal(locs[z], scale_tril=trils[z]), obs=x)
+
+
+def _mvn_em(x, iters):
+    """EM for a full-covariance Gaussian mixture by hand: the log-likelihood before each M-step
+    and the final parameters."""
+    s = _start(x.dtype)
+    w, m, c = s["w"], s["locs"], s["covs"]
+    lls = []
+    for _ in range(iters):
+        joint = w.log() + dist.MultivariateNormal(m, covariance_matrix=c).log_prob(x[:, None])
+        lls.append(float(joint.logsumexp(1).mean()))
+        r = joint.softmax(1)
+        nk = r.sum(0)
+        w, m = nk / len(x), (r.T @ x) / nk[:, None]
+        d = x[:, None] - m
+        c = torch.einsum("nk,nki,nkj->kij", r, d, d) / nk[:, None, None]
+    return lls, w, m, c
+
+
+@pytest.mark.parametrize("model", [mvn_mixture, mvn_mixture_tril])
+def test_a_plain_pyro_mvn_mixture_takes_the_closed_form_route_and_equals_em_by_hand(model):
+    x = _mixture_data()
+    pyro.clear_param_store()
+    result = em(model, x, max_iter=12, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert set(result.param_routes.values()) == {"closed_form"} and len(result.param_routes) == 3
+    lls, w, m, c = _mvn_em(x, 12)
+    np.testing.assert_allclose(result.log_likelihood[:-1], lls, rtol=1e-10, atol=0)
+    assert np.all(np.diff(result.log_likelihood) >= -1e-12)
+    torch.testing.assert_close(pyro.param("w").detach(), w, rtol=1e-10, atol=0)
+    torch.testing.assert_close(pyro.param("locs").detach(), m, rtol=1e-10, atol=1e-12)
+    if model is mvn_mixture:
+        torch.testing.assert_close(pyro.param("covs").detach(), c, rtol=1e-10, atol=1e-12)
+    else:
+        torch.testing.assert_close(
+            pyro.param("trils").detach(), torch.linalg.cholesky(c), rtol=1e-10, atol=1e-12
+        )
+
+
+def test_the_mvn_mixture_equals_the_librarys_gaussian_mixture_model_from_the_same_start():
+    from lvm_pyro.models.gmm import GaussianMixtureModel
+
+    x = _mixture_data(seed=1)
+    s = _start()
+    gmm = GaussianMixtureModel(K, D, "full", reg_covar=0.0).double()  # the start in float64
+    gmm.set_parameters(weights=s["w"], means=s["locs"], covariances=s["covs"])
+    ours = em(gmm, x, max_iter=10, tol=0.0, init="current", device="cpu")
+    pyro.clear_param_store()
+    plain = em(mvn_mixture, x, max_iter=10, tol=0.0, device="cpu")
+    assert plain.e_step == "chain" and ours.e_step == "closed_form"
+    np.testing.assert_allclose(plain.log_likelihood, ours.log_likelihood, rtol=1e-10)
+    torch.testing.assert_close(
+        pyro.param("covs").detach(), ours.model.covariances().detach(), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_the_chain_route_of_an_mvn_mixture_equals_the_enumeration_route_on_its_first_e_step():
+    x = _mixture_data(seed=2)[::5]
+    runs = []
+    for e_step in ("auto", "enum"):
+        pyro.clear_param_store()
+        runs.append(em(mvn_mixture, x, max_iter=0, device="cpu", e_step=e_step))
+    assert runs[0].e_step == "chain" and runs[1].e_step == "enum"
+    assert runs[0].log_likelihood[0] == pytest.approx(runs[1].log_likelihood[0], rel=1e-12)
+
+
+def tied_mixture(x):
+    """One covariance shared by every component: each M-step pools the scatter about the new locs."""
+    s = _start(x.dtype)
+    w = pyro.param("tw", s["w"], constraint=constraints.simplex)
+    locs = pyro.param("tlocs", s["locs"])
+    cov = pyro.param("tcov", s["covs"][0], constraint=constraints.positive_definite)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("x", dist.MultivariateNormal(locs[z], covariance_matrix=cov), obs=x)
+
+
+def test_a_tied_covariance_is_the_pooled_scatter_about_the_new_locs():
+    x = _mixture_data(seed=3)
+    pyro.clear_param_store()
+    result = em(tied_mixture, x, max_iter=8, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    s = _start()
+    w, m, c = s["w"], s["locs"], s["covs"][0]
+    for _ in range(8):
+        r = (w.log() + dist.MultivariateNormal(m, covariance_matrix=c).log_prob(x[:, None])).softmax(1)
+        nk = r.sum(0)
+        w, m = nk / len(x), (r.T @ x) / nk[:, None]
+        d = x[:, None] - m
+        c = torch.einsum("nk,nki,nkj->ij", r, d, d) / len(x)
+    torch.testing.assert_close(pyro.param("tlocs").detach(), m, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pyro.param("tcov").detach(), c, rtol=1e-10, atol=1e-12)
+
+
+def fixed_covariances(x):
+    """Locs that meet a different constant covariance per feature group: the precision-weighted
+    mean (sum_e w_e P_e)^-1 sum_e w_e P_e y_e, not the plain weighted mean."""
+    s = _start(x.dtype)
+    w = pyro.param("fw", s["w"], constraint=constraints.simplex)
+    locs = pyro.param("flocs", s["locs"])
+    covs = torch.stack([s["covs"][0], s["covs"][1]])  # (2, D, D): rows' parity picks one
+    which = torch.arange(len(x)) % 2
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("x", dist.MultivariateNormal(locs[z], covariance_matrix=covs[which]), obs=x)
+
+
+def test_a_loc_that_meets_several_constant_covariances_is_precision_weighted():
+    x = _mixture_data(seed=4)
+    pyro.clear_param_store()
+    result = em(fixed_covariances, x, max_iter=5, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    s = _start()
+    covs = torch.stack([s["covs"][0], s["covs"][1]])[torch.arange(len(x)) % 2]  # (N, D, D)
+    prec = torch.linalg.inv(covs)
+    w, m = s["w"], s["locs"]
+    for _ in range(5):
+        lp = dist.MultivariateNormal(m, covariance_matrix=covs[:, None]).log_prob(x[:, None])
+        r = (w.log() + lp).softmax(1)
+        w = r.mean(0)
+        a = torch.einsum("nk,nij->kij", r, prec)
+        b = torch.einsum("nk,nij,nj->ki", r, prec, x)
+        m = torch.linalg.solve(a, b)
+    torch.testing.assert_close(pyro.param("flocs").detach(), m, rtol=1e-10, atol=1e-12)
+    assert np.all(np.diff(result.log_likelihood) >= -1e-12)
+
+
+# --------------------------------------------------------------------------- HMM with MVN emissions
+
+
+def mvn_hmm(sequences):
+    s = _start(sequences.dtype)
+    init = pyro.param("init", s["init"], constraint=constraints.simplex)
+    trans = pyro.param("trans", s["trans"], constraint=constraints.simplex)
+    locs = pyro.param("locs", s["locs"])
+    covs = pyro.param("covs", s["covs"], constraint=constraints.positive_definite)
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            z = pyro.sample(
+                f"z_{t}", dist.Categorical(init if z is None else trans[z]), infer={"enumerate": "parallel"}
+            )
+            pyro.sample(
+                f"y_{t}",
+                dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]),
+                obs=sequences[batch, t].unsqueeze(-2),
+            )
+
+
+def _mvn_sequences(n=15, t=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.zeros(n, t, dtype=torch.long)
+    states[:, 0] = torch.randint(K, (n,), generator=g)
+    for i in range(1, t):
+        move = torch.rand(n, generator=g) < 0.25
+        states[:, i] = torch.where(move, torch.randint(K, (n,), generator=g), states[:, i - 1])
+    means = torch.tensor([[-2.0, 0.0], [1.0, 2.0], [2.0, -2.0]], dtype=torch.float64)
+    return means[states] + torch.randn(n, t, D, generator=g, dtype=torch.float64)
+
+
+def test_an_hmm_with_mvn_emissions_agrees_with_hmmlearns_full_gaussian_hmm():
+    hmm = pytest.importorskip("hmmlearn.hmm")
+    y = _mvn_sequences()
+    s = _start()
+    peer = hmm.GaussianHMM(K, "full", n_iter=8, tol=0.0, init_params="", params="stmc", covars_prior=0.0)
+    peer.startprob_, peer.transmat_ = s["init"].numpy(), s["trans"].numpy()
+    peer.means_, peer.covars_ = s["locs"].numpy(), s["covs"].numpy()
+    peer.fit(y.reshape(-1, D).numpy(), lengths=[y.shape[1]] * y.shape[0])
+    pyro.clear_param_store()
+    result = em(mvn_hmm, y, data_plate="sequences", max_iter=8, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert set(result.param_routes.values()) == {"closed_form"} and len(result.param_routes) == 4
+    history = np.array(peer.monitor_.history)
+    assert len(history) == 8
+    np.testing.assert_allclose(np.array(result.log_likelihood[:8]) * len(y), history, rtol=1e-9)
+    # hmmlearn's parameters are after its 8th M-step, as ours
+    np.testing.assert_allclose(pyro.param("trans").detach().numpy(), peer.transmat_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(pyro.param("locs").detach().numpy(), peer.means_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(pyro.param("covs").detach().numpy(), peer.covars_, rtol=1e-8, atol=1e-10)
+    assert np.all(np.diff(result.log_likelihood) >= -1e-12)
