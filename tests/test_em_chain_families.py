@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch.distributions import constraints
 
 from lvm_pyro.infer.em import em
@@ -240,3 +241,64 @@ def test_an_hmm_with_mvn_emissions_agrees_with_hmmlearns_full_gaussian_hmm():
     np.testing.assert_allclose(pyro.param("locs").detach().numpy(), peer.means_, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(pyro.param("covs").detach().numpy(), peer.covars_, rtol=1e-8, atol=1e-10)
     assert np.all(np.diff(result.log_likelihood) >= -1e-12)
+
+
+# --------------------------------------------------------------------------- MAP with conjugate priors
+
+
+def _poisson_counts(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(n, generator=g) < 0.4
+    return torch.poisson(torch.where(z, 9.0, 2.0).double(), generator=g)
+
+
+ALPHA, A0, B0 = torch.tensor([3.0, 2.0], dtype=torch.float64), 2.5, 0.5
+
+
+def poisson_mixture_with_priors(x):
+    """Pyro's way of writing a Bayesian mixture: the globals are sample sites with a prior."""
+    weights = pyro.sample("weights", dist.Dirichlet(ALPHA.to(x)))
+    rates = pyro.sample("rates", dist.Gamma(x.new_full((2,), A0), x.new_full((2,), B0)).to_event(1))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+        pyro.sample("obs", dist.Poisson(rates[z]), obs=x)
+
+
+def _delta_guide(model, start):
+    from pyro.infer.autoguide import AutoDelta
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    return AutoDelta(poutine.block(model, expose=list(start)), init_loc_fn=init_to_value(values=start))
+
+
+def test_point_estimated_globals_with_conjugate_priors_take_the_map_closed_form():
+    x = _poisson_counts()
+    start = {"weights": x.new_tensor([0.5, 0.5]), "rates": x.new_tensor([1.0, 4.0])}
+    pyro.clear_param_store()
+    guide = _delta_guide(poisson_mixture_with_priors, start)
+    result = em(poisson_mixture_with_priors, x, guide=guide, max_iter=15, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert result.param_routes == {
+        "AutoDelta.weights": "closed_form_map",
+        "AutoDelta.rates": "closed_form_map",
+    }
+    # MAP EM by hand: counts + alpha - 1; (sum r y + a - 1) / (sum r + b)
+    w, rate, n = start["weights"], start["rates"], len(x)
+    lls, objs = [], []
+    for _ in range(15):
+        joint = w.log() + dist.Poisson(rate).log_prob(x[:, None])
+        lls.append(float(joint.logsumexp(1).mean()))
+        prior = (
+            dist.Dirichlet(ALPHA).log_prob(w)
+            + dist.Gamma(x.new_tensor(A0), x.new_tensor(B0)).log_prob(rate).sum()
+        )
+        objs.append(lls[-1] + float(prior) / n)
+        r = joint.softmax(1)
+        w = (r.sum(0) + ALPHA - 1) / (n + (ALPHA - 1).sum())
+        rate = ((r * x[:, None]).sum(0) + A0 - 1) / (r.sum(0) + B0)
+    np.testing.assert_allclose(result.log_likelihood[:-1], lls, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(result.objective[:-1], objs, rtol=1e-10, atol=0)
+    assert np.all(np.diff(result.objective) >= -1e-12)
+    fitted = guide.median(x)
+    torch.testing.assert_close(fitted["weights"].detach(), w, rtol=1e-10, atol=0)
+    torch.testing.assert_close(fitted["rates"].detach(), rate, rtol=1e-10, atol=0)

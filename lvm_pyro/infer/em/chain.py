@@ -74,6 +74,17 @@ ROLES: dict[tuple[type, str], object] = {
     (dist.MultivariateNormal, "covariance_matrix"): constraints.positive_definite,
     (dist.MultivariateNormal, "scale_tril"): constraints.lower_cholesky,
 }
+#: (role, prior family) -> the prior's arguments, where the prior of a point-estimated global
+#: (a pyro.sample site whose value is a Delta guide's param) is conjugate to the role: the
+#: M-step is then the MAP, the maximum-likelihood statistics plus the prior's pseudo-counts
+CONJUGATE: dict[tuple, tuple[str, ...]] = {
+    ((dist.Categorical, "probs"), dist.Dirichlet): ("concentration",),
+    ((dist.Bernoulli, "probs"), dist.Beta): ("concentration1", "concentration0"),
+    ((dist.Poisson, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Exponential, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Gamma, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Normal, "loc"), dist.Normal): ("loc", "scale"),
+}
 #: constraints of the params whose rows are whole (D, D) matrices (a MultivariateNormal's)
 MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
 _CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
@@ -86,6 +97,8 @@ class NotCompilable(Exception):
 def _same_constraint(a, b) -> bool:
     if a is b or a == b:
         return True
+    if a is constraints.nonnegative and b is constraints.positive:
+        return True  # a Gamma's support (an AutoDelta's constraint): also parametrized through exp
     base = getattr(a, "base_constraint", None)  # independent(real, 1) and the like
     return base is not None and _same_constraint(base, b)
 
@@ -146,6 +159,20 @@ def _mvn_args(fn) -> tuple[str, str]:
     raise NotCompilable("a MultivariateNormal is given precision_matrix, not covariance_matrix or scale_tril")
 
 
+def _conditioned(model, guide):
+    """The model with its global sites set to the point estimates of a Delta guide (traced
+    inside, so the guide's pyro.params are the model's params; the guide's own sample sites
+    are hidden from the handlers outside)."""
+
+    def conditioned(*args):
+        with poutine.block(hide_types=["sample"]):
+            guide_trace = poutine.trace(guide).get_trace(*args)
+        values = {s["name"]: s["value"] for s in _sites(guide_trace)}
+        return poutine.condition(model, data=values)(*args)
+
+    return conditioned
+
+
 def _trace(model, data: tuple, nesting: int, values: dict | None = None, validate: bool = True):
     fn = config_enumerate(MarginalizeMissing()(model))
     if values is not None:
@@ -177,10 +204,25 @@ def _arg(fn, name: str) -> torch.Tensor:
 class CompiledChain:
     """The compiled log-factors, forward recursion and closed-form M-step of a chain model."""
 
-    def __init__(self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator) -> None:
-        self.model, self.data, self.nesting, self.plate = model, data, nesting, plate
+    def __init__(
+        self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator, guide=None
+    ) -> None:
+        self.data, self.nesting, self.plate = data, nesting, plate
         x = data[0]
         self.dtype, self.device = x.dtype, x.device
+        self.point_sites: set = set()  # the global sites a Delta guide point-estimates
+        if guide is not None:
+            with poutine.block():
+                guide_trace = poutine.trace(guide).get_trace(*data)
+            for site in _sites(guide_trace):
+                if not isinstance(_unwrap(site["fn"])[0], dist.Delta):
+                    raise NotCompilable(
+                        f"the guide samples site {site['name']!r} from a distribution, not a Delta"
+                    )
+                self.point_sites.add(site["name"])
+            if self.point_sites:
+                model = _conditioned(model, guide)
+        self.model = model
         real = _trace(model, data, nesting)
         store = pyro.get_param_store()
         self.names = [n for n, s in real.nodes.items() if s["type"] == "param"]
@@ -240,6 +282,7 @@ class CompiledChain:
                     .reshape(v.shape)
                     .to(self.device)
                 )
+        self.probe_values = values
         return _trace(self.model, self.data, self.nesting, values, validate=False)
 
     def _decode_rows(self, probs: torch.Tensor):
@@ -293,7 +336,8 @@ class CompiledChain:
         raise NotCompilable("a MultivariateNormal's matrix depends on the params other than by indexing")
 
     def _compile(self, real) -> None:
-        sites = _sites(real)
+        sites = [s for s in _sites(real) if s["name"] not in self.point_sites]
+        priors = [s for s in _sites(real) if s["name"] in self.point_sites]
         for s in sites:
             if not any(f.name == self.plate and f.vectorized for f in s["cond_indep_stack"]):
                 raise NotCompilable(f"site {s['name']!r} is outside the data plate {self.plate!r}")
@@ -312,6 +356,7 @@ class CompiledChain:
         symbol = {s["infer"]["_enumerate_symbol"]: t for t, s in enumerate(chain)}
         enum_dim = {t: s["infer"]["_enumerate_dim"] for t, s in enumerate(chain)}
         probe_sites = {s["name"]: s for s in _sites(self._probe_traces())}
+        self._priors(priors, probe_sites)
         groups: OrderedDict = OrderedDict()
         rank = max([self.nesting, *(-d for d in enum_dim.values()), *(s["log_prob"].dim() for s in sites)])
         for s in sites:
@@ -450,6 +495,51 @@ class CompiledChain:
         self.row_pairs = any(g.sel[2] is None or len(g.sel[2]) for g in self.groups)
         self._roles()
 
+    def _priors(self, priors: list, probe_sites: dict) -> None:
+        """The prior of every point-estimated global: its site's value must be one whole param of
+        the guide, outside the data plate; ``self.priors`` maps the param to its site, the
+        distribution, the site's scale, and the prior's arguments per entry where they are
+        constants (None where they depend on the params)."""
+        self.priors = {}
+        for s in priors:
+            name = s["name"]
+            if any(f.name == self.plate for f in s["cond_indep_stack"]):
+                raise NotCompilable(
+                    f"the point-estimated site {name!r} is inside the data plate {self.plate!r}"
+                )
+            probe = probe_sites[name]["value"]
+            param = next(
+                (
+                    n
+                    for n, v in self.probe_values.items()
+                    if v.shape == probe.shape and torch.equal(v.to(probe.dtype), probe)
+                ),
+                None,
+            )
+            if param is None or param in self.priors:
+                raise NotCompilable(f"the point estimate of site {name!r} is not one pyro.param of the guide")
+            if s["mask"] is not None or not isinstance(s["scale"], (int, float)):
+                raise NotCompilable(f"the prior of site {name!r} is masked or scaled by a tensor")
+            base = _unwrap(s["fn"])[0]
+            pb = _unwrap(probe_sites[name]["fn"])[0]
+            args = None
+            names = next((a for (_, fam), a in CONJUGATE.items() if fam is type(base)), ())
+            if names and all(torch.equal(getattr(pb, a).double(), getattr(base, a).double()) for a in names):
+                shape = self.values[param].shape
+                args = [torch.broadcast_to(getattr(base, a), shape).reshape(-1).to(self.dtype) for a in names]
+            self.priors[param] = dict(
+                site=name, fn=s["fn"], scale=float(s["scale"]), family=type(base), args=args
+            )
+
+    def log_prior(self, values: dict, names=None) -> torch.Tensor:
+        """sum over the point-estimated globals (those in ``names``; all when None) of their prior's
+        log-density (times the site's scale)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for n, p in self.priors.items():
+            if names is None or n in names:
+                total = total + p["fn"].log_prob(values[n]).sum() * p["scale"]
+        return total
+
     def _roles(self) -> None:
         """Each param's route: closed form where all its uses are one role whose support its
         constraint matches, else gradient steps on Q."""
@@ -466,8 +556,17 @@ class CompiledChain:
             ok = role in ROLES and _same_constraint(self.constraints[n], ROLES[role])
             if ok and role == (dist.Categorical, "probs") and self.values[n].dim() == 0:
                 ok = False
+            route = "closed_form"
+            prior = self.priors.get(n)
+            if ok and prior is not None:
+                ok = prior["args"] is not None and (role, prior["family"]) in CONJUGATE
+                # a mode inside the support: Dirichlet, Beta and Gamma concentrations of at least 1
+                if ok and prior["family"] is not dist.Normal:
+                    shapes = prior["args"] if prior["family"] is dist.Beta else prior["args"][:1]
+                    ok = all(bool((a >= 1).all()) for a in shapes)
+                route = "closed_form_map"
             self.roles[n] = role if ok else None
-            self.routes[n] = "closed_form" if ok else ("gradient" if uses[n] else "unused")
+            self.routes[n] = route if ok else ("gradient" if uses[n] or prior is not None else "unused")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -675,6 +774,8 @@ class CompiledChain:
             for n, (a, b) in stats.items():
                 old = values[n].reshape(-1)
                 role = self.roles[n]
+                if n in self.priors:  # the MAP: the prior's pseudo-counts join the statistics
+                    a, b = self._pseudo_counts(n, a, b)
                 if role == (dist.Categorical, "probs"):
                     k = values[n].shape[-1]
                     counts = a.reshape(-1, k)
@@ -689,6 +790,22 @@ class CompiledChain:
                     value = torch.where(b > 0, a / b.clamp_min(torch.finfo(self.dtype).tiny), old)
                 new[n] = value.reshape(values[n].shape)
         return new
+
+    def _pseudo_counts(self, n: str, a: torch.Tensor, b: torch.Tensor) -> tuple:
+        """The statistics of a closed-form param plus its conjugate prior's, so that the same
+        ratio is the MAP: Dirichlet alpha - 1 to the counts; Beta (c1 - 1, c0 - 1) to the
+        (successes, failures); Gamma (a - 1, b) to a rate's (numerator, denominator); a Normal
+        prior's precision-weighted (m0 / s0^2, 1 / s0^2) to a loc's."""
+        p = self.priors[n]
+        args, scale = p["args"], p["scale"]
+        if p["family"] is dist.Normal:
+            precision = args[1] ** -2
+            return a + scale * precision * args[0], b + scale * precision
+        if p["family"] is dist.Dirichlet:
+            return a + scale * (args[0] - 1), b
+        if p["family"] is dist.Beta:
+            return a + scale * (args[0] - 1), b + scale * (args[1] - 1)
+        return a + scale * (args[0] - 1), b + scale * args[1]
 
     def _mvn_closed_form(self, new: dict, values: dict, post, stage: int) -> None:
         """MultivariateNormal params in place in ``new``: stage 0 the locs, each the weighted mean
@@ -767,14 +884,18 @@ class CompiledChain:
 
     # ------------------------------------------------------------------ certification
 
-    def _pyro_log_z(self, values: dict) -> torch.Tensor:
-        """log p(x) by Pyro's own tensor variable elimination on a trace of the model."""
+    def _pyro_log_z(self, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x | theta) by Pyro's own tensor variable elimination on a trace of the model, and
+        the log-density of the point-estimated globals' priors in the same trace."""
         tr = _trace(self.model, self.data, self.nesting, values)
         tr.compute_log_prob()
         tr.pack_tensors()
         factors: OrderedDict = OrderedDict()
         sum_dims = set()
+        log_prior = sum((s["log_prob_sum"] for s in _sites(tr) if s["name"] in self.point_sites), 0.0)
         for s in _sites(tr):
+            if s["name"] in self.point_sites:
+                continue
             ordinal = frozenset(tr.plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized)
             factors.setdefault(ordinal, []).append(s["packed"]["log_prob"])
             if s["infer"].get("_enumerate_symbol") is not None:
@@ -784,7 +905,7 @@ class CompiledChain:
         merged: OrderedDict = OrderedDict()
         for o, terms in factors.items():
             merged.setdefault(o - absent, []).extend(terms)
-        return contract_to_tensor(merged, sum_dims).sum()
+        return contract_to_tensor(merged, sum_dims).sum(), torch.as_tensor(log_prior)
 
     def _certify(self, real, gen: torch.Generator) -> None:
         """The compiled log Z equals Pyro's at a random perturbation of the params (random, so no
@@ -798,10 +919,15 @@ class CompiledChain:
             perturbed[n] = t(torch.where(torch.isfinite(z), z, torch.zeros_like(z)) + 0.5 * noise).detach()
         with torch.no_grad():
             for values in (perturbed,):
+                theirs, prior = (float(t) for t in self._pyro_log_z(values))
                 ours = float(self.log_z(values).sum())
-                theirs = float(self._pyro_log_z(values))
                 scale = abs(theirs) + 1.0
                 if not (math.isfinite(ours) and abs(ours - theirs) <= tol * scale):
                     raise NotCompilable(
                         f"the compiled log-likelihood ({ours:.12g}) differs from Pyro's ({theirs:.12g})"
+                    )
+                ours = float(self.log_prior(values))
+                if not abs(ours - prior) <= tol * (abs(prior) + 1.0):
+                    raise NotCompilable(
+                        f"the priors' log-density ({ours:.12g}) differs from Pyro's ({prior:.12g})"
                     )

@@ -828,7 +828,7 @@ class _ChainRoute:
         self.c = compiled
         self.steps, self.lr = steps, lr
         self.routes = dict(compiled.routes)
-        closed = [n for n, r in self.routes.items() if r == "closed_form"]
+        closed = [n for n, r in self.routes.items() if r.startswith("closed_form")]
         self.gradient = [n for n, r in self.routes.items() if r == "gradient"]
         mixed = "closed_form+gradient" if closed else "gradient"
         self.m_step_name = "closed_form" if not self.gradient else mixed
@@ -849,8 +849,9 @@ class _ChainRoute:
     def log_likelihood(self, data: tuple) -> torch.Tensor:
         return self.e_step(data)[0]
 
+    @torch.no_grad()
     def log_prior(self) -> float:
-        return 0.0
+        return float(self.c.log_prior(self.values()))
 
     def reseed(self, data: tuple, post, gen) -> list:
         return []
@@ -874,7 +875,7 @@ class _ChainRoute:
         with torch.no_grad():
             new = self.c.closed_form(values, post)
             for n in new:
-                if self.routes[n] == "closed_form":
+                if self.routes[n].startswith("closed_form"):
                     self._write(n, new[n])
         if not self.gradient:
             return True
@@ -882,7 +883,8 @@ class _ChainRoute:
 
     def _q(self, post) -> torch.Tensor:
         values = {n: transform_to(self.c.constraints[n])(self.unconstrained[n]) for n in self.c.names}
-        return self.c.expected_log_joint(values, post, names=set(self.gradient))
+        names = set(self.gradient)
+        return self.c.expected_log_joint(values, post, names=names) + self.c.log_prior(values, names=names)
 
     def _gradient_steps(self, post) -> bool:
         """Adam on the gradient-route params' Q (the closed-form ones held), keeping the best."""
@@ -1086,7 +1088,7 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
         if why is None:
             try:
                 compiled = CompiledChain(
-                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen
+                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen, guide=program.guide
                 )
             except NotCompilable as exc:
                 why = str(exc)
@@ -1110,10 +1112,6 @@ def _chain_unsupported(program: Program, data: tuple, route: _EnumRoute, chunk_s
         return "distributed runs take the general route"
     if chunk_size is not None and chunk_size < len(data[0]):
         return "chunk_size splits the rows; the compiled route holds them all"
-    with poutine.block(), poutine.trace() as capture:
-        program.guide(*data)
-    if any(s["type"] == "sample" for s in capture.trace.nodes.values()):
-        return "the guide samples sites (point estimates): the compiled route needs an empty guide"
     return None
 
 
