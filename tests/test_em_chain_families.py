@@ -268,7 +268,8 @@ def _delta_guide(model, start):
     from pyro.infer.autoguide import AutoDelta
     from pyro.infer.autoguide.initialization import init_to_value
 
-    return AutoDelta(poutine.block(model, expose=list(start)), init_loc_fn=init_to_value(values=start))
+    values = {k: v.clone() for k, v in start.items()}  # the guide's params may alias its init values
+    return AutoDelta(poutine.block(model, expose=list(start)), init_loc_fn=init_to_value(values=values))
 
 
 def test_point_estimated_globals_with_conjugate_priors_take_the_map_closed_form():
@@ -302,3 +303,197 @@ def test_point_estimated_globals_with_conjugate_priors_take_the_map_closed_form(
     fitted = guide.median(x)
     torch.testing.assert_close(fitted["weights"].detach(), w, rtol=1e-10, atol=0)
     torch.testing.assert_close(fitted["rates"].detach(), rate, rtol=1e-10, atol=0)
+
+
+def bernoulli_mixture_with_priors(x):
+    k, d = 3, x.shape[1]
+    weights = pyro.sample("weights", dist.Dirichlet(x.new_full((k,), 2.0)))
+    probs = pyro.sample("probs", dist.Beta(x.new_tensor(2.0), x.new_tensor(3.0)).expand([k, d]).to_event(2))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Bernoulli(probs[z]).to_event(1), obs=x)
+
+
+def test_beta_priors_on_bernoulli_probs_give_the_map_em_by_hand():
+    g = torch.Generator().manual_seed(1)
+    truth = torch.tensor([[0.9] * 3 + [0.1] * 3, [0.1] * 3 + [0.9] * 3, [0.5] * 6], dtype=torch.float64)
+    x = torch.bernoulli(truth[torch.randint(3, (150,), generator=g)], generator=g)
+    start = {
+        "weights": x.new_ones(3) / 3,
+        "probs": 0.3 + 0.4 * torch.linspace(0, 1, 18, dtype=x.dtype).reshape(3, 6),
+    }
+    pyro.clear_param_store()
+    guide = _delta_guide(bernoulli_mixture_with_priors, start)
+    result = em(bernoulli_mixture_with_priors, x, guide=guide, max_iter=10, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert set(result.param_routes.values()) == {"closed_form_map"}
+    w, p, n = start["weights"], start["probs"], len(x)
+    objs = []
+    for _ in range(10):
+        joint = w.log() + x @ p.log().T + (1 - x) @ torch.log1p(-p).T
+        prior = (
+            dist.Dirichlet(x.new_full((3,), 2.0)).log_prob(w)
+            + dist.Beta(x.new_tensor(2.0), 3.0).log_prob(p).sum()
+        )
+        objs.append(float(joint.logsumexp(1).mean() + prior / n))
+        r = joint.softmax(1)
+        w = (r.sum(0) + 1.0) / (n + 3.0)
+        p = (r.T @ x + 2.0 - 1) / (r.sum(0)[:, None] + 2.0 + 3.0 - 2)
+    np.testing.assert_allclose(result.objective[:-1], objs, rtol=1e-10, atol=0)
+    assert np.all(np.diff(result.objective) >= -1e-12)
+    fitted = guide.median(x)
+    torch.testing.assert_close(fitted["probs"].detach(), p, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fitted["weights"].detach(), w, rtol=1e-10, atol=0)
+
+
+M0, S0 = 0.5, 2.0
+
+
+def normal_mixture_with_loc_prior(x):
+    """Normal priors on the locs (a components plate, as Pyro's GMM tutorial), a plain pyro.param
+    scale beside the guide's point estimates: MAP locs, maximum-likelihood scale."""
+    weights = pyro.sample("weights", dist.Dirichlet(x.new_full((2,), 1.5)))
+    with pyro.plate("components", 2):
+        locs = pyro.sample("locs", dist.Normal(x.new_tensor(M0), S0))
+    scale = pyro.param("scale", x.new_tensor(2.0), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+        pyro.sample("obs", dist.Normal(locs[z], scale), obs=x)
+
+
+def test_a_normal_prior_on_the_locs_is_the_precision_weighted_map():
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(30, generator=g, dtype=torch.float64) - 3, torch.randn(20, generator=g) + 2.0])
+    start = {"weights": x.new_tensor([0.5, 0.5]), "locs": x.new_tensor([-1.0, 1.0])}
+    pyro.clear_param_store()
+    guide = _delta_guide(normal_mixture_with_loc_prior, start)
+    result = em(normal_mixture_with_loc_prior, x, guide=guide, max_iter=10, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert result.param_routes == {
+        "AutoDelta.weights": "closed_form_map",
+        "AutoDelta.locs": "closed_form_map",
+        "scale": "closed_form",
+    }
+    w, m, s, n = start["weights"], start["locs"], x.new_tensor(2.0), len(x)
+    for _ in range(10):
+        r = (w.log() + dist.Normal(m, s).log_prob(x[:, None])).softmax(1)
+        w = (r.sum(0) + 0.5) / (n + 1.0)
+        m = ((r * x[:, None]).sum(0) / s**2 + M0 / S0**2) / (r.sum(0) / s**2 + 1 / S0**2)
+        s = ((r * (x[:, None] - m) ** 2).sum() / n).sqrt()
+    torch.testing.assert_close(guide.median(x)["locs"].detach(), m, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pyro.param("scale").detach(), s, rtol=1e-10, atol=0)
+    assert np.all(np.diff(result.objective) >= -1e-12)
+
+
+def test_pyros_gmm_tutorial_mixes_map_and_gradient_routes_and_its_objective_includes_the_prior():
+    """Pyro's GMM tutorial: Dirichlet(0.5) weights (a mode on the boundary: no closed form),
+    a LogNormal scale (not conjugate): gradient steps; Normal locs: the MAP closed form."""
+    from pyro.infer import config_enumerate
+
+    @config_enumerate
+    def model(data):
+        weights = pyro.sample("weights", dist.Dirichlet(0.5 * data.new_ones(2)))
+        scale = pyro.sample("scale", dist.LogNormal(data.new_tensor(0.0), 2.0))
+        with pyro.plate("components", 2):
+            locs = pyro.sample("locs", dist.Normal(data.new_tensor(0.0), 10.0))
+        with pyro.plate("data", len(data)):
+            assignment = pyro.sample("assignment", dist.Categorical(weights))
+            pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.cat(
+        [
+            torch.randn(30, generator=g, dtype=torch.float64) * 0.8 - 2.0,
+            torch.randn(20, generator=g, dtype=torch.float64) * 0.8 + 2.5,
+        ]
+    )
+    start = {
+        "weights": data.new_tensor([0.5, 0.5]),
+        "scale": data.new_tensor(1.5),
+        "locs": data.new_tensor([-1.0, 1.0]),
+    }
+    runs = {}
+    for e_step in ("auto", "enum"):
+        pyro.clear_param_store()
+        guide = _delta_guide(model, start)
+        runs[e_step] = em(
+            model,
+            data,
+            guide=guide,
+            max_iter=30,
+            tol=0.0,
+            device="cpu",
+            e_step=e_step,
+            m_step_steps=50,
+            m_step_lr=0.02,
+        )
+    chain = runs["auto"]
+    assert (chain.e_step, chain.m_step) == ("chain", "closed_form+gradient")
+    assert chain.param_routes == {
+        "AutoDelta.weights": "gradient",
+        "AutoDelta.scale": "gradient",
+        "AutoDelta.locs": "closed_form_map",
+    }
+    # the same objective (log-likelihood plus log prior, per point) at the same start
+    assert chain.objective[0] == pytest.approx(runs["enum"].objective[0], rel=1e-12)
+    assert chain.objective[0] != pytest.approx(chain.log_likelihood[0], rel=1e-3)
+    assert np.all(np.diff(chain.objective) >= -1e-12)
+    assert chain.converged and runs["enum"].converged
+    assert chain.objective[-1] == pytest.approx(runs["enum"].objective[-1], rel=1e-9)
+
+
+def categorical_hmm_with_priors(sequences):
+    k, v = 3, 4
+    init = pyro.sample("init", dist.Dirichlet(sequences.new_full((k,), 2.0)))
+    trans = pyro.sample("trans", dist.Dirichlet(sequences.new_full((k, k), 3.0)).to_event(1))
+    emit = pyro.sample("emit", dist.Dirichlet(sequences.new_full((k, v), 1.5)).to_event(1))
+    with pyro.plate("sequences", len(sequences), dim=-2) as batch:
+        z = None
+        for t in pyro.markov(range(sequences.shape[1])):
+            z = pyro.sample(
+                f"z_{t}", dist.Categorical(init if z is None else trans[z]), infer={"enumerate": "parallel"}
+            )
+            pyro.sample(f"y_{t}", dist.Categorical(emit[z]), obs=sequences[batch, t].unsqueeze(-1))
+
+
+def test_dirichlet_priors_on_an_hmm_are_hmmlearns_map_baum_welch():
+    hmm = pytest.importorskip("hmmlearn.hmm")
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(4, (15, 12), generator=g).double()
+    y[:, 1::2] = (y[:, ::2] + 1) % 4  # some structure to learn
+    s = _start()
+    start = {
+        "init": s["init"],
+        "trans": s["trans"],
+        "emit": torch.tensor(
+            [[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.3, 0.2]], dtype=y.dtype
+        ),
+    }
+    peer = hmm.CategoricalHMM(
+        K,
+        n_iter=8,
+        tol=0.0,
+        init_params="",
+        params="ste",
+        n_features=4,
+        startprob_prior=2.0,
+        transmat_prior=3.0,
+        emissionprob_prior=1.5,
+    )
+    peer.startprob_, peer.transmat_ = start["init"].numpy(), start["trans"].numpy()
+    peer.emissionprob_ = start["emit"].numpy()
+    peer.fit(y.long().numpy().reshape(-1, 1), lengths=[y.shape[1]] * y.shape[0])
+    pyro.clear_param_store()
+    guide = _delta_guide(categorical_hmm_with_priors, start)
+    result = em(
+        categorical_hmm_with_priors, y, guide=guide, data_plate="sequences", max_iter=8, tol=0.0, device="cpu"
+    )
+    assert (result.e_step, result.m_step) == ("chain", "closed_form"), result.closed_form_refused
+    assert set(result.param_routes.values()) == {"closed_form_map"}
+    history = np.array(peer.monitor_.history)
+    np.testing.assert_allclose(np.array(result.log_likelihood[:8]) * len(y), history, rtol=1e-9)
+    fitted = guide.median(y)
+    np.testing.assert_allclose(fitted["trans"].detach().numpy(), peer.transmat_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(fitted["emit"].detach().numpy(), peer.emissionprob_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(fitted["init"].detach().numpy(), peer.startprob_, rtol=1e-8, atol=1e-12)
+    assert np.all(np.diff(result.objective) >= -1e-12)

@@ -94,6 +94,14 @@ class NotCompilable(Exception):
     """The model is not a chain of exponential-family sites over param gathers (the reason)."""
 
 
+def _plain(c):
+    """A constraint without its Independent wrappers (an AutoDelta's constraint is its site's
+    support, e.g. independent(simplex, 1) for a Dirichlet over rows)."""
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return c
+
+
 def _same_constraint(a, b) -> bool:
     if a is b or a == b:
         return True
@@ -247,7 +255,7 @@ class CompiledChain:
         self.simplex = [
             n
             for n in self.names
-            if self.constraints[n] is constraints.simplex
+            if _plain(self.constraints[n]) is constraints.simplex
             and self.values[n].dim()
             and self.values[n].shape[-1] > 1
         ]
@@ -268,7 +276,11 @@ class CompiledChain:
         self.matrix = {}
         for j, n in enumerate(self.names):
             v = self.values[n]
-            if any(self.constraints[n] is c for c in MATRIX) and v.dim() >= 2 and v.shape[-1] == v.shape[-2]:
+            if (
+                any(_plain(self.constraints[n]) is c for c in MATRIX)
+                and v.dim() >= 2
+                and v.shape[-1] == v.shape[-2]
+            ):
                 d = v.shape[-1]
                 code = (2 * j + 1) * _CODE + torch.arange(v.numel() // d**2, dtype=torch.float64) + 0.25
                 eye = torch.eye(d, dtype=torch.float64)

@@ -87,7 +87,7 @@ from lvm_pyro.errors import (
 )
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
-from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, _plain
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -859,13 +859,14 @@ class _ChainRoute:
     @torch.no_grad()
     def _write(self, name: str, value: torch.Tensor) -> None:
         constraint = self.c.constraints[name]
+        plain = _plain(constraint)  # an AutoDelta's independent(simplex, 1) and the like
         tiny = torch.finfo(value.dtype).tiny
-        if constraint is constraints.simplex:
+        if plain is constraints.simplex:
             value = value.clamp_min(tiny)
             value = value / value.sum(-1, keepdim=True)
-        elif constraint is constraints.positive:
+        elif plain is constraints.positive or plain is constraints.nonnegative:
             value = value.clamp_min(tiny)
-        elif constraint is constraints.unit_interval:
+        elif plain is constraints.unit_interval:
             eps = torch.finfo(value.dtype).eps
             value = value.clamp(eps, 1 - eps)
         self.unconstrained[name].copy_(transform_to(constraint).inv(value))
