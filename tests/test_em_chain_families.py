@@ -497,3 +497,45 @@ def test_dirichlet_priors_on_an_hmm_are_hmmlearns_map_baum_welch():
     np.testing.assert_allclose(fitted["emit"].detach().numpy(), peer.emissionprob_, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(fitted["init"].detach().numpy(), peer.startprob_, rtol=1e-8, atol=1e-12)
     assert np.all(np.diff(result.objective) >= -1e-12)
+
+
+def mvn_mixture_with_loc_prior(x):
+    """Independent Normal priors on the MVN locs (a point estimate each), covariances a plain
+    pyro.param: MAP locs (sum_n r_nk P_k + I / s0^2)^-1 (P_k sum_n r_nk x_n + m0 / s0^2), then
+    the weighted covariances about them."""
+    s = _start(x.dtype)
+    weights = pyro.sample("weights", dist.Dirichlet(x.new_full((K,), 2.0)))
+    locs = pyro.sample("locs", dist.Normal(x.new_tensor(M0), S0).expand([K, D]).to_event(2))
+    covs = pyro.param("covs", s["covs"], constraint=constraints.positive_definite)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]), obs=x)
+
+
+def test_normal_priors_on_mvn_locs_give_the_precision_weighted_map():
+    x = _mixture_data(seed=6)[::4]  # few points, so the prior matters
+    s = _start()
+    start = {"weights": s["w"], "locs": s["locs"]}
+    pyro.clear_param_store()
+    guide = _delta_guide(mvn_mixture_with_loc_prior, start)
+    result = em(mvn_mixture_with_loc_prior, x, guide=guide, max_iter=8, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert result.param_routes == {
+        "AutoDelta.weights": "closed_form_map",
+        "AutoDelta.locs": "closed_form_map",
+        "covs": "closed_form",
+    }
+    w, m, c = s["w"], s["locs"], s["covs"]
+    for _ in range(8):
+        r = (w.log() + dist.MultivariateNormal(m, covariance_matrix=c).log_prob(x[:, None])).softmax(1)
+        nk = r.sum(0)
+        w = (nk + 1.0) / (len(x) + K)
+        p = torch.linalg.inv(c)
+        a = nk[:, None, None] * p + torch.eye(D, dtype=x.dtype) / S0**2
+        b = (p @ (r.T @ x).unsqueeze(-1)).squeeze(-1) + M0 / S0**2
+        m = torch.linalg.solve(a, b)
+        d = x[:, None] - m
+        c = torch.einsum("nk,nki,nkj->kij", r, d, d) / nk[:, None, None]
+    torch.testing.assert_close(guide.median(x)["locs"].detach(), m, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pyro.param("covs").detach(), c, rtol=1e-10, atol=1e-12)
+    assert np.all(np.diff(result.objective) >= -1e-12)

@@ -84,6 +84,7 @@ CONJUGATE: dict[tuple, tuple[str, ...]] = {
     ((dist.Exponential, "rate"), dist.Gamma): ("concentration", "rate"),
     ((dist.Gamma, "rate"), dist.Gamma): ("concentration", "rate"),
     ((dist.Normal, "loc"), dist.Normal): ("loc", "scale"),
+    ((dist.MultivariateNormal, "loc"), dist.Normal): ("loc", "scale"),
 }
 #: constraints of the params whose rows are whole (D, D) matrices (a MultivariateNormal's)
 MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
@@ -865,18 +866,25 @@ class CompiledChain:
         fresh = wy / w_sum.clamp_min(tiny)[:, None]
         general = (key_min != key_max) | (key_min < 0)
         general = general & (w_sum > 0)
+        prior = self.priors.get(n)
+        if prior is not None:  # the MAP under independent Normal priors: every row precision-weighted
+            general = torch.ones_like(general)
         if bool(general.any()):
             prec_sum, prec_y = torch.zeros(rows, d, d, **zeros), torch.zeros(rows, d, **zeros)
             for _, g, w in parts:
                 precision = torch.cholesky_inverse(self._tril(g, values))
                 prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
                 prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
+            if prior is not None:
+                m0, s0 = (a.reshape(rows, d) for a in prior["args"])
+                prec_sum = prec_sum + torch.diag_embed(prior["scale"] * s0**-2)
+                prec_y = prec_y + prior["scale"] * m0 * s0**-2
             solved = torch.linalg.solve(
                 torch.where(general[:, None, None], prec_sum, torch.eye(d, **zeros)), prec_y
             )
             fresh = torch.where(general[:, None], solved, fresh)
-        old_rows = old.reshape(rows, d)
-        return torch.where((w_sum > 0)[:, None], fresh, old_rows).reshape(old.shape)
+        moved = general if prior is not None else w_sum > 0
+        return torch.where(moved[:, None], fresh, old.reshape(rows, d)).reshape(old.shape)
 
     def _mvn_matrices(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
         d = old.shape[-1]
