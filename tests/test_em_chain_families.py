@@ -539,3 +539,24 @@ def test_normal_priors_on_mvn_locs_give_the_precision_weighted_map():
     torch.testing.assert_close(guide.median(x)["locs"].detach(), m, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(pyro.param("covs").detach(), c, rtol=1e-10, atol=1e-12)
     assert np.all(np.diff(result.objective) >= -1e-12)
+
+
+def hierarchical_rates(x):
+    """A prior whose rate is itself a pyro.param: not a fixed prior, so no MAP closed form."""
+    weights = pyro.sample("weights", dist.Dirichlet(x.new_full((2,), 2.0)))
+    b = pyro.param("b", x.new_tensor(0.5), constraint=constraints.positive)
+    rates = pyro.sample("rates", dist.Gamma(x.new_full((2,), A0), b).to_event(1))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+        pyro.sample("obs", dist.Poisson(rates[z]), obs=x)
+
+
+def test_a_prior_that_depends_on_a_param_falls_back_with_its_reason():
+    x = _poisson_counts(n=60)
+    start = {"weights": x.new_tensor([0.5, 0.5]), "rates": x.new_tensor([1.0, 4.0])}
+    pyro.clear_param_store()
+    guide = _delta_guide(hierarchical_rates, start)
+    result = em(hierarchical_rates, x, guide=guide, max_iter=5, tol=0.0, device="cpu", m_step_steps=5)
+    assert (result.e_step, result.m_step) == ("enum", "gradient")
+    assert "priors' log-density" in result.closed_form_refused
+    assert np.all(np.diff(result.objective) >= -1e-12)

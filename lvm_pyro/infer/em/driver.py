@@ -38,7 +38,9 @@ marginal over two or more enumerated sites, ``posterior[("z_0", "z_1")]`` of sha
 (rows, ..., values of z_0, values of z_1) (the pairwise posteriors a transition matrix needs).
 A user's model without an M-step of its own whose discrete sites form a chain of
 exponential-family sites over ``pyro.param``s takes closed-form M-steps found automatically
-(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM:
+(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``); global sites point-estimated by a Delta
+guide (``AutoDelta``) whose prior is conjugate to their role take the MAP in closed form.
+Otherwise it is generalized EM:
 ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
@@ -141,7 +143,8 @@ class EMResult:
     ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
     ``param_routes``: for a user's model on the compiled chain route (``e_step == "chain"``),
-    each ``pyro.param``'s M-step, "closed_form" or "gradient" (``m_step`` is then
+    each ``pyro.param``'s M-step, "closed_form", "closed_form_map" (the MAP under a conjugate
+    prior, for a point-estimated global) or "gradient" (``m_step`` is then
     "closed_form", "gradient" or "closed_form+gradient"). ``closed_form_refused``: why a
     user's model without its own M-step did not take the chain route (None when it did, or
     when the model brings its own M-step).
