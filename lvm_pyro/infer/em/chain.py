@@ -95,7 +95,7 @@ class NotCompilable(Exception):
     """The model is not a chain of exponential-family sites over param gathers (the reason)."""
 
 
-def _plain(c):
+def plain_constraint(c):
     """A constraint without its Independent wrappers (an AutoDelta's constraint is its site's
     support, e.g. independent(simplex, 1) for a Dirichlet over rows)."""
     while isinstance(c, constraints.independent):
@@ -256,7 +256,7 @@ class CompiledChain:
         self.simplex = [
             n
             for n in self.names
-            if _plain(self.constraints[n]) is constraints.simplex
+            if plain_constraint(self.constraints[n]) is constraints.simplex
             and self.values[n].dim()
             and self.values[n].shape[-1] > 1
         ]
@@ -278,7 +278,7 @@ class CompiledChain:
         for j, n in enumerate(self.names):
             v = self.values[n]
             if (
-                any(_plain(self.constraints[n]) is c for c in MATRIX)
+                any(plain_constraint(self.constraints[n]) is c for c in MATRIX)
                 and v.dim() >= 2
                 and v.shape[-1] == v.shape[-2]
             ):

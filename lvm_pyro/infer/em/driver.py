@@ -89,7 +89,7 @@ from lvm_pyro.errors import (
 )
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
-from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, _plain
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, plain_constraint
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -862,7 +862,7 @@ class _ChainRoute:
     @torch.no_grad()
     def _write(self, name: str, value: torch.Tensor) -> None:
         constraint = self.c.constraints[name]
-        plain = _plain(constraint)  # an AutoDelta's independent(simplex, 1) and the like
+        plain = plain_constraint(constraint)  # an AutoDelta's independent(simplex, 1) and the like
         tiny = torch.finfo(value.dtype).tiny
         if plain is constraints.simplex:
             value = value.clamp_min(tiny)
