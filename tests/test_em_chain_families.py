@@ -560,3 +560,19 @@ def test_a_prior_that_depends_on_a_param_falls_back_with_its_reason():
     assert (result.e_step, result.m_step) == ("enum", "gradient")
     assert "priors' log-density" in result.closed_form_refused
     assert np.all(np.diff(result.objective) >= -1e-12)
+
+
+def test_an_mvn_given_its_precision_matrix_falls_back_with_its_reason():
+    def precision_mixture(x):
+        s = _start(x.dtype)
+        w = pyro.param("pw", s["w"], constraint=constraints.simplex)
+        locs = pyro.param("plocs", s["locs"])
+        precisions = pyro.param("pprec", s["covs"], constraint=constraints.positive_definite)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("x", dist.MultivariateNormal(locs[z], precision_matrix=precisions[z]), obs=x)
+
+    pyro.clear_param_store()
+    result = em(precision_mixture, _mixture_data()[::10], max_iter=2, tol=0.0, device="cpu", m_step_steps=2)
+    assert result.e_step == "enum"
+    assert "precision_matrix" in result.closed_form_refused
