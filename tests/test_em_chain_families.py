@@ -576,3 +576,33 @@ def test_an_mvn_given_its_precision_matrix_falls_back_with_its_reason():
     result = em(precision_mixture, _mixture_data()[::10], max_iter=2, tol=0.0, device="cpu", m_step_steps=2)
     assert result.e_step == "enum"
     assert "precision_matrix" in result.closed_form_refused
+
+
+@pytest.mark.parametrize("which", ["mvn", "map"])
+def test_integer_sample_weights_equal_replicated_rows_for_mvn_and_map_fits(which):
+    x = _mixture_data(seed=7)[::3] if which == "mvn" else _poisson_counts(n=60)
+    weights = torch.arange(len(x)) % 3  # 0, 1 and 2 copies
+    fits = []
+    for data, sw in ((x, weights.double()), (x.repeat_interleave(weights, dim=0), None)):
+        pyro.clear_param_store()
+        if which == "mvn":
+            result = em(mvn_mixture, data, max_iter=6, tol=0.0, device="cpu", sample_weight=sw)
+            fitted = {n: pyro.param(n).detach() for n in ("w", "locs", "covs")}
+        else:
+            start = {"weights": x.new_tensor([0.5, 0.5]), "rates": x.new_tensor([1.0, 4.0])}
+            guide = _delta_guide(poisson_mixture_with_priors, start)
+            result = em(
+                poisson_mixture_with_priors,
+                data,
+                guide=guide,
+                max_iter=6,
+                tol=0.0,
+                device="cpu",
+                sample_weight=sw,
+            )
+            fitted = {n: v.detach() for n, v in guide.median(data).items()}
+        assert result.e_step == "chain"
+        fits.append((result.objective, fitted))
+    np.testing.assert_allclose(fits[0][0], fits[1][0], rtol=1e-10)
+    for name, value in fits[0][1].items():
+        torch.testing.assert_close(value, fits[1][1][name], rtol=1e-10, atol=1e-12)
