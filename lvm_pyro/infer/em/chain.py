@@ -139,6 +139,12 @@ class _Group:
             rows = ix[:, 0] // d
             if torch.equal(ix, rows[:, None] * d + torch.arange(d, device=ix.device)):
                 self.loc_rows = rows
+        self.by_row = None  # a MultivariateNormal's matrix param: the events sorted by the row they read
+        if self.family is dist.MultivariateNormal and self.sources[1][0] == "param":
+            self.row_order = torch.argsort(self.idx[1], stable=True)
+            rows, counts = torch.unique_consecutive(self.idx[1][self.row_order], return_counts=True)
+            self.by_row = (rows.tolist(), counts.tolist())  # the rows read, and their numbers of events
+            self.row_inverse = torch.argsort(self.row_order)  # events in row order -> events in order
         self.sel, self.at = {}, {}  # per kind: the elements of that kind (None: all) and their cells
         for kind in range(6):
             chosen = self.kind == kind
@@ -590,23 +596,31 @@ class CompiledChain:
 
     @staticmethod
     def _tril(g: _Group, values: dict) -> torch.Tensor:
-        """A MultivariateNormal group's Cholesky factor per element (E, D, D), each param row
-        factored once."""
+        """A MultivariateNormal group's Cholesky factors: one per row of its matrix param
+        (R, D, D), or one per event (E, D, D) for constant matrices."""
         d = g.y.shape[-1]
         src, ix = g.sources[1], g.idx[1]
         m = values[src[1]].reshape(-1, d, d) if src[0] == "param" else ix
-        if g.args[1] == "covariance_matrix":
-            m = torch.linalg.cholesky(m)
-        return m[ix] if src[0] == "param" else m
+        return torch.linalg.cholesky(m) if g.args[1] == "covariance_matrix" else m
 
     def _mvn_log_probs(self, g: _Group, values: dict) -> torch.Tensor:
-        """log N(y_e | loc_e, L_e L_e^T) = -|L_e^-1 (y_e - loc_e)|^2 / 2 - log det L_e - D log(2 pi) / 2."""
-        loc = self._args(g, values)[0]
+        """log N(y_e | loc_e, L_e L_e^T) = -|L_e^-1 (y_e - loc_e)|^2 / 2 - log det L_e - D log(2 pi) / 2,
+        with L^-1 formed once per row of a matrix param and applied to that row's events (no
+        (E, D, D) tensor)."""
+        diff = g.y - self._args(g, values)[0]
         tril = self._tril(g, values)
-        diff = (g.y - loc).unsqueeze(-1)
-        z = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
         half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return -0.5 * (z**2).sum(-1) - half_log_det - 0.5 * g.y.shape[-1] * math.log(2 * math.pi)
+        if g.by_row is None:
+            z = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
+            maha = (z**2).sum(-1)
+        else:
+            eye = torch.eye(diff.shape[-1], dtype=diff.dtype, device=diff.device)
+            inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
+            chunks = diff[g.row_order].split(g.by_row[1])
+            parts = [((chunk @ inverse[r].T) ** 2).sum(-1) for r, chunk in zip(g.by_row[0], chunks)]
+            maha = torch.cat(parts)[g.row_inverse]
+            half_log_det = half_log_det[g.idx[1]]
+        return -0.5 * maha - half_log_det - 0.5 * g.y.shape[-1] * math.log(2 * math.pi)
 
     def log_probs(self, g: _Group, values: dict) -> torch.Tensor:
         """Every element's log-density under ``values`` (masked elements 0)."""
@@ -873,8 +887,17 @@ class CompiledChain:
             prec_sum, prec_y = torch.zeros(rows, d, d, **zeros), torch.zeros(rows, d, **zeros)
             for _, g, w in parts:
                 precision = torch.cholesky_inverse(self._tril(g, values))
-                prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
-                prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
+                if g.by_row is None:  # constant matrices: one precision per event
+                    prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
+                    prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
+                    continue
+                # weights and weighted sums per (loc row, matrix row), then one precision per pair
+                pair_w = torch.zeros(rows, len(precision), **zeros)
+                pair_w.index_put_((g.loc_rows, g.idx[1]), w, accumulate=True)
+                pair_wy = torch.zeros(rows, len(precision), d, **zeros)
+                pair_wy.index_put_((g.loc_rows, g.idx[1]), w[:, None] * g.y, accumulate=True)
+                prec_sum += torch.einsum("lr,rij->lij", pair_w, precision)
+                prec_y += torch.einsum("rij,lrj->li", precision, pair_wy)
             if prior is not None:
                 m0, s0 = (a.reshape(rows, d) for a in prior["args"])
                 prec_sum = prec_sum + torch.diag_embed(prior["scale"] * s0**-2)
@@ -894,7 +917,13 @@ class CompiledChain:
         for _, g, w in parts:
             diff = g.y - self._args(g, values)[0]
             w_sum.index_add_(0, g.idx[1], w)
-            scatter.index_add_(0, g.idx[1], w[:, None, None] * diff[:, :, None] * diff[:, None, :])
+            chunks = zip(
+                g.by_row[0],
+                (w[:, None] * diff)[g.row_order].split(g.by_row[1]),
+                diff[g.row_order].split(g.by_row[1]),
+            )
+            for r, weighted, centred in chunks:
+                scatter[r] += weighted.T @ centred
         cov = scatter / w_sum.clamp_min(torch.finfo(self.dtype).tiny)[:, None, None]
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         tril, info = torch.linalg.cholesky_ex(cov)
