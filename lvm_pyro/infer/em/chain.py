@@ -29,6 +29,12 @@ the model's trace at the current parameters and at a random perturbation of them
 relative in float64). A model that fails any check raises :class:`NotCompilable` with the
 reason, and ``em`` takes the general route (Pyro's enumeration, generalized M-step).
 
+Global sites point-estimated by a Delta guide (``AutoDelta``: the globals are ``pyro.sample``
+sites under a prior) are compiled with the model conditioned on the guide's values, so the
+guide's params are the compiled params; where the prior is conjugate to the param's role
+(:data:`CONJUGATE`) the M-step is the MAP (the statistics plus the prior's pseudo-counts), the
+priors' log-density joins the objective, and it is certified against Pyro's trace too.
+
 Parameters used by a site in a way the closed form does not cover (a Normal loc constrained
 positive, one param in two roles) are fitted by gradient steps on Q, computed from the same
 compiled arrays: a model mixes both routes, and ``EMResult.param_routes`` says which took which.
