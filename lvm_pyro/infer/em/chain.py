@@ -16,8 +16,11 @@ constants, the model is compiled once, from a few traces, into flat arrays:
   log Z with respect to a log-potential is the posterior of that cell), and the M-step is the
   weighted maximum-likelihood solution from expected sufficient statistics (normalized
   counts for Categorical, a weighted mean for Bernoulli / Poisson, precision-weighted means
-  then variances for Normal locs and scales: exact conditional maximization, the joint
-  optimum when each scale has its own loc).
+  then variances for Normal locs and scales, weighted means then weighted covariances about
+  them (or their Cholesky factors) for MultivariateNormal locs and covariance_matrix /
+  scale_tril rows: exact conditional maximization, the joint optimum when each scale has its
+  own loc). A MultivariateNormal's elements are whole events (D values), each reading a row of
+  its loc param and a (D, D) row of its matrix param.
 
 Nothing is assumed that is not checked: the structure is read off traces with the parameters
 replaced by probes (entry i of a param set to a distinct code, so an argument that is a gather
@@ -25,6 +28,12 @@ reads the codes back), and the compiled log Z is certified equal to Pyro's own c
 the model's trace at the current parameters and at a random perturbation of them (to ~1e-10
 relative in float64). A model that fails any check raises :class:`NotCompilable` with the
 reason, and ``em`` takes the general route (Pyro's enumeration, generalized M-step).
+
+Global sites point-estimated by a Delta guide (``AutoDelta``: the globals are ``pyro.sample``
+sites under a prior) are compiled with the model conditioned on the guide's values, so the
+guide's params are the compiled params; where the prior is conjugate to the param's role
+(:data:`CONJUGATE`) the M-step is the MAP (the statistics plus the prior's pseudo-counts), the
+priors' log-density joins the objective, and it is certified against Pyro's trace too.
 
 Parameters used by a site in a way the closed form does not cover (a Normal loc constrained
 positive, one param in two roles) are fitted by gradient steps on Q, computed from the same
@@ -56,6 +65,7 @@ FAMILIES: dict[type, tuple[str, ...]] = {
     dist.Normal: ("loc", "scale"),
     dist.Exponential: ("rate",),
     dist.Gamma: ("concentration", "rate"),
+    dist.MultivariateNormal: ("loc", "covariance_matrix"),  # or ("loc", "scale_tril")
 }
 #: (family, argument) -> the constraint a param needs for the closed form of that role
 ROLES: dict[tuple[type, str], object] = {
@@ -66,7 +76,24 @@ ROLES: dict[tuple[type, str], object] = {
     (dist.Normal, "scale"): constraints.positive,
     (dist.Exponential, "rate"): constraints.positive,
     (dist.Gamma, "rate"): constraints.positive,
+    (dist.MultivariateNormal, "loc"): constraints.real,
+    (dist.MultivariateNormal, "covariance_matrix"): constraints.positive_definite,
+    (dist.MultivariateNormal, "scale_tril"): constraints.lower_cholesky,
 }
+#: (role, prior family) -> the prior's arguments, where the prior of a point-estimated global
+#: (a pyro.sample site whose value is a Delta guide's param) is conjugate to the role: the
+#: M-step is then the MAP, the maximum-likelihood statistics plus the prior's pseudo-counts
+CONJUGATE: dict[tuple, tuple[str, ...]] = {
+    ((dist.Categorical, "probs"), dist.Dirichlet): ("concentration",),
+    ((dist.Bernoulli, "probs"), dist.Beta): ("concentration1", "concentration0"),
+    ((dist.Poisson, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Exponential, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Gamma, "rate"), dist.Gamma): ("concentration", "rate"),
+    ((dist.Normal, "loc"), dist.Normal): ("loc", "scale"),
+    ((dist.MultivariateNormal, "loc"), dist.Normal): ("loc", "scale"),
+}
+#: constraints of the params whose rows are whole (D, D) matrices (a MultivariateNormal's)
+MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
 _CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
 
 
@@ -74,19 +101,32 @@ class NotCompilable(Exception):
     """The model is not a chain of exponential-family sites over param gathers (the reason)."""
 
 
+def plain_constraint(c):
+    """A constraint without its Independent wrappers (an AutoDelta's constraint is its site's
+    support, e.g. independent(simplex, 1) for a Dirichlet over rows)."""
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return c
+
+
 def _same_constraint(a, b) -> bool:
     if a is b or a == b:
         return True
+    if a is constraints.nonnegative and b is constraints.positive:
+        return True  # a Gamma's support (an AutoDelta's constraint): also parametrized through exp
     base = getattr(a, "base_constraint", None)  # independent(real, 1) and the like
     return base is not None and _same_constraint(base, b)
 
 
 @dataclass
 class _Group:
-    """The elements of every site of one family with the same argument sources."""
+    """The elements of every site of one family with the same argument sources. An element is
+    one scalar of the log-density, or one event for a MultivariateNormal (its y is (D,), its
+    loc indices (D,), its matrix a row of a (..., D, D) param or a constant (D, D))."""
 
     family: type
     sources: tuple  # per argument: ("param", name) or ("const", None)
+    args: tuple = ()  # the argument names (FAMILIES[family], but a MultivariateNormal's may differ)
     idx: list = field(default_factory=list)  # per argument: flat param indices or constants
     y: list = field(default_factory=list)
     pos: list = field(default_factory=list)
@@ -94,9 +134,23 @@ class _Group:
     weight: list = field(default_factory=list)  # site scale * mask
 
     def finish(self) -> None:
+        self.args = self.args or FAMILIES[self.family]
         self.idx = [torch.cat(parts) for parts in zip(*self.idx)]
         self.y, self.pos = torch.cat(self.y), torch.cat(self.pos)
         self.kind, self.weight = torch.cat(self.kind), torch.cat(self.weight)
+        self.loc_rows = None  # a MultivariateNormal's loc: the row of the (..., D) param each reads
+        if self.family is dist.MultivariateNormal and self.sources[0][0] == "param":
+            ix = self.idx[0]
+            d = ix.shape[-1]
+            rows = ix[:, 0] // d
+            if torch.equal(ix, rows[:, None] * d + torch.arange(d, device=ix.device)):
+                self.loc_rows = rows
+        self.by_row = None  # a MultivariateNormal's matrix param: the events sorted by the row they read
+        if self.family is dist.MultivariateNormal and self.sources[1][0] == "param":
+            self.row_order = torch.argsort(self.idx[1], stable=True)
+            rows, counts = torch.unique_consecutive(self.idx[1][self.row_order], return_counts=True)
+            self.by_row = (rows.tolist(), counts.tolist())  # the rows read, and their numbers of events
+            self.row_inverse = torch.argsort(self.row_order)  # events in row order -> events in order
         self.sel, self.at = {}, {}  # per kind: the elements of that kind (None: all) and their cells
         for kind in range(6):
             chosen = self.kind == kind
@@ -115,6 +169,29 @@ def _unwrap(fn):
         elif not isinstance(fn, dist.ExpandedDistribution):
             return fn, event, mask
         fn = fn.base_dist
+
+
+def _mvn_args(fn) -> tuple[str, str]:
+    """The arguments a MultivariateNormal was given: (loc, covariance_matrix) or (loc, scale_tril)."""
+    if "covariance_matrix" in fn.__dict__:
+        return ("loc", "covariance_matrix")
+    if "scale_tril" in fn.__dict__:
+        return ("loc", "scale_tril")
+    raise NotCompilable("a MultivariateNormal is given precision_matrix, not covariance_matrix or scale_tril")
+
+
+def _conditioned(model, guide):
+    """The model with its global sites set to the point estimates of a Delta guide (traced
+    inside, so the guide's pyro.params are the model's params; the guide's own sample sites
+    are hidden from the handlers outside)."""
+
+    def conditioned(*args):
+        with poutine.block(hide_types=["sample"]):
+            guide_trace = poutine.trace(guide).get_trace(*args)
+        values = {s["name"]: s["value"] for s in _sites(guide_trace)}
+        return poutine.condition(model, data=values)(*args)
+
+    return conditioned
 
 
 def _trace(model, data: tuple, nesting: int, values: dict | None = None, validate: bool = True):
@@ -148,10 +225,25 @@ def _arg(fn, name: str) -> torch.Tensor:
 class CompiledChain:
     """The compiled log-factors, forward recursion and closed-form M-step of a chain model."""
 
-    def __init__(self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator) -> None:
-        self.model, self.data, self.nesting, self.plate = model, data, nesting, plate
+    def __init__(
+        self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator, guide=None
+    ) -> None:
+        self.data, self.nesting, self.plate = data, nesting, plate
         x = data[0]
         self.dtype, self.device = x.dtype, x.device
+        self.point_sites: set = set()  # the global sites a Delta guide point-estimates
+        if guide is not None:
+            with poutine.block():
+                guide_trace = poutine.trace(guide).get_trace(*data)
+            for site in _sites(guide_trace):
+                if not isinstance(_unwrap(site["fn"])[0], dist.Delta):
+                    raise NotCompilable(
+                        f"the guide samples site {site['name']!r} from a distribution, not a Delta"
+                    )
+                self.point_sites.add(site["name"])
+            if self.point_sites:
+                model = _conditioned(model, guide)
+        self.model = model
         real = _trace(model, data, nesting)
         store = pyro.get_param_store()
         self.names = [n for n, s in real.nodes.items() if s["type"] == "param"]
@@ -169,12 +261,14 @@ class CompiledChain:
 
     def _probe_traces(self):
         """A trace with every param replaced by codes: a simplex param by rows that survive a
-        Categorical's normalization and name their row, any other param by entries that name
-        their index (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
+        Categorical's normalization and name their row, a (..., D, D) positive-definite or
+        lower-Cholesky param by rows c I (c = 2**20 (2j + 1) + r + 1/4 for its row r: a matrix a
+        MultivariateNormal can factor), any other param by entries that name their index
+        (2**20 (2j + 1) + i + 1/4 for entry i of the j-th param)."""
         self.simplex = [
             n
             for n in self.names
-            if self.constraints[n] is constraints.simplex
+            if plain_constraint(self.constraints[n]) is constraints.simplex
             and self.values[n].dim()
             and self.values[n].shape[-1] > 1
         ]
@@ -192,14 +286,28 @@ class CompiledChain:
             r0 += nrows
         self.total_rows = total_rows
         values = dict(rows)
+        self.matrix = {}
         for j, n in enumerate(self.names):
-            if n not in rows:
+            v = self.values[n]
+            if (
+                any(plain_constraint(self.constraints[n]) is c for c in MATRIX)
+                and v.dim() >= 2
+                and v.shape[-1] == v.shape[-2]
+            ):
+                d = v.shape[-1]
+                code = (2 * j + 1) * _CODE + torch.arange(v.numel() // d**2, dtype=torch.float64) + 0.25
+                eye = torch.eye(d, dtype=torch.float64)
+                values[n] = (code[:, None, None] * eye).reshape(v.shape).to(self.device)
+                self.matrix[n] = j
+        for j, n in enumerate(self.names):
+            if n not in values:
                 v = self.values[n]
                 values[n] = (
                     ((2 * j + 1) * _CODE + torch.arange(v.numel(), dtype=torch.float64) + 0.25)
                     .reshape(v.shape)
                     .to(self.device)
                 )
+        self.probe_values = values
         return _trace(self.model, self.data, self.nesting, values, validate=False)
 
     def _decode_rows(self, probs: torch.Tensor):
@@ -220,7 +328,7 @@ class CompiledChain:
         (the same in the probe and the real trace)."""
         a = probe.double()
         for j, n in enumerate(self.names):
-            if n in self.simplex:
+            if n in self.simplex or n in self.matrix:
                 continue
             ia = a - (2 * j + 1) * _CODE - 0.25
             if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(
@@ -231,8 +339,30 @@ class CompiledChain:
             return ("const", None), real
         raise NotCompilable("a distribution argument depends on the params other than by indexing")
 
+    def _decode_matrix(self, probe: torch.Tensor, real: torch.Tensor):
+        """A MultivariateNormal's matrix under the probe -> ("param", name) and row indices (its
+        batch shape), or a constant (the same in the probe and the real trace)."""
+        a = probe.double()
+        d = a.shape[-1]
+        for n, j in self.matrix.items():
+            if self.values[n].shape[-1] != d:
+                continue
+            r = a[..., 0, 0] - (2 * j + 1) * _CODE - 0.25
+            rows = r.round()
+            eye = torch.eye(d, dtype=a.dtype, device=a.device)
+            if (
+                bool(((r - rows).abs() < 1e-6).all())
+                and bool(((rows >= 0) & (rows < self.values[n].numel() // d**2)).all())
+                and torch.equal(a, (rows + (2 * j + 1) * _CODE + 0.25)[..., None, None] * eye)
+            ):
+                return ("param", n), rows.long()
+        if a.shape == real.shape and torch.equal(a, real.double()):
+            return ("const", None), real
+        raise NotCompilable("a MultivariateNormal's matrix depends on the params other than by indexing")
+
     def _compile(self, real) -> None:
-        sites = _sites(real)
+        sites = [s for s in _sites(real) if s["name"] not in self.point_sites]
+        priors = [s for s in _sites(real) if s["name"] in self.point_sites]
         for s in sites:
             if not any(f.name == self.plate and f.vectorized for f in s["cond_indep_stack"]):
                 raise NotCompilable(f"site {s['name']!r} is outside the data plate {self.plate!r}")
@@ -251,6 +381,7 @@ class CompiledChain:
         symbol = {s["infer"]["_enumerate_symbol"]: t for t, s in enumerate(chain)}
         enum_dim = {t: s["infer"]["_enumerate_dim"] for t, s in enumerate(chain)}
         probe_sites = {s["name"]: s for s in _sites(self._probe_traces())}
+        self._priors(priors, probe_sites)
         groups: OrderedDict = OrderedDict()
         rank = max([self.nesting, *(-d for d in enum_dim.values()), *(s["log_prob"].dim() for s in sites)])
         for s in sites:
@@ -297,10 +428,13 @@ class CompiledChain:
                 weight = weight * s["mask"].to(self.dtype)
             wshape = (1,) * (rank - weight.dim()) + tuple(weight.shape)
             # an expanded factor that reads nothing per row is computed once for all rows
+            args = _mvn_args(base) if family is dist.MultivariateNormal else FAMILIES[family]
             if family is dist.Categorical:
                 read = [(base.probs, 1), (s["value"], 0)]
+            elif family is dist.MultivariateNormal:
+                read = [(base.loc, event + 1), (_arg(base, args[1]), event + 2), (s["value"], event + 1)]
             else:
-                read = [(_arg(base, a), event) for a in FAMILIES[family]] + [(s["value"], event)]
+                read = [(_arg(base, a), event) for a in args] + [(s["value"], event)]
             shared = all(
                 t.dim() - e < -data_dim or t.shape[data_dim - e] == 1 or t.stride(data_dim - e) == 0
                 for t, e in read
@@ -325,12 +459,15 @@ class CompiledChain:
 
             rows_at, events = data_dim - len(event_shape), len(event_shape)
 
-            def flat(t, size=full, at=rows_at, shared=shared):
-                """A tensor aligned to ``size`` (rows narrowed to one where shared), flattened."""
+            def flat(t, size=full, at=rows_at, shared=shared, trailing=()):
+                """A tensor aligned to ``size`` + ``trailing`` (rows narrowed to one where shared),
+                flattened over ``size``."""
                 t = torch.as_tensor(t, device=self.device)
+                at, size = at - len(trailing), tuple(size) + tuple(trailing)
                 if shared and t.dim() >= -at and t.shape[at] > 1:
                     t = t.narrow(at, 0, 1)
-                return t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size).reshape(-1)
+                t = t.reshape((1,) * (len(size) - t.dim()) + tuple(t.shape)).expand(size)
+                return t.reshape((-1, *trailing))
 
             def batch_only(t, events=events, flat=flat):
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
@@ -342,10 +479,25 @@ class CompiledChain:
                 idx = [flat(row * self.values[name].shape[-1] + value.long())]
                 sources = (("param", name),)
                 y = flat(value.long())
+            elif family is dist.MultivariateNormal:
+                if event:
+                    raise NotCompilable(f"site {s['name']!r} reinterprets a MultivariateNormal's batch dims")
+                pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+                d = base.event_shape[0]
+                src_loc, ix = self._decode_entries(pb.loc, base.loc)
+                src_mat, rows = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
+                sources = (src_loc, src_mat)
+                idx = [
+                    flat(ix, trailing=(d,))
+                    if src_loc[0] == "param"
+                    else flat(ix.to(self.dtype), trailing=(d,)),
+                    flat(rows) if src_mat[0] == "param" else flat(rows.to(self.dtype), trailing=(d, d)),
+                ]
+                y = flat(value.to(self.dtype), trailing=(d,))
             else:
                 idx, sources = [], []
                 pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
-                for arg in FAMILIES[family]:
+                for arg in args:
                     src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
                     sources.append(src)
                     idx.append(flat(ix) if src[0] == "param" else flat(ix.to(self.dtype)))
@@ -356,7 +508,7 @@ class CompiledChain:
             weight = batch_only(weight.reshape(wshape))
             if fmask is not None:
                 weight = weight * flat(fmask.to(self.dtype))
-            g = groups.setdefault((family, sources), _Group(family, sources))
+            g = groups.setdefault((family, sources, args), _Group(family, sources, args))
             g.idx.append(idx)
             g.y.append(y)
             g.pos.append(batch_only(pos.expand(batch)))
@@ -368,22 +520,78 @@ class CompiledChain:
         self.row_pairs = any(g.sel[2] is None or len(g.sel[2]) for g in self.groups)
         self._roles()
 
+    def _priors(self, priors: list, probe_sites: dict) -> None:
+        """The prior of every point-estimated global: its site's value must be one whole param of
+        the guide, outside the data plate; ``self.priors`` maps the param to its site, the
+        distribution, the site's scale, and the prior's arguments per entry where they are
+        constants (None where they depend on the params)."""
+        self.priors = {}
+        for s in priors:
+            name = s["name"]
+            if any(f.name == self.plate for f in s["cond_indep_stack"]):
+                raise NotCompilable(
+                    f"the point-estimated site {name!r} is inside the data plate {self.plate!r}"
+                )
+            probe = probe_sites[name]["value"]
+            param = next(
+                (
+                    n
+                    for n, v in self.probe_values.items()
+                    if v.shape == probe.shape and torch.equal(v.to(probe.dtype), probe)
+                ),
+                None,
+            )
+            if param is None or param in self.priors:
+                raise NotCompilable(f"the point estimate of site {name!r} is not one pyro.param of the guide")
+            if s["mask"] is not None or not isinstance(s["scale"], (int, float)):
+                raise NotCompilable(f"the prior of site {name!r} is masked or scaled by a tensor")
+            base = _unwrap(s["fn"])[0]
+            pb = _unwrap(probe_sites[name]["fn"])[0]
+            args = None
+            names = next((a for (_, fam), a in CONJUGATE.items() if fam is type(base)), ())
+            if names and all(torch.equal(getattr(pb, a).double(), getattr(base, a).double()) for a in names):
+                shape = self.values[param].shape
+                args = [torch.broadcast_to(getattr(base, a), shape).reshape(-1).to(self.dtype) for a in names]
+            self.priors[param] = dict(
+                site=name, fn=s["fn"], scale=float(s["scale"]), family=type(base), args=args
+            )
+
+    def log_prior(self, values: dict, names=None) -> torch.Tensor:
+        """sum over the point-estimated globals (those in ``names``; all when None) of their prior's
+        log-density (times the site's scale)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for n, p in self.priors.items():
+            if names is None or n in names:
+                total = total + p["fn"].log_prob(values[n]).sum() * p["scale"]
+        return total
+
     def _roles(self) -> None:
         """Each param's route: closed form where all its uses are one role whose support its
         constraint matches, else gradient steps on Q."""
         uses: dict[str, set] = {n: set() for n in self.names}
         for g in self.groups:
-            for arg, src in zip(FAMILIES[g.family], g.sources):
+            for arg, src in zip(g.args, g.sources):
                 if src[0] == "param":
-                    uses[src[1]].add((g.family, arg))
+                    # a MultivariateNormal's loc read other than as whole rows has no closed form
+                    whole = arg != "loc" or g.family is not dist.MultivariateNormal or g.loc_rows is not None
+                    uses[src[1]].add((g.family, arg) if whole else (g.family, "loc entries"))
         self.roles, self.routes = {}, {}
         for n in self.names:
             role = next(iter(uses[n])) if len(uses[n]) == 1 else None
             ok = role in ROLES and _same_constraint(self.constraints[n], ROLES[role])
             if ok and role == (dist.Categorical, "probs") and self.values[n].dim() == 0:
                 ok = False
+            route = "closed_form"
+            prior = self.priors.get(n)
+            if ok and prior is not None:
+                ok = prior["args"] is not None and (role, prior["family"]) in CONJUGATE
+                # a mode inside the support: Dirichlet, Beta and Gamma concentrations of at least 1
+                if ok and prior["family"] is not dist.Normal:
+                    shapes = prior["args"] if prior["family"] is dist.Beta else prior["args"][:1]
+                    ok = all(bool((a >= 1).all()) for a in shapes)
+                route = "closed_form_map"
             self.roles[n] = role if ok else None
-            self.routes[n] = "closed_form" if ok else ("gradient" if uses[n] else "unused")
+            self.routes[n] = route if ok else ("gradient" if uses[n] or prior is not None else "unused")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -392,10 +600,41 @@ class CompiledChain:
             values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix for src, ix in zip(g.sources, g.idx)
         ]
 
+    @staticmethod
+    def _tril(g: _Group, values: dict) -> torch.Tensor:
+        """A MultivariateNormal group's Cholesky factors: one per row of its matrix param
+        (R, D, D), or one per event (E, D, D) for constant matrices."""
+        d = g.y.shape[-1]
+        src, ix = g.sources[1], g.idx[1]
+        m = values[src[1]].reshape(-1, d, d) if src[0] == "param" else ix
+        return torch.linalg.cholesky(m) if g.args[1] == "covariance_matrix" else m
+
+    def _mvn_log_probs(self, g: _Group, values: dict) -> torch.Tensor:
+        """log N(y_e | loc_e, L_e L_e^T) = -|L_e^-1 (y_e - loc_e)|^2 / 2 - log det L_e - D log(2 pi) / 2,
+        with L^-1 formed once per row of a matrix param and applied to that row's events (no
+        (E, D, D) tensor)."""
+        diff = g.y - self._args(g, values)[0]
+        tril = self._tril(g, values)
+        half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        if g.by_row is None:
+            z = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
+            maha = (z**2).sum(-1)
+        else:
+            eye = torch.eye(diff.shape[-1], dtype=diff.dtype, device=diff.device)
+            inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
+            chunks = diff[g.row_order].split(g.by_row[1])
+            parts = [((chunk @ inverse[r].T) ** 2).sum(-1) for r, chunk in zip(g.by_row[0], chunks)]
+            maha = torch.cat(parts)[g.row_inverse]
+            half_log_det = half_log_det[g.idx[1]]
+        return -0.5 * maha - half_log_det - 0.5 * g.y.shape[-1] * math.log(2 * math.pi)
+
     def log_probs(self, g: _Group, values: dict) -> torch.Tensor:
         """Every element's log-density under ``values`` (masked elements 0)."""
-        args, y = self._args(g, values), g.y
         f = g.family
+        if f is dist.MultivariateNormal:
+            lp = self._mvn_log_probs(g, values)
+            return torch.where(g.weight != 0, lp * g.weight, lp.new_zeros(()))
+        args, y = self._args(g, values), g.y
         if f is dist.Categorical:
             lp = args[0].log()
         elif f is dist.Bernoulli:
@@ -525,12 +764,15 @@ class CompiledChain:
         """The closed-form params' new values (exact conditional maximization of Q)."""
         new = dict(values)
         stats: dict[str, list] = {}
-        for stage in (0, 1):  # Normal scales after the locs they depend on
+        for stage in (0, 1):  # Normal scales (and covariances) after the locs they depend on
             stats = {}
+            self._mvn_closed_form(new, values, post, stage)
             for g in self.groups:
+                if g.family is dist.MultivariateNormal:
+                    continue
                 w = self.posterior_at(g, post) * g.weight
                 args = self._args(g, new)
-                for a, (arg, src) in enumerate(zip(FAMILIES[g.family], g.sources)):
+                for a, (arg, src) in enumerate(zip(g.args, g.sources)):
                     if src[0] != "param" or self.roles.get(src[1]) is None:
                         continue
                     is_scale = (g.family, arg) == (dist.Normal, "scale")
@@ -565,6 +807,8 @@ class CompiledChain:
             for n, (a, b) in stats.items():
                 old = values[n].reshape(-1)
                 role = self.roles[n]
+                if n in self.priors:  # the MAP: the prior's pseudo-counts join the statistics
+                    a, b = self._pseudo_counts(n, a, b)
                 if role == (dist.Categorical, "probs"):
                     k = values[n].shape[-1]
                     counts = a.reshape(-1, k)
@@ -580,16 +824,133 @@ class CompiledChain:
                 new[n] = value.reshape(values[n].shape)
         return new
 
+    def _pseudo_counts(self, n: str, a: torch.Tensor, b: torch.Tensor) -> tuple:
+        """The statistics of a closed-form param plus its conjugate prior's, so that the same
+        ratio is the MAP: Dirichlet alpha - 1 to the counts; Beta (c1 - 1, c0 - 1) to the
+        (successes, failures); Gamma (a - 1, b) to a rate's (numerator, denominator); a Normal
+        prior's precision-weighted (m0 / s0^2, 1 / s0^2) to a loc's."""
+        p = self.priors[n]
+        args, scale = p["args"], p["scale"]
+        if p["family"] is dist.Normal:
+            precision = args[1] ** -2
+            return a + scale * precision * args[0], b + scale * precision
+        if p["family"] is dist.Dirichlet:
+            return a + scale * (args[0] - 1), b
+        if p["family"] is dist.Beta:
+            return a + scale * (args[0] - 1), b + scale * (args[1] - 1)
+        return a + scale * (args[0] - 1), b + scale * args[1]
+
+    def _mvn_closed_form(self, new: dict, values: dict, post, stage: int) -> None:
+        """MultivariateNormal params in place in ``new``: stage 0 the locs, each the weighted mean
+        of its events (precision-weighted, (sum_e w_e P_e)^-1 sum_e w_e P_e y_e, where one row
+        meets several matrices); stage 1 the matrices, each the weighted covariance of its events
+        about their (new) locs, or its Cholesky factor for a scale_tril. A row without weight, or
+        whose weighted covariance is singular (fewer distinct events than dimensions), keeps its
+        value."""
+        role = "loc" if stage == 0 else None
+        for n in self.names:
+            r = self.roles.get(n)
+            if r is None or r[0] is not dist.MultivariateNormal or (r[1] == "loc") != (role == "loc"):
+                continue
+            parts = []
+            for gi, g in enumerate(self.groups):
+                if g.family is dist.MultivariateNormal:
+                    a = 0 if role == "loc" else 1
+                    if g.sources[a] == ("param", n):
+                        parts.append((gi, g, self.posterior_at(g, post) * g.weight))
+            if role == "loc":
+                new[n] = self._mvn_locs(n, values[n], parts, new)
+            else:
+                new[n] = self._mvn_matrices(n, values[n], parts, new)
+
+    def _mvn_locs(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
+        d = parts[0][1].y.shape[-1]
+        rows = old.numel() // d
+        zeros = dict(dtype=self.dtype, device=self.device)
+        w_sum, wy = torch.zeros(rows, **zeros), torch.zeros(rows, d, **zeros)
+        key_min = torch.full((rows,), math.inf, **zeros)
+        key_max = torch.full((rows,), -math.inf, **zeros)
+        for gi, g, w in parts:
+            w_sum.index_add_(0, g.loc_rows, w)
+            wy.index_add_(0, g.loc_rows, w[:, None] * g.y)
+            # which matrix each event meets: one per row -> the plain weighted mean is exact
+            key = (
+                g.idx[1].to(self.dtype) + gi * 2.0**40
+                if g.sources[1][0] == "param"
+                else torch.full_like(w, -1.0 - gi)
+            )
+            live = w != 0
+            key_min.scatter_reduce_(0, g.loc_rows[live], key[live], "amin")
+            key_max.scatter_reduce_(0, g.loc_rows[live], key[live], "amax")
+        tiny = torch.finfo(self.dtype).tiny
+        fresh = wy / w_sum.clamp_min(tiny)[:, None]
+        general = (key_min != key_max) | (key_min < 0)
+        general = general & (w_sum > 0)
+        prior = self.priors.get(n)
+        if prior is not None:  # the MAP under independent Normal priors: every row precision-weighted
+            general = torch.ones_like(general)
+        if bool(general.any()):
+            prec_sum, prec_y = torch.zeros(rows, d, d, **zeros), torch.zeros(rows, d, **zeros)
+            for _, g, w in parts:
+                precision = torch.cholesky_inverse(self._tril(g, values))
+                if g.by_row is None:  # constant matrices: one precision per event
+                    prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
+                    prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
+                    continue
+                # weights and weighted sums per (loc row, matrix row), then one precision per pair
+                pair_w = torch.zeros(rows, len(precision), **zeros)
+                pair_w.index_put_((g.loc_rows, g.idx[1]), w, accumulate=True)
+                pair_wy = torch.zeros(rows, len(precision), d, **zeros)
+                pair_wy.index_put_((g.loc_rows, g.idx[1]), w[:, None] * g.y, accumulate=True)
+                prec_sum += torch.einsum("lr,rij->lij", pair_w, precision)
+                prec_y += torch.einsum("rij,lrj->li", precision, pair_wy)
+            if prior is not None:
+                m0, s0 = (a.reshape(rows, d) for a in prior["args"])
+                prec_sum = prec_sum + torch.diag_embed(prior["scale"] * s0**-2)
+                prec_y = prec_y + prior["scale"] * m0 * s0**-2
+            solved = torch.linalg.solve(
+                torch.where(general[:, None, None], prec_sum, torch.eye(d, **zeros)), prec_y
+            )
+            fresh = torch.where(general[:, None], solved, fresh)
+        moved = general if prior is not None else w_sum > 0
+        return torch.where(moved[:, None], fresh, old.reshape(rows, d)).reshape(old.shape)
+
+    def _mvn_matrices(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
+        d = old.shape[-1]
+        rows = old.numel() // d**2
+        zeros = dict(dtype=self.dtype, device=self.device)
+        w_sum, scatter = torch.zeros(rows, **zeros), torch.zeros(rows, d, d, **zeros)
+        for _, g, w in parts:
+            diff = g.y - self._args(g, values)[0]
+            w_sum.index_add_(0, g.idx[1], w)
+            chunks = zip(
+                g.by_row[0],
+                (w[:, None] * diff)[g.row_order].split(g.by_row[1]),
+                diff[g.row_order].split(g.by_row[1]),
+            )
+            for r, weighted, centred in chunks:
+                scatter[r] += weighted.T @ centred
+        cov = scatter / w_sum.clamp_min(torch.finfo(self.dtype).tiny)[:, None, None]
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        tril, info = torch.linalg.cholesky_ex(cov)
+        keep = (w_sum > 0) & (info == 0)
+        fresh = tril if self.roles[n][1] == "scale_tril" else cov
+        return torch.where(keep[:, None, None], fresh, old.reshape(rows, d, d)).reshape(old.shape)
+
     # ------------------------------------------------------------------ certification
 
-    def _pyro_log_z(self, values: dict) -> torch.Tensor:
-        """log p(x) by Pyro's own tensor variable elimination on a trace of the model."""
+    def _pyro_log_z(self, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x | theta) by Pyro's own tensor variable elimination on a trace of the model, and
+        the log-density of the point-estimated globals' priors in the same trace."""
         tr = _trace(self.model, self.data, self.nesting, values)
         tr.compute_log_prob()
         tr.pack_tensors()
         factors: OrderedDict = OrderedDict()
         sum_dims = set()
+        log_prior = sum((s["log_prob_sum"] for s in _sites(tr) if s["name"] in self.point_sites), 0.0)
         for s in _sites(tr):
+            if s["name"] in self.point_sites:
+                continue
             ordinal = frozenset(tr.plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized)
             factors.setdefault(ordinal, []).append(s["packed"]["log_prob"])
             if s["infer"].get("_enumerate_symbol") is not None:
@@ -599,7 +960,7 @@ class CompiledChain:
         merged: OrderedDict = OrderedDict()
         for o, terms in factors.items():
             merged.setdefault(o - absent, []).extend(terms)
-        return contract_to_tensor(merged, sum_dims).sum()
+        return contract_to_tensor(merged, sum_dims).sum(), torch.as_tensor(log_prior)
 
     def _certify(self, real, gen: torch.Generator) -> None:
         """The compiled log Z equals Pyro's at a random perturbation of the params (random, so no
@@ -613,10 +974,15 @@ class CompiledChain:
             perturbed[n] = t(torch.where(torch.isfinite(z), z, torch.zeros_like(z)) + 0.5 * noise).detach()
         with torch.no_grad():
             for values in (perturbed,):
+                theirs, prior = (float(t) for t in self._pyro_log_z(values))
                 ours = float(self.log_z(values).sum())
-                theirs = float(self._pyro_log_z(values))
                 scale = abs(theirs) + 1.0
                 if not (math.isfinite(ours) and abs(ours - theirs) <= tol * scale):
                     raise NotCompilable(
                         f"the compiled log-likelihood ({ours:.12g}) differs from Pyro's ({theirs:.12g})"
+                    )
+                ours = float(self.log_prior(values))
+                if not abs(ours - prior) <= tol * (abs(prior) + 1.0):
+                    raise NotCompilable(
+                        f"the priors' log-density ({ours:.12g}) differs from Pyro's ({prior:.12g})"
                     )

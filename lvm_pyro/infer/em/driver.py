@@ -38,7 +38,9 @@ marginal over two or more enumerated sites, ``posterior[("z_0", "z_1")]`` of sha
 (rows, ..., values of z_0, values of z_1) (the pairwise posteriors a transition matrix needs).
 A user's model without an M-step of its own whose discrete sites form a chain of
 exponential-family sites over ``pyro.param``s takes closed-form M-steps found automatically
-(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``). Otherwise it is generalized EM:
+(:mod:`lvm_pyro.infer.em.chain`, ``e_step == "chain"``); global sites point-estimated by a Delta
+guide (``AutoDelta``) whose prior is conjugate to their role take the MAP in closed form.
+Otherwise it is generalized EM:
 ``m_step_steps`` Adam steps on
 Q(theta) = sum_f E_q[log f(theta)] + log p(theta) (every log-factor f weighted by its
 posterior marginal, held fixed), keeping the best parameters seen, so Q never decreases.
@@ -87,7 +89,7 @@ from lvm_pyro.errors import (
 )
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
-from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, plain_constraint
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -141,7 +143,8 @@ class EMResult:
     ``m_step_lr``),
     "max_iter", or "callback" (a callback set ``stop``; its ``stop_reason`` is appended).
     ``param_routes``: for a user's model on the compiled chain route (``e_step == "chain"``),
-    each ``pyro.param``'s M-step, "closed_form" or "gradient" (``m_step`` is then
+    each ``pyro.param``'s M-step, "closed_form", "closed_form_map" (the MAP under a conjugate
+    prior, for a point-estimated global) or "gradient" (``m_step`` is then
     "closed_form", "gradient" or "closed_form+gradient"). ``closed_form_refused``: why a
     user's model without its own M-step did not take the chain route (None when it did, or
     when the model brings its own M-step).
@@ -828,7 +831,7 @@ class _ChainRoute:
         self.c = compiled
         self.steps, self.lr = steps, lr
         self.routes = dict(compiled.routes)
-        closed = [n for n, r in self.routes.items() if r == "closed_form"]
+        closed = [n for n, r in self.routes.items() if r.startswith("closed_form")]
         self.gradient = [n for n, r in self.routes.items() if r == "gradient"]
         mixed = "closed_form+gradient" if closed else "gradient"
         self.m_step_name = "closed_form" if not self.gradient else mixed
@@ -849,8 +852,9 @@ class _ChainRoute:
     def log_likelihood(self, data: tuple) -> torch.Tensor:
         return self.e_step(data)[0]
 
+    @torch.no_grad()
     def log_prior(self) -> float:
-        return 0.0
+        return float(self.c.log_prior(self.values()))
 
     def reseed(self, data: tuple, post, gen) -> list:
         return []
@@ -858,13 +862,14 @@ class _ChainRoute:
     @torch.no_grad()
     def _write(self, name: str, value: torch.Tensor) -> None:
         constraint = self.c.constraints[name]
+        plain = plain_constraint(constraint)  # an AutoDelta's independent(simplex, 1) and the like
         tiny = torch.finfo(value.dtype).tiny
-        if constraint is constraints.simplex:
+        if plain is constraints.simplex:
             value = value.clamp_min(tiny)
             value = value / value.sum(-1, keepdim=True)
-        elif constraint is constraints.positive:
+        elif plain is constraints.positive or plain is constraints.nonnegative:
             value = value.clamp_min(tiny)
-        elif constraint is constraints.unit_interval:
+        elif plain is constraints.unit_interval:
             eps = torch.finfo(value.dtype).eps
             value = value.clamp(eps, 1 - eps)
         self.unconstrained[name].copy_(transform_to(constraint).inv(value))
@@ -874,7 +879,7 @@ class _ChainRoute:
         with torch.no_grad():
             new = self.c.closed_form(values, post)
             for n in new:
-                if self.routes[n] == "closed_form":
+                if self.routes[n].startswith("closed_form"):
                     self._write(n, new[n])
         if not self.gradient:
             return True
@@ -882,7 +887,8 @@ class _ChainRoute:
 
     def _q(self, post) -> torch.Tensor:
         values = {n: transform_to(self.c.constraints[n])(self.unconstrained[n]) for n in self.c.names}
-        return self.c.expected_log_joint(values, post, names=set(self.gradient))
+        names = set(self.gradient)
+        return self.c.expected_log_joint(values, post, names=names) + self.c.log_prior(values, names=names)
 
     def _gradient_steps(self, post) -> bool:
         """Adam on the gradient-route params' Q (the closed-form ones held), keeping the best."""
@@ -1086,7 +1092,7 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
         if why is None:
             try:
                 compiled = CompiledChain(
-                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen
+                    program.model, data, nesting=route.nesting, plate=data_plate, gen=gen, guide=program.guide
                 )
             except NotCompilable as exc:
                 why = str(exc)
@@ -1110,10 +1116,6 @@ def _chain_unsupported(program: Program, data: tuple, route: _EnumRoute, chunk_s
         return "distributed runs take the general route"
     if chunk_size is not None and chunk_size < len(data[0]):
         return "chunk_size splits the rows; the compiled route holds them all"
-    with poutine.block(), poutine.trace() as capture:
-        program.guide(*data)
-    if any(s["type"] == "sample" for s in capture.trace.nodes.values()):
-        return "the guide samples sites (point estimates): the compiled route needs an empty guide"
     return None
 
 
