@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -129,12 +130,26 @@ def check_sample_weight(sample_weight, n: int, like: torch.Tensor) -> torch.Tens
     return w
 
 
+#: The last answer of :func:`_incomplete_rows`: (weak reference to the data, its version, mask).
+_LAST_INCOMPLETE: list = [None, -1, None]
+
+
 def _incomplete_rows(x: torch.Tensor) -> torch.Tensor | None:
     """The (N,) mask of rows with a NaN, or None when every row is complete. One pass over x,
-    single-threaded (with intra-op threads its fork-join costs more than the pass)."""
+    single-threaded (with intra-op threads its fork-join costs more than the pass), remembered
+    for the last tensor seen until it is changed in place or freed: EM asks once an iteration
+    about the same data (on N=1e6 x 16 the pass is ~17% of an iteration)."""
+    ref, version, mask = _LAST_INCOMPLETE
+    if ref is not None and ref() is x and version == x._version:
+        return mask
     with single_threaded(x.device):
         incomplete = torch.isnan(x).any(1)
-        return incomplete if bool(incomplete.any()) else None
+        mask = incomplete if bool(incomplete.any()) else None
+    try:
+        _LAST_INCOMPLETE[:] = [weakref.ref(x), x._version, mask]
+    except TypeError:  # a tensor subclass without weak references: not remembered
+        _LAST_INCOMPLETE[:] = [None, -1, None]
+    return mask
 
 
 def _refuse_missing(x: torch.Tensor) -> None:
