@@ -11,9 +11,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.nn import PyroParam, pyro_method
 from torch.distributions import constraints
 
 from lvm_pyro.infer.em import em
+from lvm_pyro.models.base import LatentVariableModel
 
 
 def _poisson_data(n=300, seed=0):
@@ -58,6 +60,41 @@ def test_a_plain_pyro_poisson_mixture_takes_the_closed_form_route_and_equals_em_
     torch.testing.assert_close(pyro.param("pm_w").detach(), w, rtol=1e-10, atol=0)
     torch.testing.assert_close(pyro.param("pm_rate").detach(), rate, rtol=1e-10, atol=0)
 
+
+
+class PoissonMixtureModule(LatentVariableModel):
+    """The same Poisson mixture as a LatentVariableModel whose parameters are PyroParam
+    attributes (no pyro.param call, no m_step)."""
+
+    data_support = "count"
+    input_shape = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = PyroParam(torch.tensor([0.5, 0.5], dtype=torch.float64), constraints.simplex)
+        self.rate = PyroParam(torch.tensor([1.0, 4.0], dtype=torch.float64), constraints.positive)
+
+    @pyro_method
+    def model(self, x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(self.w), infer={"enumerate": "parallel"})
+            pyro.sample("obs", dist.Poisson(self.rate[z]), obs=x)
+
+    @pyro_method
+    def guide(self, x):
+        pass
+
+
+def test_pyro_param_attributes_of_a_model_class_take_the_closed_form_route():
+    x = _poisson_data()
+    model = PoissonMixtureModule()
+    result = em(model, x, max_iter=15, tol=0.0, device="cpu")
+    assert (result.e_step, result.m_step) == ("chain", "closed_form")
+    assert result.param_routes == {"w": "closed_form", "rate": "closed_form"}
+    lls, w, rate = _poisson_em(x, 15)
+    np.testing.assert_allclose(result.log_likelihood, lls, rtol=1e-10, atol=0)
+    torch.testing.assert_close(model.w.detach(), w, rtol=1e-10, atol=0)
+    torch.testing.assert_close(model.rate.detach(), rate, rtol=1e-10, atol=0)
 
 def bernoulli_mixture(x):
     k, d = 3, x.shape[1]
