@@ -3,7 +3,6 @@ scikit-learn's GaussianMixture from the same start, torch inputs, choosing K, ba
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
@@ -17,36 +16,13 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from lvm_pyro.diagnostics.selection import select_components
 from lvm_pyro.errors import ConfigurationError, DataError, NotFittedError
 from lvm_pyro.estimators import GaussianMixture
-from lvm_pyro.infer.em import em
 from lvm_pyro.models.gmm import COVARIANCE_TYPES
 
-_WEIGHT_EQUIVALENCE = (
-    "integer weights equal replicated rows from the same start (tests/test_sample_weight.py); "
-    "the random k-means++ initialization draws differently on replicated rows"
-)
-_EM_WEIGHTS = (
-    "em(..., sample_weight=) comes with the em helper's branch; fit(X, sample_weight=) needs it"
-)
-_EXPECTED_FAILURES = {"check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE}
-if "sample_weight" not in inspect.signature(em).parameters:
-    _EXPECTED_FAILURES.update(
-        dict.fromkeys(
-            [
-                "check_sample_weights_pandas_series",
-                "check_sample_weights_not_an_array",
-                "check_sample_weights_list",
-                "check_sample_weights_shape",
-                "check_sample_weights_not_overwritten",
-            ],
-            _EM_WEIGHTS,
-        )
-    )
 
-
-@parametrize_with_checks(
-    [GaussianMixture(max_iter=20)], expected_failed_checks=lambda estimator: _EXPECTED_FAILURES
-)
+@parametrize_with_checks([GaussianMixture(max_iter=20)])
 def test_scikit_learn_estimator_checks(estimator, check):
+    """Every check of scikit-learn's, none expected to fail: sample weights included (integer
+    weights equal replicated rows: tests/test_sample_weight.py)."""
     check(estimator)
 
 

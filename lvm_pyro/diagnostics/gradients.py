@@ -62,7 +62,7 @@ class GradientVariance:
 
     @property
     def estimator(self) -> str:
-        """The former name of :attr:`objective`."""
+        """The former name of ``objective``."""
         return self.objective
 
     @property
