@@ -145,11 +145,15 @@ def _incomplete_rows(x: torch.Tensor) -> torch.Tensor | None:
     with single_threaded(x.device):
         incomplete = torch.isnan(x).any(1)
         mask = incomplete if bool(incomplete.any()) else None
-    try:
-        _LAST_INCOMPLETE[:] = [weakref.ref(x), x._version, mask]
+    try:  # forgotten (the mask freed) when the data is
+        _LAST_INCOMPLETE[:] = [weakref.ref(x, _forget_incomplete), x._version, mask]
     except TypeError:  # a tensor subclass without weak references: not remembered
-        _LAST_INCOMPLETE[:] = [None, -1, None]
+        _forget_incomplete()
     return mask
+
+
+def _forget_incomplete(_ref=None) -> None:
+    _LAST_INCOMPLETE[:] = [None, -1, None]
 
 
 def _refuse_missing(x: torch.Tensor) -> None:
