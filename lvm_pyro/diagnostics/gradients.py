@@ -29,7 +29,7 @@ from pyro import poutine
 from lvm_pyro.checks import check_seed
 from lvm_pyro.data import validate_with_conditions
 from lvm_pyro.errors import ConfigurationError, ModelContractError
-from lvm_pyro.infer.logdensity import check_program, marginalize_missing
+from lvm_pyro.infer.logdensity import check_program
 from lvm_pyro.infer.objectives import SCORE_BASELINES, Objective, make_objective
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.infer.svi import FitResult
@@ -243,8 +243,7 @@ def gradient_variance(
     seed = check_seed(seed)
     program = _program(model, guide)
     args = _args(program, data)
-    program = marginalize_missing(program, args)
-    check_program(program, args)
+    program = check_program(program, args)
     if seed is not None:
         pyro.set_rng_seed(seed)
     params = _parameters(program, args)

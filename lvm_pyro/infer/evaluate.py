@@ -29,7 +29,6 @@ from lvm_pyro.infer.logdensity import (
     check_program,
     local_log_weights,
     logmeanexp_chunks,
-    marginalize_missing,
     pair_failed,
     plate_nesting,
 )
@@ -85,8 +84,7 @@ def elbo(
     check_plate_name(data_plate)
     batches = make_batches(data, program, _device(program, device), batch_size=batch_size, shuffle=False)
     first = _cast(next(iter(batches.epoch())), program.module)
-    program = marginalize_missing(program, first)
-    check_program(program, first, enumerable_ok=False)
+    program = check_program(program, first, enumerable_ok=False)
     vectorize = None
     if (num_particles or (5 if objective == "iwae" else 1)) > 1 and objective != "iwae":
         vectorize = broadcasts_over_particles(program, first, program.max_plate_nesting)

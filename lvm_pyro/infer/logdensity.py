@@ -133,18 +133,23 @@ def pair_failed(exc: Exception, args: tuple) -> ModelContractError:
     )
 
 
-def check_program(program: Program, args: tuple, *, enumerable_ok: bool = False) -> None:
+def check_program(program: Program, args: tuple, *, enumerable_ok: bool = False) -> Program:
     """Run the guide and the model on it once (no enumeration, nothing recorded) and
-    :func:`check_guide` them: the check every wrapper makes before it computes anything."""
+    :func:`check_guide` them: the check every wrapper makes before it computes anything. Returns
+    the program to use: ``program``, its model summing out ``obs_mask``'s missing entries where
+    the guide does not impute them (:func:`summing_out_missing`)."""
     try:
         with poutine.block():
             guide_trace = poutine.trace(program.guide).get_trace(*args)
-            model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+            missing = MarginalizeMissing(sampled=guide_trace.nodes)
+            model = poutine.replay(missing(program.model), trace=guide_trace)
+            model_trace = poutine.trace(model).get_trace(*args)
     except LVMError:
         raise
     except PAIR_ERRORS as exc:
         raise pair_failed(exc, args) from exc
     check_guide(model_trace, guide_trace, enumerable_ok=enumerable_ok)
+    return summing_out_missing(program, guide_trace, missing)
 
 
 def check_per_point(program: Program, args: tuple, *, plate: str, nesting: int) -> None:
@@ -226,28 +231,16 @@ class MarginalizeMissing(Messenger):
             self.marginalized.add(name)
 
 
-def marginalize_missing(program: Program, args: tuple) -> Program:
+def summing_out_missing(program: Program, guide_trace: poutine.Trace,
+                        handler: MarginalizeMissing) -> Program:
     """``program`` with its model summing out the missing entries of Pyro's ``obs_mask`` that
-    the guide does not impute (:class:`MarginalizeMissing`), for the wrappers that train or
-    evaluate with Pyro's ELBOs (``fit``, ``elbo``, ``gradient_variance``): their bound is then
-    on log p(x_observed), as ``log_likelihood`` and ``em`` compute it. A guide that samples
+    the guide does not impute, when the check run (model under ``handler``, replayed against
+    ``guide_trace``) found any; else ``program`` itself. For the wrappers that train or evaluate
+    with Pyro's ELBOs (``fit``, ``elbo``, ``gradient_variance``): their bound is then on
+    log p(x_observed), as ``log_likelihood`` and ``em`` compute it. A guide that samples
     ``x_unobserved`` (an autoguide of the whole model) imputes the entries instead, as in plain
-    Pyro. ``program`` itself when there is nothing to sum out. Runs guide and model once on
-    ``args``; the random state is left as it was.
+    Pyro.
     """
-    state = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        with pyro.validation_enabled(False), torch.no_grad():
-            guide_trace = poutine.trace(program.guide).get_trace(*args)
-            handler = MarginalizeMissing(sampled=guide_trace.nodes)
-            poutine.trace(poutine.replay(handler(program.model), trace=guide_trace)).get_trace(*args)
-    except Exception:  # the wrapper's own check runs the pair next and explains the failure
-        return program
-    finally:
-        torch.set_rng_state(state)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
     if not handler.marginalized:
         return program
     sampled = {n for n, site in guide_trace.nodes.items() if site["type"] == "sample"}
@@ -631,7 +624,7 @@ __all__: list[str] = [
     "PARTICLE_PLATE",
     "HoldGlobals",
     "MarginalizeMissing",
-    "marginalize_missing",
+    "summing_out_missing",
     "PointLogWeights",
     "WeightedTraces",
     "broadcasts_over_particles",

@@ -42,7 +42,7 @@ from lvm_pyro.infer.checkpoint import (
 )
 from lvm_pyro.infer.compile import Compilation, CompiledStep, choose
 from lvm_pyro.infer.distributed import join_group
-from lvm_pyro.infer.logdensity import broadcasts_over_particles, marginalize_missing
+from lvm_pyro.infer.logdensity import broadcasts_over_particles
 from lvm_pyro.infer.objectives import OBJECTIVES, SCORE_BASELINES, TrainingScale, make_objective
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.infer.trainer import (
@@ -472,8 +472,7 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
 
     scale = _training_scale(batches, x0, group, data_plate)
     claim_module_params(program.module)
-    program = marginalize_missing(program, first)  # obs_mask's missing entries the guide leaves
-    traced = check_program(program, scale, first, objective)
+    program, traced = check_program(program, scale, first, objective)
     if batches.batch_size < batches.num_data and not scale.saw_plate:
         raise ModelContractError(
             f"minibatches of {batches.batch_size} of {batches.num_data} points need the "
@@ -491,12 +490,13 @@ def _build_trainer(model, program: Program, data, dev, group, main_process: bool
     use_graph, why = choose(compilation, objective, param_list, int(x0.shape[0]), total_steps)
     if ckpt is not None and compilation.enabled == "auto" and "compiled_path" in ckpt["config"]:
         use_graph, why = ckpt["config"]["compiled_path"], "auto: the path of the run being resumed"
-    run = dict(program=program, loss=loss, batches=batches, first=first, opt=opt, group=group,
-               data_plate=data_plate, warmup=warmup, warmup_cb=warmup_cb, objective=objective)
-    identity = _identity(**run, score_baseline=score_baseline, params=params)
+    identity = _identity(program=program, loss=loss, batches=batches, first=first, opt=opt, group=group,
+                         data_plate=data_plate, warmup=warmup, warmup_cb=warmup_cb, objective=objective,
+                         score_baseline=score_baseline, params=params)
     config = {
-        **_config(**run, total_steps=total_steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, seed=seed,
-                  shuffle_seed=shuffle_seed, dev=dev, score_baseline=score_baseline),
+        **_config(identity, objective=objective, steps_per_epoch=batches.steps_per_epoch,
+                  total_steps=total_steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, seed=seed,
+                  shuffle_seed=shuffle_seed, dev=dev, dtype=first[0].dtype),
         "compile": compilation.enabled,
         "compiled_path": use_graph,
         "compile_reason": why,
@@ -579,10 +579,6 @@ def _training_scale(batches, x0: torch.Tensor, group, data_plate: str) -> Traini
     return scale
 
 
-def _model_name(program: Program) -> str:
-    return type(program.source).__name__ if program.source is not None else "callable"
-
-
 def _identity(*, program, loss, batches, first, opt, group, data_plate, warmup, warmup_cb, objective,
               score_baseline, params) -> dict:
     """What a checkpoint must match to be resumed (anything else differing is refused)."""
@@ -597,22 +593,23 @@ def _identity(*, program, loss, batches, first, opt, group, data_plate, warmup, 
         "kl_warmup": warmup,
         "kl_warmup_start": warmup_cb.start if warmup_cb is not None else 0.0,
         "score_baseline": score_baseline if objective == "score" else None,
-        "model": _model_name(program),
+        "model": type(program.source).__name__ if program.source is not None else "callable",
         "world_size": group.world_size if group is not None else 1,
         "parameters": shapes(program, params),
     }
 
 
-def _config(*, program, loss, batches, first, opt, group, data_plate, warmup, warmup_cb, objective,
-            total_steps, optimizer, lr, clip_norm, seed, shuffle_seed, dev, score_baseline) -> dict:
-    """The run's settings as ``FitResult.config`` reports them (and the checkpoint stores)."""
+def _config(identity: dict, *, objective, steps_per_epoch, total_steps, optimizer, lr, clip_norm, seed,
+            shuffle_seed, dev, dtype) -> dict:
+    """The run's settings as ``FitResult.config`` reports them (and the checkpoint stores); the
+    ones a resumed run must match are read from its ``identity``."""
     return {
         "objective": objective,
         "estimator": objective,
-        "num_particles": loss.elbo.num_particles,
-        "batch_size": batches.batch_size,
-        "num_data": batches.num_data,
-        "steps_per_epoch": batches.steps_per_epoch,
+        "num_particles": identity["num_particles"],
+        "batch_size": identity["batch_size"],
+        "num_data": identity["num_data"],
+        "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
         "lr": lr,
@@ -620,10 +617,10 @@ def _config(*, program, loss, batches, first, opt, group, data_plate, warmup, wa
         "seed": seed,
         "shuffle_seed": shuffle_seed,
         "device": str(dev),
-        "dtype": str(first[0].dtype),
-        "kl_warmup": warmup,
-        "score_baseline": score_baseline if objective == "score" else None,
-        "data_plate": data_plate,
-        "model": _model_name(program),
-        "world_size": group.world_size if group is not None else 1,
+        "dtype": str(dtype),
+        "kl_warmup": identity["kl_warmup"],
+        "score_baseline": identity["score_baseline"],
+        "data_plate": identity["data_plate"],
+        "model": identity["model"],
+        "world_size": identity["world_size"],
     }

@@ -41,7 +41,15 @@ from lvm_pyro.infer.checkpoint import (
 )
 from lvm_pyro.infer.compile import CompiledStep
 from lvm_pyro.infer.evaluate import dataset_loss
-from lvm_pyro.infer.logdensity import PAIR_ERRORS, check_guide, data_frame, pair_failed, sample_sites
+from lvm_pyro.infer.logdensity import (
+    PAIR_ERRORS,
+    MarginalizeMissing,
+    check_guide,
+    data_frame,
+    pair_failed,
+    sample_sites,
+    summing_out_missing,
+)
 from lvm_pyro.infer.objectives import Objective, TrainingScale, iwae_site_error
 from lvm_pyro.models.base import Program
 
@@ -192,14 +200,18 @@ def make_optimizer(optimizer, params: list[torch.Tensor], lr: float) -> torch.op
     return opt
 
 
-def check_program(program: Program, scale: TrainingScale, batch: tuple, objective: str) -> dict:
-    """Run guide then model once (validation on); check the contract; the parameters they read."""
+def check_program(program: Program, scale: TrainingScale, batch: tuple,
+                  objective: str) -> tuple[Program, dict]:
+    """Run guide then model once (validation on); check the contract. Returns the program to
+    train (its model summing out ``obs_mask``'s missing entries that the guide does not impute:
+    ``logdensity.summing_out_missing``) and the parameters they read."""
     try:
         with pyro.validation_enabled(True), poutine.trace() as guide_tape:
             scale(program.guide)(*batch)
         guide_trace = guide_tape.trace
+        missing = MarginalizeMissing(sampled=guide_trace.nodes)
         with pyro.validation_enabled(True), poutine.trace() as model_tape:
-            poutine.replay(scale(program.model), trace=guide_trace)(*batch)
+            poutine.replay(scale(missing(program.model)), trace=guide_trace)(*batch)
         model_trace = model_tape.trace
     except LVMError:
         raise
@@ -241,7 +253,7 @@ def check_program(program: Program, scale: TrainingScale, batch: tuple, objectiv
             if site["type"] == "param":
                 value = site["value"]
                 params.setdefault(name, value.unconstrained() if hasattr(value, "unconstrained") else value)
-    return params
+    return summing_out_missing(program, guide_trace, missing), params
 
 
 def _module_param_names(module: torch.nn.Module) -> set[str]:

@@ -206,6 +206,15 @@ def _image_model(name: str, cls: type, description: str, fit_options: dict) -> d
                 fit_options=fit_options)
 
 
+def _completion_model(name: str, cls: type, description: str, fit_options: dict, prepare: Callable) -> dict:
+    """The registration of a model completing the bottom half of an image from its top half,
+    built as ``cls(bottom_shape, top_shape, **options)``."""
+    return dict(name=name, build=lambda data, **options: cls(*_completion_shapes(data), **options),
+                options=cls, fixed=("input_shape", "condition_shape", "n_classes"),
+                description=description, data_options=BINARY_DIGITS, fit_options=fit_options,
+                prepare=prepare)
+
+
 def _load_builtins() -> None:
     """Register the library's models once, under names a user has not taken already."""
     global _BUILTINS_LOADED
@@ -247,26 +256,12 @@ def _load_builtins() -> None:
         _image_model("sbn", SigmoidBeliefNet,
                      "sigmoid belief network (binary latents), trained by score-function gradients",
                      {"objective": "score", "epochs": 200, "batch_size": 64, "lr": 3e-3}),
-        dict(
-            name="cvae",
-            build=lambda data, **options: ConditionalVAE(*_completion_shapes(data), **options),
-            options=ConditionalVAE,
-            fixed=("input_shape", "condition_shape", "n_classes"),
-            description="conditional VAE completing the bottom half of each image from its top half",
-            data_options=BINARY_DIGITS,
-            fit_options=vae_training,
-            prepare=halves,
-        ),
-        dict(
-            name="cvae-baseline",
-            build=lambda data, **options: ConditionalBaseline(*_completion_shapes(data), **options),
-            options=ConditionalBaseline,
-            fixed=("input_shape", "condition_shape", "n_classes"),
-            description="deterministic network predicting the bottom half of each image from its top half",
-            data_options=BINARY_DIGITS,
-            fit_options={"epochs": 100, "batch_size": 64, "kl_warmup": 0},
-            prepare=halves,
-        ),
+        _completion_model("cvae", ConditionalVAE,
+                          "conditional VAE completing the bottom half of each image from its top half",
+                          vae_training, halves),
+        _completion_model("cvae-baseline", ConditionalBaseline,
+                          "deterministic network predicting the bottom half of each image from its top half",
+                          {"epochs": 100, "batch_size": 64, "kl_warmup": 0}, halves),
         dict(
             name="cvae-label",
             build=label_cvae,
