@@ -246,13 +246,18 @@ def _batches(data, batch_size: int, weights, rng: np.random.Generator | None) ->
         yield batch, None
 
 
-def _as_rows(batch, dtype, device, n_features: int | None, name: str, missing: bool = False) -> torch.Tensor:
-    """A batch as validated (B, D) rows (NaN kept when the model marginalizes missing values).
+def _as_rows(batch, dtype, device, n_features: int | None, name: str, missing: bool = False,
+             any_shape: bool = False) -> torch.Tensor:
+    """A batch as validated (B, D) rows (NaN kept when the model marginalizes missing values);
+    rows of any shape for a model that takes them (``any_event_shape``: a user's HMM takes (B, T)
+    or (B, T, D) sequences, a user's mixture (B,) points).
     Validation runs on this thread alone: a batch is too small for torch's intra-op threads,
     whose fork-join per operation costs more than the check itself on a busy machine."""
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(np.array(batch))  # a copy: read from a memmap, writable
     event_shape = None if n_features is None else (n_features,)
+    if any_shape:
+        event_shape = tuple(np.shape(batch)[1:])
     check = validate_missing_data if missing else validate_data
     with single_threaded(torch.device(device)):
         return check(batch, name=name, event_shape=event_shape, dtype=dtype, device=device)
@@ -326,6 +331,7 @@ def online_em(
         model.to(dtype=dtype, device=device)
     n_features = getattr(model, "n_features", None)
     missing = bool(getattr(model, "missing_values", False))
+    any_shape = bool(getattr(model, "any_event_shape", False))
     indexable = _indexable(data)
     weights = None
     if sample_weight is not None:
@@ -366,7 +372,7 @@ def online_em(
         t_pass = time.perf_counter()
         total, weight = 0.0, 0.0
         for i, (batch, w) in enumerate(_batches(data, batch_size, weights, rng)):
-            x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}", missing)
+            x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}", missing, any_shape)
             wt = (
                 None
                 if w is None

@@ -55,6 +55,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
+from lvm_pyro.infer.em.chain_statistics import expected_statistics, solve
 from lvm_pyro.infer.logdensity import MarginalizeMissing
 
 #: distribution -> the arguments the compiled route reads (each a param gather or a constant)
@@ -226,8 +227,19 @@ class CompiledChain:
     """The compiled log-factors, forward recursion and closed-form M-step of a chain model."""
 
     def __init__(
-        self, model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator, guide=None
+        self,
+        model,
+        data: tuple,
+        *,
+        nesting: int,
+        plate: str,
+        gen: torch.Generator,
+        guide=None,
+        certified: tuple | None = None,
     ) -> None:
+        """Compile ``model`` on ``data`` and certify it against Pyro's contraction, unless its
+        structure equals ``certified`` (the :attr:`signature` of a chain already certified on
+        other rows of the same data: online EM compiles every minibatch)."""
         self.data, self.nesting, self.plate = data, nesting, plate
         x = data[0]
         self.dtype, self.device = x.dtype, x.device
@@ -255,7 +267,15 @@ class CompiledChain:
             if not v.is_floating_point():
                 raise NotCompilable(f"param {n!r} is not a floating tensor")
         self._compile(real)
-        self._certify(real, gen)
+        if certified is None or certified != self.signature:
+            self._certify(real, gen)
+
+    @property
+    def signature(self) -> tuple:
+        """What certification depends on besides the rows: the params, their routes, the groups'
+        families and argument sources, and the chain's length and number of states."""
+        groups = tuple((g.family, g.sources, g.args) for g in self.groups)
+        return tuple(self.names), tuple(sorted(self.routes.items())), groups, self.K, self.T, self.nesting
 
     # ------------------------------------------------------------------ structure
 
@@ -761,181 +781,9 @@ class CompiledChain:
     # ------------------------------------------------------------------ the M-step
 
     def closed_form(self, values: dict, post) -> dict:
-        """The closed-form params' new values (exact conditional maximization of Q)."""
-        new = dict(values)
-        stats: dict[str, list] = {}
-        for stage in (0, 1):  # Normal scales (and covariances) after the locs they depend on
-            stats = {}
-            self._mvn_closed_form(new, values, post, stage)
-            for g in self.groups:
-                if g.family is dist.MultivariateNormal:
-                    continue
-                w = self.posterior_at(g, post) * g.weight
-                args = self._args(g, new)
-                for a, (arg, src) in enumerate(zip(g.args, g.sources)):
-                    if src[0] != "param" or self.roles.get(src[1]) is None:
-                        continue
-                    is_scale = (g.family, arg) == (dist.Normal, "scale")
-                    if is_scale != bool(stage):
-                        continue
-                    n, ix, y = src[1], g.idx[a], g.y
-                    size = values[n].numel()
-                    s = stats.setdefault(
-                        n, [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(2)]
-                    )
-                    if g.family is dist.Categorical:
-                        s[0].index_add_(0, ix, w)
-                    elif g.family is dist.Bernoulli:
-                        s[0].index_add_(0, ix, w * y)
-                        s[1].index_add_(0, ix, w * (1 - y))
-                    elif g.family is dist.Poisson:
-                        s[0].index_add_(0, ix, w * y)
-                        s[1].index_add_(0, ix, w)
-                    elif g.family is dist.Exponential:
-                        s[0].index_add_(0, ix, w)
-                        s[1].index_add_(0, ix, w * y)
-                    elif g.family is dist.Gamma:
-                        s[0].index_add_(0, ix, w * args[0])
-                        s[1].index_add_(0, ix, w * y)
-                    elif arg == "loc":
-                        prec = w / args[1] ** 2
-                        s[0].index_add_(0, ix, prec * y)
-                        s[1].index_add_(0, ix, prec)
-                    else:
-                        s[0].index_add_(0, ix, w * (y - args[0]) ** 2)
-                        s[1].index_add_(0, ix, w)
-            for n, (a, b) in stats.items():
-                old = values[n].reshape(-1)
-                role = self.roles[n]
-                if n in self.priors:  # the MAP: the prior's pseudo-counts join the statistics
-                    a, b = self._pseudo_counts(n, a, b)
-                if role == (dist.Categorical, "probs"):
-                    k = values[n].shape[-1]
-                    counts = a.reshape(-1, k)
-                    total = counts.sum(-1, keepdim=True)
-                    fresh = counts / total.clamp_min(torch.finfo(self.dtype).tiny)
-                    value = torch.where(total > 0, fresh, old.reshape(-1, k)).reshape(-1)
-                elif role == (dist.Normal, "scale"):
-                    value = torch.where(b > 0, (a / b.clamp_min(torch.finfo(self.dtype).tiny)).sqrt(), old)
-                elif role == (dist.Bernoulli, "probs"):
-                    value = torch.where(a + b > 0, a / (a + b).clamp_min(torch.finfo(self.dtype).tiny), old)
-                else:
-                    value = torch.where(b > 0, a / b.clamp_min(torch.finfo(self.dtype).tiny), old)
-                new[n] = value.reshape(values[n].shape)
-        return new
-
-    def _pseudo_counts(self, n: str, a: torch.Tensor, b: torch.Tensor) -> tuple:
-        """The statistics of a closed-form param plus its conjugate prior's, so that the same
-        ratio is the MAP: Dirichlet alpha - 1 to the counts; Beta (c1 - 1, c0 - 1) to the
-        (successes, failures); Gamma (a - 1, b) to a rate's (numerator, denominator); a Normal
-        prior's precision-weighted (m0 / s0^2, 1 / s0^2) to a loc's."""
-        p = self.priors[n]
-        args, scale = p["args"], p["scale"]
-        if p["family"] is dist.Normal:
-            precision = args[1] ** -2
-            return a + scale * precision * args[0], b + scale * precision
-        if p["family"] is dist.Dirichlet:
-            return a + scale * (args[0] - 1), b
-        if p["family"] is dist.Beta:
-            return a + scale * (args[0] - 1), b + scale * (args[1] - 1)
-        return a + scale * (args[0] - 1), b + scale * args[1]
-
-    def _mvn_closed_form(self, new: dict, values: dict, post, stage: int) -> None:
-        """MultivariateNormal params in place in ``new``: stage 0 the locs, each the weighted mean
-        of its events (precision-weighted, (sum_e w_e P_e)^-1 sum_e w_e P_e y_e, where one row
-        meets several matrices); stage 1 the matrices, each the weighted covariance of its events
-        about their (new) locs, or its Cholesky factor for a scale_tril. A row without weight, or
-        whose weighted covariance is singular (fewer distinct events than dimensions), keeps its
-        value."""
-        role = "loc" if stage == 0 else None
-        for n in self.names:
-            r = self.roles.get(n)
-            if r is None or r[0] is not dist.MultivariateNormal or (r[1] == "loc") != (role == "loc"):
-                continue
-            parts = []
-            for gi, g in enumerate(self.groups):
-                if g.family is dist.MultivariateNormal:
-                    a = 0 if role == "loc" else 1
-                    if g.sources[a] == ("param", n):
-                        parts.append((gi, g, self.posterior_at(g, post) * g.weight))
-            if role == "loc":
-                new[n] = self._mvn_locs(n, values[n], parts, new)
-            else:
-                new[n] = self._mvn_matrices(n, values[n], parts, new)
-
-    def _mvn_locs(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
-        d = parts[0][1].y.shape[-1]
-        rows = old.numel() // d
-        zeros = dict(dtype=self.dtype, device=self.device)
-        w_sum, wy = torch.zeros(rows, **zeros), torch.zeros(rows, d, **zeros)
-        key_min = torch.full((rows,), math.inf, **zeros)
-        key_max = torch.full((rows,), -math.inf, **zeros)
-        for gi, g, w in parts:
-            w_sum.index_add_(0, g.loc_rows, w)
-            wy.index_add_(0, g.loc_rows, w[:, None] * g.y)
-            # which matrix each event meets: one per row -> the plain weighted mean is exact
-            key = (
-                g.idx[1].to(self.dtype) + gi * 2.0**40
-                if g.sources[1][0] == "param"
-                else torch.full_like(w, -1.0 - gi)
-            )
-            live = w != 0
-            key_min.scatter_reduce_(0, g.loc_rows[live], key[live], "amin")
-            key_max.scatter_reduce_(0, g.loc_rows[live], key[live], "amax")
-        tiny = torch.finfo(self.dtype).tiny
-        fresh = wy / w_sum.clamp_min(tiny)[:, None]
-        general = (key_min != key_max) | (key_min < 0)
-        general = general & (w_sum > 0)
-        prior = self.priors.get(n)
-        if prior is not None:  # the MAP under independent Normal priors: every row precision-weighted
-            general = torch.ones_like(general)
-        if bool(general.any()):
-            prec_sum, prec_y = torch.zeros(rows, d, d, **zeros), torch.zeros(rows, d, **zeros)
-            for _, g, w in parts:
-                precision = torch.cholesky_inverse(self._tril(g, values))
-                if g.by_row is None:  # constant matrices: one precision per event
-                    prec_sum.index_add_(0, g.loc_rows, w[:, None, None] * precision)
-                    prec_y.index_add_(0, g.loc_rows, w[:, None] * (precision @ g.y.unsqueeze(-1)).squeeze(-1))
-                    continue
-                # weights and weighted sums per (loc row, matrix row), then one precision per pair
-                pair_w = torch.zeros(rows, len(precision), **zeros)
-                pair_w.index_put_((g.loc_rows, g.idx[1]), w, accumulate=True)
-                pair_wy = torch.zeros(rows, len(precision), d, **zeros)
-                pair_wy.index_put_((g.loc_rows, g.idx[1]), w[:, None] * g.y, accumulate=True)
-                prec_sum += torch.einsum("lr,rij->lij", pair_w, precision)
-                prec_y += torch.einsum("rij,lrj->li", precision, pair_wy)
-            if prior is not None:
-                m0, s0 = (a.reshape(rows, d) for a in prior["args"])
-                prec_sum = prec_sum + torch.diag_embed(prior["scale"] * s0**-2)
-                prec_y = prec_y + prior["scale"] * m0 * s0**-2
-            solved = torch.linalg.solve(
-                torch.where(general[:, None, None], prec_sum, torch.eye(d, **zeros)), prec_y
-            )
-            fresh = torch.where(general[:, None], solved, fresh)
-        moved = general if prior is not None else w_sum > 0
-        return torch.where(moved[:, None], fresh, old.reshape(rows, d)).reshape(old.shape)
-
-    def _mvn_matrices(self, n: str, old: torch.Tensor, parts: list, values: dict) -> torch.Tensor:
-        d = old.shape[-1]
-        rows = old.numel() // d**2
-        zeros = dict(dtype=self.dtype, device=self.device)
-        w_sum, scatter = torch.zeros(rows, **zeros), torch.zeros(rows, d, d, **zeros)
-        for _, g, w in parts:
-            diff = g.y - self._args(g, values)[0]
-            w_sum.index_add_(0, g.idx[1], w)
-            chunks = zip(
-                g.by_row[0],
-                (w[:, None] * diff)[g.row_order].split(g.by_row[1]),
-                diff[g.row_order].split(g.by_row[1]),
-            )
-            for r, weighted, centred in chunks:
-                scatter[r] += weighted.T @ centred
-        cov = scatter / w_sum.clamp_min(torch.finfo(self.dtype).tiny)[:, None, None]
-        cov = 0.5 * (cov + cov.transpose(-1, -2))
-        tril, info = torch.linalg.cholesky_ex(cov)
-        keep = (w_sum > 0) & (info == 0)
-        fresh = tril if self.roles[n][1] == "scale_tril" else cov
-        return torch.where(keep[:, None, None], fresh, old.reshape(rows, d, d)).reshape(old.shape)
+        """The closed-form params' new values (exact conditional maximization of Q): the solve of
+        the expected sufficient statistics (:mod:`.chain_statistics`)."""
+        return solve(self, expected_statistics(self, values, post), values)
 
     # ------------------------------------------------------------------ certification
 

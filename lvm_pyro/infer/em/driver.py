@@ -1238,7 +1238,8 @@ def em(
         return _online(model, data, guide=guide, batch_size=batch_size, max_iter=max_iter, tol=tol,
                        n_init=n_init, init=init, chunk_size=chunk_size, device=device, seed=seed,
                        sample_weight=sample_weight, e_step=e_step, distributed=distributed,
-                       canonical_order=canonical_order, started=started)
+                       canonical_order=canonical_order, started=started, data_plate=data_plate,
+                       m_step_steps=m_step_steps, m_step_lr=m_step_lr)
     checked = _check_config(max_iter, tol, n_init, init, e_step, m_step_steps, m_step_lr,
                             chunk_size=chunk_size, seed=seed, data_plate=data_plate,
                             callbacks=callbacks, progress=progress, canonical_order=canonical_order,
@@ -1354,35 +1355,67 @@ def em(
 
 
 def _online(model, data, *, guide, batch_size, max_iter, tol, n_init, init, chunk_size, device, seed,
-            sample_weight, e_step, distributed, canonical_order, started) -> EMResult:
-    """em(..., batch_size=): online EM over minibatches for a model with the statistics protocol."""
-    from lvm_pyro.infer.online_em import online_em
+            sample_weight, e_step, distributed, canonical_order, started, data_plate, m_step_steps,
+            m_step_lr) -> EMResult:
+    """em(..., batch_size=): online EM over minibatches, for a model with the statistics protocol
+    (the Gaussian mixture) or a user's chain model whose params all take the closed form."""
+    from lvm_pyro.infer.em.online_chain import OnlineChain
+    from lvm_pyro.infer.online_em import _load, online_em
 
     batch_size = _integer(batch_size, "batch_size", 1, "rows per online-EM step, e.g. 65536", optional=True)
     max_iter = _integer(max_iter, "max_iter", 1, "passes over the data with batch_size=")
     tol = _number(tol, "tol", "the change of a pass's mean log-likelihood that counts as convergence",
                   positive=False)
-    source = model if guide is None else None
-    closed = hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics")
-    if source is None or not closed:
-        raise ConfigurationError(
-            "em(..., batch_size=) runs online EM, which needs a model with closed-form statistics "
-            "(expected_statistics and m_step_from_statistics, e.g. GaussianMixtureModel); for "
-            f"{_name(model)} leave batch_size=None (em holds all rows, chunk_size= bounds the "
-            "E-step's memory) or train it with fit(..., batch_size=)"
-        )
     if e_step == "enum" or distributed or n_init != 1:
         raise ConfigurationError(
             "em(..., batch_size=) takes neither e_step='enum', distributed=True nor n_init > 1"
         )
-    if init == "auto":
-        init = "kmeans"
-    run = online_em(source, data, batch_size=batch_size, max_passes=max_iter, tol=tol, init=init,
-                    seed=seed, chunk_size=chunk_size, sample_weight=sample_weight,
-                    device=None if device == "auto" else device)
+    if isinstance(data, tuple):
+        raise ConfigurationError(
+            "em(..., batch_size=) reads the rows x alone, but data is a tuple of "
+            f"{len(data)} tensors: leave batch_size=None to pass (x, condition, ...)"
+        )
+    program = _program(model, guide)
+    source = program.source
+    seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    dev = None if device == "auto" else device
+    dtype = None
+    if hasattr(source, "expected_statistics") and hasattr(source, "m_step_from_statistics") and guide is None:
+        target = source
+        if init == "auto":
+            init = "kmeans"
+    else:
+        if chunk_size is not None:
+            raise ConfigurationError(
+                "chunk_size does not apply to online EM on a user's model: batch_size bounds its memory"
+            )
+        if program.module is not None:
+            claim_module_params(program.module)
+        gen = torch.Generator().manual_seed(seed)
+        target = OnlineChain(
+            program,
+            lambda batch: _make_route(program, batch, e_step, None, m_step_steps, m_step_lr, None,
+                                      data_plate, gen),
+            gen,
+        )
+        if init in ("auto", "current"):
+            init = None
+        elif callable(init):
+            user_init = init
+            init = lambda _, x, g: user_init(source, x, g)  # noqa: E731  (em's callable takes the model)
+        data = _load(data)  # a .npy path: its memmap, whose dtype the computation keeps
+        floating = getattr(data, "dtype", None)
+        if isinstance(floating, np.dtype):
+            floating = torch.from_numpy(np.zeros(0, dtype=floating)).dtype
+        dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point else None
+        dtype = dtype or torch.get_default_dtype()
+        dev = dev if dev is not None else "cpu"
+    run = online_em(target, data, batch_size=batch_size, max_passes=max_iter, tol=tol, init=init,
+                    seed=seed, chunk_size=chunk_size, sample_weight=sample_weight, device=dev, dtype=dtype)
     if canonical_order and hasattr(source, "canonicalize_"):
         source.canonicalize_()
     lls = list(run.pass_log_likelihood)
+    chain = getattr(target, "route", None)
     return EMResult(
         model=model,
         log_likelihood=lls,
@@ -1393,12 +1426,13 @@ def _online(model, data, *, guide, batch_size, max_iter, tol, n_init, init, chun
         init_objectives=lls[-1:],
         reseeded=[],
         lower_bound=lls[-1] if lls else math.nan,
-        e_step="closed_form",
+        e_step="closed_form" if chain is None else "chain",
         m_step="online",
         wall_time=time.perf_counter() - started,
         config=dict(batch_size=batch_size, max_passes=max_iter, tol=tol, init=str(init), seed=seed,
                     n_steps=run.n_steps, n_seen=run.n_seen),
         stop_reason="converged" if run.converged else "max_iter",
+        param_routes={} if chain is None else dict(chain.routes),
     )
 
 
