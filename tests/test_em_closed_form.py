@@ -357,9 +357,10 @@ def test_em_with_batch_size_runs_online_em_close_to_batch_em():
     assert abs(ll_online - ll_batch) <= 1e-2 * abs(ll_batch)  # online EM's accuracy: tests/test_online_em.py
 
 
-def test_em_with_batch_size_refuses_a_model_without_closed_form_statistics():
-    from lvm_pyro.errors import ConfigurationError
-
+def test_em_with_batch_size_runs_online_em_on_a_plain_pyro_mixture():
+    """(tests/test_em_online_chain.py checks online EM on users' models against batch EM)"""
     pyro.clear_param_store()
-    with pytest.raises(ConfigurationError, match=r"batch_size=.*expected_statistics"):
-        em(poisson_mixture, _poisson_data(n=20), batch_size=5, device="cpu")
+    result = em(poisson_mixture, _poisson_data(n=20), batch_size=5, device="cpu", seed=0)
+    assert (result.e_step, result.m_step) == ("chain", "online")
+    assert result.config["n_steps"] == 4 * result.n_iter  # batches of 5 of 20 rows, per pass
+    assert result.param_routes == {"pm_w": "closed_form", "pm_rate": "closed_form"}

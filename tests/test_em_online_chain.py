@@ -31,7 +31,9 @@ POISSON_START = {"weights": torch.tensor([0.5, 0.5], dtype=torch.float64), "rate
 def _fit(model, data, *, guide_start=None, **kwargs):
     """em on a fresh param store; the fitted params by name."""
     pyro.clear_param_store()
-    guide = None if guide_start is None else _delta_guide(model, {k: v.to(data) for k, v in guide_start.items()})
+    guide = None
+    if guide_start is not None:
+        guide = _delta_guide(model, {k: v.to(data) for k, v in guide_start.items()})
     result = em(model, data, guide=guide, tol=0.0, device="cpu", **kwargs)
     if guide is None:
         params = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
@@ -109,7 +111,9 @@ def test_integer_sample_weights_equal_replicated_rows_online():
 
 def test_a_random_start_is_reproducible_from_the_seed():
     y = _sequences("gaussian", n=40, t=8, seed=6)
-    fits = [_fit(gaussian_hmm, y, max_iter=1, batch_size=10, init="random", seed=s, **HMM)[1] for s in (1, 1, 2)]
+    fits = [
+        _fit(gaussian_hmm, y, max_iter=1, batch_size=10, init="random", seed=s, **HMM)[1] for s in (1, 1, 2)
+    ]
     for name in fits[0]:
         torch.testing.assert_close(fits[0][name], fits[1][name], rtol=0, atol=0)
     assert any(not torch.equal(fits[0][n], fits[2][n]) for n in fits[0])

@@ -347,9 +347,11 @@ class CompiledChain:
         """An argument under the entry probe -> ("param", name) and flat indices, or a constant
         (the same in the probe and the real trace)."""
         a = probe.double()
-        for j, n in enumerate(self.names):
-            if n in self.simplex or n in self.matrix:
-                continue
+        # the code of the first entry names the one param the argument can gather from
+        first = float(a[(0,) * a.dim()]) if a.numel() else 0.0
+        j = round(((first - 0.25) / _CODE - 1) / 2)
+        if 0 <= j < len(self.names) and self.names[j] not in (*self.simplex, *self.matrix):
+            n = self.names[j]
             ia = a - (2 * j + 1) * _CODE - 0.25
             if bool(((ia - ia.round()).abs() < 1e-6).all()) and bool(
                 ((ia >= 0) & (ia < self.values[n].numel())).all()

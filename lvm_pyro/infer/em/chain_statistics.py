@@ -89,16 +89,31 @@ def _closed(c, src) -> bool:
     return src[0] == "param" and c.roles.get(src[1]) is not None
 
 
-def _distinct(g, key: torch.Tensor, name: str):
-    """The distinct pair keys of a group's elements and each element's place among them
-    (computed once per group)."""
+def _distinct(g, key: torch.Tensor, space: int, name: str):
+    """The distinct pair keys (in [0, space)) of a group's elements, each element's place among
+    them, and the elements ordered by it with the count per key (computed once per group):
+    by a scatter over the key space where it is not much larger than the group, else a sort."""
     cache = g.__dict__.setdefault("_pairs", {})
     if name not in cache:
-        distinct, inverse = torch.unique(key, return_inverse=True)
-        order = torch.argsort(inverse, stable=True)
-        counts = torch.bincount(inverse, minlength=len(distinct))
-        cache[name] = (distinct, inverse, order, counts.tolist())
+        if space <= max(2**22, 4 * len(key)):
+            present = torch.zeros(space, dtype=torch.bool, device=key.device)
+            present[key] = True
+            distinct = present.nonzero().squeeze(-1)
+            place = torch.empty(space, dtype=torch.long, device=key.device)
+            place[distinct] = torch.arange(len(distinct), device=key.device)
+            inverse = place[key]
+        else:
+            distinct, inverse = torch.unique(key, return_inverse=True)
+        cache[name] = (distinct, inverse)
     return cache[name]
+
+
+def _sorted(g, inverse: torch.Tensor, n_distinct: int):
+    """The elements of a group ordered by their pair, and the number per pair (cached)."""
+    if "_pair_order" not in g.__dict__:
+        order = torch.argsort(inverse, stable=True)
+        g._pair_order = (order, torch.bincount(inverse, minlength=n_distinct).tolist())
+    return g._pair_order
 
 
 def expected_statistics(c, values: dict, post, reference: dict | None = None) -> Statistics:
@@ -147,10 +162,13 @@ def _normal_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> N
     loc, scale = c._args(g, values)
     if lsrc[0] == "param" and ssrc[0] == "param":  # pair sums about the reference locs
         size = values[ssrc[1]].numel()
-        distinct, inverse, _, _ = _distinct(g, g.idx[0] * size + g.idx[1], "normal")
+        space = values[lsrc[1]].numel() * size
+        distinct, inverse = _distinct(g, g.idx[0] * size + g.idx[1], space, "normal")
         d = y - st.reference[lsrc[1]].reshape(-1)[g.idx[0]]
         wd = w * d
-        sums = w.new_zeros(len(distinct), 3).index_add_(0, inverse, torch.stack([w, wd, wd * d], -1))
+        sums = torch.stack(
+            [w.new_zeros(len(distinct)).index_add_(0, inverse, t) for t in (w, wd, wd * d)], -1
+        )
         st.add_sparse(("normal", lsrc[1], ssrc[1]), distinct, sums)
     elif loc_closed:  # a constant scale: precision-weighted sums
         precision = w / scale**2
@@ -173,7 +191,9 @@ def _mvn_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> None
         return
     if loc_rows and msrc[0] == "param":  # pair sums about the reference locs
         rows = values[msrc[1]].numel() // d**2
-        distinct, inverse, order, counts = _distinct(g, g.loc_rows * rows + g.idx[1], "mvn")
+        space = values[lsrc[1]].numel() // d * rows
+        distinct, inverse = _distinct(g, g.loc_rows * rows + g.idx[1], space, "mvn")
+        order, counts = _sorted(g, inverse, len(distinct))
         diff = y - st.reference[lsrc[1]].reshape(-1, d)[g.loc_rows]
         weighted = w[:, None] * diff
         scatter = torch.stack(
