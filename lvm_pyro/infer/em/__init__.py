@@ -2,11 +2,12 @@
 
 - :mod:`.driver`: ``em()`` itself, its routes (the model's own closed form, Pyro's enumeration)
   and ``EMResult``.
-- :mod:`.closed_form`: closed-form M-steps found automatically for users' models
-  (exponential-family sites whose parameters are ``pyro.param``s), each certified on Q before
-  it is used.
-- :mod:`.chain`: the E-step of a ``pyro.markov`` chain replayed and contracted as one batched
-  forward-backward pass (Baum-Welch speed).
+- :mod:`.chain`: a user's mixture or ``pyro.markov`` chain (HMM) of exponential-family sites
+  over ``pyro.param`` gathers, compiled once and certified against Pyro's contraction; its
+  E-step one batched forward-backward pass (Baum-Welch speed).
+- :mod:`.chain_statistics`: the compiled chain's closed-form M-step as expected sufficient
+  statistics and their solve.
+- :mod:`.online_chain`: online EM (``em(..., batch_size=)``) on such a model.
 """
 
 from lvm_pyro.infer.em.driver import (

@@ -1209,10 +1209,12 @@ def em(
             ``distributed=True``.
         batch_size: online EM (Cappe and Moulines 2009, :func:`lvm_pyro.infer.online_em.online_em`)
             in minibatches of this many rows, for a model with the statistics protocol
-            (``expected_statistics`` / ``m_step_from_statistics``, the Gaussian mixture): memory
-            is bounded by the batch, and ``data`` may be an array, a memmap, a ``.npy`` path or
-            a DataLoader. ``max_iter`` then counts passes over the data, ``log_likelihood`` holds
-            each pass's mean batch log-likelihood, and ``m_step`` is "online".
+            (``expected_statistics`` / ``m_step_from_statistics``, the Gaussian mixture) or a
+            user's chain model (mixture, HMM) whose params all take the closed form
+            (:mod:`lvm_pyro.infer.em.online_chain`): memory is bounded by the batch, and
+            ``data`` may be an array, a memmap, a ``.npy`` path or a DataLoader. ``max_iter``
+            then counts passes over the data, ``log_likelihood`` holds each pass's mean batch
+            log-likelihood, and ``m_step`` is "online".
         canonical_order: call the model's ``canonicalize_()`` (label order) at the end.
         distributed: run in the torch.distributed group that ``torchrun`` describes (gloo
             on CPU, nccl on CUDA). Every process passes all the data (as with ``fit``); each
