@@ -56,6 +56,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
 from lvm_pyro.infer.em.chain_statistics import expected_statistics, solve
+from lvm_pyro.infer.em.chain_tables import TABLE_FAMILIES, Table, compact, table_layout
 from lvm_pyro.infer.logdensity import MarginalizeMissing
 
 #: distribution -> the arguments the compiled route reads (each a param gather or a constant)
@@ -275,7 +276,9 @@ class CompiledChain:
         """What certification depends on besides the rows: the params, their routes, the groups'
         families and argument sources, and the chain's length and number of states."""
         groups = tuple((g.family, g.sources, g.args) for g in self.groups)
-        return tuple(self.names), tuple(sorted(self.routes.items())), groups, self.K, self.T, self.nesting
+        tables = tuple((t.family, t.sources, t.args, tuple(t.ts)) for t in self.tables)
+        routes = tuple(sorted(self.routes.items()))
+        return tuple(self.names), routes, groups, tables, self.K, self.T, self.nesting
 
     # ------------------------------------------------------------------ structure
 
@@ -345,8 +348,8 @@ class CompiledChain:
 
     def _decode_entries(self, probe: torch.Tensor, real: torch.Tensor):
         """An argument under the entry probe -> ("param", name) and flat indices, or a constant
-        (the same in the probe and the real trace)."""
-        a = probe.double()
+        (the same in the probe and the real trace), with its broadcast dims kept at size 1."""
+        a = compact(probe).double()
         # the code of the first entry names the one param the argument can gather from
         first = float(a[(0,) * a.dim()]) if a.numel() else 0.0
         j = round(((first - 0.25) / _CODE - 1) / 2)
@@ -357,8 +360,11 @@ class CompiledChain:
                 ((ia >= 0) & (ia < self.values[n].numel())).all()
             ):
                 return ("param", n), ia.round().long()
-        if a.shape == real.shape and torch.equal(a, real.double()):
-            return ("const", None), real
+        real = torch.as_tensor(real)
+        if probe.shape == real.shape:
+            real = compact(real)
+            if bool((a == real.double()).all()):
+                return ("const", None), real
         raise NotCompilable("a distribution argument depends on the params other than by indexing")
 
     def _decode_matrix(self, probe: torch.Tensor, real: torch.Tensor):
@@ -405,6 +411,7 @@ class CompiledChain:
         probe_sites = {s["name"]: s for s in _sites(self._probe_traces())}
         self._priors(priors, probe_sites)
         groups: OrderedDict = OrderedDict()
+        self.tables: list[Table] = []
         rank = max([self.nesting, *(-d for d in enum_dim.values()), *(s["log_prob"].dim() for s in sites)])
         for s in sites:
             deps = sorted(symbol[d] for d in s["packed"]["log_prob"]._pyro_dims if d in symbol)
@@ -495,6 +502,11 @@ class CompiledChain:
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
                 return flat(t.reshape(t.shape + (1,) * events))
 
+            if not shared and len(deps) == 1 and family in TABLE_FAMILIES:
+                w_full = weight.reshape(wshape + (1,) * events)
+                axes = (len(batch) + data_dim, len(batch) + dims["j"])
+                if self._table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
+                    continue
             value = s["value"]
             if family is dist.Categorical:
                 name, row = self._decode_rows(_arg(_unwrap(probe_sites[s["name"]]["fn"])[0], "probs"))
@@ -539,8 +551,38 @@ class CompiledChain:
         self.groups = list(groups.values())
         for g in self.groups:
             g.finish()
+        for tab in self.tables:
+            tab.finish()
         self.row_pairs = any(g.sel[2] is None or len(g.sel[2]) for g in self.groups)
         self._roles()
+
+    def _table(self, s, base, args, probe_sites, weight, fmask, full, axes, step: int) -> bool:
+        """Keep site ``s`` (at chain step ``step``) as an emission table (:mod:`.chain_tables`)
+        where its layout fits: False leaves it to the general layout."""
+        family = type(base)
+        pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+        sources, idx = [], []
+        for arg in args:
+            src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
+            sources.append(src)
+            idx.append(ix if src[0] == "param" else torch.as_tensor(ix, device=self.device).to(self.dtype))
+        if fmask is not None:
+            weight = weight * fmask.to(self.dtype)
+        layout = table_layout(idx, s["value"].to(self.dtype), weight, tuple(full), *axes)
+        if layout is None:
+            return False
+        idx, y, w = layout
+        if family is dist.Bernoulli and not bool(((y == 0) | (y == 1) | (w == 0)).all()):
+            raise NotCompilable(f"site {s['name']!r} has Bernoulli values other than 0 and 1")
+        sources = tuple(sources)
+        tab = next((t for t in self.tables if t.accepts(family, sources, args, idx)), None)
+        if tab is None:
+            tab = Table(family, sources, args, idx)
+            self.tables.append(tab)
+        tab.ts.append(step)
+        tab.y.append(y)
+        tab.w.append(w)
+        return True
 
     def _priors(self, priors: list, probe_sites: dict) -> None:
         """The prior of every point-estimated global: its site's value must be one whole param of
@@ -591,6 +633,10 @@ class CompiledChain:
         """Each param's route: closed form where all its uses are one role whose support its
         constraint matches, else gradient steps on Q."""
         uses: dict[str, set] = {n: set() for n in self.names}
+        for tab in self.tables:
+            for arg, src in zip(tab.args, tab.sources):
+                if src[0] == "param":
+                    uses[src[1]].add((tab.family, arg))
         for g in self.groups:
             for arg, src in zip(g.args, g.sources):
                 if src[0] == "param":
@@ -689,6 +735,8 @@ class CompiledChain:
                     out[kind].index_add_(0, g.at[kind], lp[g.sel[kind]])
         c = out[0] + out[3]
         u = out[1].reshape(N, T, K) + out[4].reshape(T, K)
+        for tab in self.tables:
+            u = u.index_add(1, tab.steps, tab.log_probs(values))
         rows = out[2].reshape(N, T, K, K) if self.row_pairs else None
         return c, u, rows, out[5].reshape(T, K, K)
 
@@ -772,6 +820,11 @@ class CompiledChain:
     def expected_log_joint(self, values: dict, post, names=None) -> torch.Tensor:
         """Q = sum_e q_e log f_e over the groups that read any of ``names`` (all when None)."""
         total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for tab in self.tables:
+            if names is not None and not any(s[0] == "param" and s[1] in names for s in tab.sources):
+                continue
+            q, lp = tab.posterior(post, self.T, self.K), tab.log_probs(values)
+            total = total + torch.where(q != 0, q * lp, lp.new_zeros(())).sum()
         for g in self.groups:
             if names is not None and not any(s[0] == "param" and s[1] in names for s in g.sources):
                 continue

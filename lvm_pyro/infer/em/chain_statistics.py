@@ -121,6 +121,8 @@ def expected_statistics(c, values: dict, post, reference: dict | None = None) ->
     chain ``c`` under the cell posteriors ``post`` (from ``c.e_step``); pair sums are centred on
     ``reference`` (default: ``values``)."""
     st = Statistics(values if reference is None else reference)
+    for tab in c.tables:
+        _table_statistics(c, tab, values, post, st)
     for g in c.groups:
         w = c.posterior_at(g, post) * g.weight
         if g.family is dist.MultivariateNormal:
@@ -130,6 +132,41 @@ def expected_statistics(c, values: dict, post, reference: dict | None = None) ->
         else:
             _ratio_statistics(c, g, w, values, st)
     return st
+
+
+def _table_statistics(c, tab, values: dict, post, st: Statistics) -> None:
+    """An emission table's statistics from its (K, O) moments sum_n q w y'^p (y' = y - shift)."""
+    if not any(_closed(c, src) for src in tab.sources):
+        return
+    m0, m1, m2 = tab.moments(tab.posterior(post, c.T, c.K))
+    shift = tab.shift
+    if tab.family is dist.Normal:
+        (lsrc, ssrc), (lix, six) = tab.sources, tab.idx
+        loc, scale = tab.arguments(values)
+        if lsrc[0] == "param" and ssrc[0] == "param":  # pair sums about the reference locs
+            delta = st.reference[lsrc[1]].reshape(-1)[lix] - shift
+            sums = torch.stack([m0, m1 - delta * m0, m2 - 2 * delta * m1 + delta**2 * m0], -1)
+            keys = lix * values[ssrc[1]].numel() + six
+            st.add_sparse(("normal", lsrc[1], ssrc[1]), keys.reshape(-1), sums.reshape(-1, 3))
+            return
+        if _closed(c, lsrc):  # a constant scale
+            precision = scale**-2
+            parts = {lsrc: (precision * (m1 + shift * m0), precision * m0)}
+        else:  # a constant loc
+            moved = loc - shift
+            parts = {ssrc: (m2 - 2 * moved * m1 + moved**2 * m0, m0)}
+        ix = lix if _closed(c, lsrc) else six
+    else:
+        ix = tab.idx[0]
+        num, den = {dist.Bernoulli: (m1, m0 - m1), dist.Poisson: (m1, m0), dist.Exponential: (m0, m1)}[
+            tab.family
+        ]
+        parts = {tab.sources[0]: (num, den)}
+    for src, (num, den) in parts.items():
+        if _closed(c, src):
+            size = values[src[1]].numel()
+            st.add_dense((src[1], "num"), size, ix.reshape(-1), num.reshape(-1))
+            st.add_dense((src[1], "den"), size, ix.reshape(-1), den.reshape(-1))
 
 
 def _ratio_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> None:

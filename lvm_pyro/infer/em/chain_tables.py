@@ -1,0 +1,151 @@
+"""Emission tables: the fast layout of a compiled chain (:mod:`.chain`) for the sites that carry
+most of a mixture's or an HMM's data.
+
+A site that depends on one state z_t and whose distribution arguments are gathers of params by
+the state (``Normal(locs[z], scales[z]).to_event(1)``, ``Poisson(rates[z])``) reads, per row n,
+state k and other position o (event dims, nested plates), the param entry idx[k, o] and the
+value y[n, o]. Flattened to one element per (n, k, o), as the general layout keeps it, every
+iteration gathers and scatters N K O numbers. Kept as a table, the params are (K, O) arrays and
+the data an (N, O) array, so that the log-densities are a few (N, O) x (O, K) products
+
+    sum_o w log N(y | mu, sigma) = -1/2 [w y'^2 . P - 2 w y' . mu' P + w . mu'^2 P] - w . log sigma - ...
+
+(y' = y - c about the data's mean c, P = sigma^-2) and the M-step's statistics the (K, N) x
+(N, O) products sum_n q[n, k] w y^p: the cost of a hand-written mixture. Sites of one family
+that read the same entries at different steps t (an HMM's emissions) share one table of
+(N, T', O) values. The layout is chosen at compile time where it fits (:func:`table_layout`),
+and everything else keeps the general one; both are certified by the same comparison with
+Pyro's contraction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pyro.distributions as dist
+import torch
+
+#: the families kept as tables (their log-density is linear in a few functions of the value)
+TABLE_FAMILIES = (dist.Normal, dist.Poisson, dist.Bernoulli, dist.Exponential)
+
+
+def compact(t: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+    """``t`` left-padded to ``rank`` dims (default: its own), with every broadcast (stride-0) dim
+    narrowed to 1: an expanded tensor's own entries, without copying them."""
+    t = torch.as_tensor(t)
+    rank = t.dim() if rank is None else rank
+    t = t.reshape((1,) * (rank - t.dim()) + tuple(t.shape))
+    for d in range(rank):
+        if t.shape[d] > 1 and t.stride(d) == 0:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def table_layout(args: list, value, weight, full: tuple, row_axis: int, state_axis: int):
+    """The site's arguments as (K, O) tables and its values and weights as (N, O) tables, or None
+    when the layout does not fit (an argument that varies with the row, a value or weight that
+    varies with the state). ``full`` is the site's enumerated batch + event shape, in which the
+    rows are ``row_axis`` and the state ``state_axis`` (non-negative)."""
+    rank = len(full)
+    other = [d for d in range(rank) if d not in (row_axis, state_axis)]
+    o_shape = [full[d] for d in other]
+    out_args = []
+    for a in args:
+        a = compact(a, rank)
+        if a.shape[row_axis] != 1:
+            return None
+        a = a.permute(state_axis, row_axis, *other).squeeze(1)
+        out_args.append(a.expand(full[state_axis], *o_shape).reshape(full[state_axis], -1))
+    rows = []
+    for t in (value, weight):
+        t = compact(t, rank)
+        if t.shape[state_axis] != 1:
+            return None
+        t = t.permute(row_axis, state_axis, *other).squeeze(1)
+        rows.append(t.expand(full[row_axis], *o_shape).reshape(full[row_axis], -1))
+    return out_args, rows[0], rows[1]
+
+
+@dataclass
+class Table:
+    """One family's sites at steps ``ts`` reading the same (K, O) param entries (or constants):
+    values y (N, T', O) and weights w (N, T', O), masked values set to 0."""
+
+    family: type
+    sources: tuple
+    args: tuple
+    idx: list  # per argument: (K, O) flat param indices, or (K, O) constants
+    ts: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    w: list = field(default_factory=list)
+
+    def accepts(self, family, sources, args, idx) -> bool:
+        return (family, sources, args) == (self.family, self.sources, self.args) and all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(idx, self.idx)
+        )
+
+    def finish(self) -> None:
+        y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
+        self.y, self.w = torch.where(w != 0, y, torch.zeros_like(y)), w
+        self.steps = torch.as_tensor(self.ts, device=y.device)
+        # about the data's weighted mean, so that the expanded squares lose little to rounding
+        total = w.sum((0, 1))
+        self.shift = (w * self.y).sum((0, 1)) / total.clamp_min(torch.finfo(y.dtype).tiny)
+        if self.family is not dist.Normal:
+            self.shift = torch.zeros_like(self.shift)
+        centred = self.y - self.shift
+        self.wy, self.wyy = w * centred, w * centred**2
+        if self.family is dist.Poisson:
+            self.row_constant = -(w * torch.lgamma(self.y + 1)).sum(-1)
+        elif self.family is dist.Normal:
+            self.row_constant = -0.5 * math.log(2 * math.pi) * w.sum(-1)
+        else:
+            self.row_constant = torch.zeros_like(w[..., 0])
+
+    def arguments(self, values: dict) -> list[torch.Tensor]:
+        return [
+            values[src[1]].reshape(-1)[ix] if src[0] == "param" else ix
+            for src, ix in zip(self.sources, self.idx)
+        ]
+
+    def log_probs(self, values: dict) -> torch.Tensor:
+        """(N, T', K): sum over o of each (row, step)'s log-density under each state."""
+
+        def dot(a, b):  # (N, T', O) . (K, O) -> (N, T', K)
+            return torch.matmul(a, b.T)
+
+        args = self.arguments(values)
+        w, wy = self.w, self.wy
+        if self.family is dist.Normal:
+            loc, scale = args
+            precision = scale**-2
+            moved = loc - self.shift
+            quadratic = (
+                dot(self.wyy, precision) - 2 * dot(wy, moved * precision) + dot(w, moved**2 * precision)
+            )
+            lp = -0.5 * quadratic - dot(w, scale.log())
+        elif self.family is dist.Poisson:
+            lp = dot(wy, _log(args[0])) - dot(w, args[0])
+        elif self.family is dist.Bernoulli:
+            lp = dot(wy, _log(args[0])) + dot(w - wy, _log(1 - args[0]))
+        else:  # Exponential
+            lp = dot(w, _log(args[0])) - dot(wy, args[0])
+        return lp + self.row_constant[..., None]
+
+    def posterior(self, post, n_steps: int, n_states: int) -> torch.Tensor:
+        """(N, T', K): the (weighted) posterior of each row's state at the table's steps."""
+        return post[1].reshape(self.y.shape[0], n_steps, n_states)[:, self.steps]
+
+    def moments(self, q: torch.Tensor) -> tuple:
+        """(K, O) sums over rows and steps of q w, q w y' and q w y'^2 (y' = y - shift)."""
+        flat = q.reshape(-1, q.shape[-1]).T
+        return tuple(flat @ t.reshape(-1, t.shape[-1]) for t in (self.w, self.wy, self.wyy))
+
+
+def _log(t: torch.Tensor) -> torch.Tensor:
+    """log t with log 0 the most negative finite number, so that 0 * log 0 = 0 in the products."""
+    return torch.log(t).clamp_min(torch.finfo(t.dtype).min)
+
+
+__all__ = ["TABLE_FAMILIES", "Table", "compact", "table_layout"]
