@@ -56,7 +56,14 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
 from lvm_pyro.infer.em.chain_statistics import expected_statistics, solve
-from lvm_pyro.infer.em.chain_tables import TABLE_FAMILIES, Table, compact, table_layout
+from lvm_pyro.infer.em.chain_tables import (
+    TABLE_FAMILIES,
+    MvnTable,
+    Table,
+    compact,
+    mvn_table_layout,
+    table_layout,
+)
 from lvm_pyro.infer.logdensity import MarginalizeMissing
 
 #: distribution -> the arguments the compiled route reads (each a param gather or a constant)
@@ -369,8 +376,9 @@ class CompiledChain:
 
     def _decode_matrix(self, probe: torch.Tensor, real: torch.Tensor):
         """A MultivariateNormal's matrix under the probe -> ("param", name) and row indices (its
-        batch shape), or a constant (the same in the probe and the real trace)."""
-        a = probe.double()
+        batch shape), or a constant (the same in the probe and the real trace), with its broadcast
+        batch dims kept at size 1."""
+        a = compact(probe, trailing=2).double()
         d = a.shape[-1]
         for n, j in self.matrix.items():
             if self.values[n].shape[-1] != d:
@@ -384,8 +392,11 @@ class CompiledChain:
                 and torch.equal(a, (rows + (2 * j + 1) * _CODE + 0.25)[..., None, None] * eye)
             ):
                 return ("param", n), rows.long()
-        if a.shape == real.shape and torch.equal(a, real.double()):
-            return ("const", None), real
+        real = torch.as_tensor(real)
+        if probe.shape == real.shape:
+            real = compact(real, trailing=2)
+            if bool((a == real.double()).all()):
+                return ("const", None), real
         raise NotCompilable("a MultivariateNormal's matrix depends on the params other than by indexing")
 
     def _compile(self, real) -> None:
@@ -502,6 +513,11 @@ class CompiledChain:
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
                 return flat(t.reshape(t.shape + (1,) * events))
 
+            if not shared and len(deps) == 1 and family is dist.MultivariateNormal and not event:
+                w_full = weight.reshape(wshape)
+                axes = (len(batch) + data_dim, len(batch) + dims["j"])
+                if self._mvn_table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
+                    continue
             if not shared and len(deps) == 1 and family in TABLE_FAMILIES:
                 w_full = weight.reshape(wshape + (1,) * events)
                 axes = (len(batch) + data_dim, len(batch) + dims["j"])
@@ -578,6 +594,38 @@ class CompiledChain:
         tab = next((t for t in self.tables if t.accepts(family, sources, args, idx)), None)
         if tab is None:
             tab = Table(family, sources, args, idx)
+            self.tables.append(tab)
+        tab.ts.append(step)
+        tab.y.append(y)
+        tab.w.append(w)
+        return True
+
+    def _mvn_table(self, s, base, args, probe_sites, weight, fmask, full, axes, step: int) -> bool:
+        """Keep a MultivariateNormal site as a table (one loc row and one matrix per state) where
+        its layout fits: False leaves it to the general layout."""
+        pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+        d = base.event_shape[0]
+        src_loc, loc = self._decode_entries(pb.loc, base.loc)
+        src_mat, mat = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
+        if fmask is not None:
+            weight = weight * fmask.to(self.dtype)
+        if src_loc[0] == "const":
+            loc = loc.to(self.dtype)
+        if src_mat[0] == "const":
+            mat = mat.to(self.dtype)
+        value = s["value"].to(self.dtype)
+        layout = mvn_table_layout(loc, mat, src_mat[0] == "param", value, weight, tuple(full), *axes)
+        if layout is None:
+            return False
+        loc, mat, y, w = layout
+        if src_loc[0] == "param":  # whole rows of the loc param, or the general layout
+            rows = loc[:, 0] // d
+            if not torch.equal(loc, rows[:, None] * d + torch.arange(d, device=loc.device)):
+                return False
+        sources, idx = (src_loc, src_mat), [loc, mat]
+        tab = next((t for t in self.tables if t.accepts(dist.MultivariateNormal, sources, args, idx)), None)
+        if tab is None:
+            tab = MvnTable(dist.MultivariateNormal, sources, args, idx)
             self.tables.append(tab)
         tab.ts.append(step)
         tab.y.append(y)

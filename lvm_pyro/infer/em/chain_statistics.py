@@ -140,6 +140,9 @@ def _table_statistics(c, tab, values: dict, post, st: Statistics) -> None:
         return
     m0, m1, m2 = tab.moments(tab.posterior(post, c.T, c.K))
     shift = tab.shift
+    if tab.family is dist.MultivariateNormal:
+        _mvn_table_statistics(c, tab, values, (m0, m1, m2), st)
+        return
     if tab.family is dist.Normal:
         (lsrc, ssrc), (lix, six) = tab.sources, tab.idx
         loc, scale = tab.arguments(values)
@@ -167,6 +170,45 @@ def _table_statistics(c, tab, values: dict, post, st: Statistics) -> None:
             size = values[src[1]].numel()
             st.add_dense((src[1], "num"), size, ix.reshape(-1), num.reshape(-1))
             st.add_dense((src[1], "den"), size, ix.reshape(-1), den.reshape(-1))
+
+
+def _scatter_about(m0, m1, m2, delta):
+    """sum q w (y' - delta)(y' - delta)^T from the moments about the shift, per state."""
+    outer = delta[:, :, None] * m1[:, None, :]
+    return m2 - outer - outer.transpose(-1, -2) + m0[:, None, None] * delta[:, :, None] * delta[:, None, :]
+
+
+def _mvn_table_statistics(c, tab, values: dict, moments: tuple, st: Statistics) -> None:
+    m0, m1, m2 = moments
+    (lsrc, msrc), (lix, mix) = tab.sources, tab.idx
+    d = m1.shape[-1]
+    if lsrc[0] == "param" and msrc[0] == "param":  # pair sums about the reference locs
+        rows_of_loc = lix[:, 0] // d
+        delta = st.reference[lsrc[1]].reshape(-1, d)[rows_of_loc] - tab.shift
+        sums = torch.cat(
+            [
+                m0[:, None],
+                m1 - delta * m0[:, None],
+                _scatter_about(m0, m1, m2, delta).reshape(len(m0), d * d),
+            ],
+            -1,
+        )
+        keys = rows_of_loc * (values[msrc[1]].numel() // d**2) + mix
+        st.add_sparse(("mvn", lsrc[1], msrc[1], tab.args[1]), keys, sums)
+    elif _closed(c, lsrc):  # constant matrices: one precision per state
+        n, rows = lsrc[1], lix[:, 0] // d
+        precision = torch.cholesky_inverse(tab.trils(values))
+        size = values[n].numel() // d
+        st.add_dense((n, "w"), size, rows, m0)
+        st.add_dense((n, "P"), size, rows, m0[:, None, None] * precision)
+        st.add_dense(
+            (n, "Py"), size, rows, (precision @ (m1 + tab.shift * m0[:, None]).unsqueeze(-1)).squeeze(-1)
+        )
+    elif _closed(c, msrc):  # the matrix rows' scatter about constant locs
+        n = msrc[1]
+        size = values[n].numel() // d**2
+        st.add_dense((n, "w"), size, mix, m0)
+        st.add_dense((n, "S"), size, mix, _scatter_about(m0, m1, m2, tab.locs(values) - tab.shift))
 
 
 def _ratio_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> None:

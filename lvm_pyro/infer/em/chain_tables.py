@@ -30,13 +30,13 @@ import torch
 TABLE_FAMILIES = (dist.Normal, dist.Poisson, dist.Bernoulli, dist.Exponential)
 
 
-def compact(t: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+def compact(t: torch.Tensor, rank: int | None = None, trailing: int = 0) -> torch.Tensor:
     """``t`` left-padded to ``rank`` dims (default: its own), with every broadcast (stride-0) dim
-    narrowed to 1: an expanded tensor's own entries, without copying them."""
+    but the last ``trailing`` narrowed to 1: an expanded tensor's own entries, without copying."""
     t = torch.as_tensor(t)
     rank = t.dim() if rank is None else rank
     t = t.reshape((1,) * (rank - t.dim()) + tuple(t.shape))
-    for d in range(rank):
+    for d in range(rank - trailing):
         if t.shape[d] > 1 and t.stride(d) == 0:
             t = t.narrow(d, 0, 1)
     return t
@@ -65,6 +65,35 @@ def table_layout(args: list, value, weight, full: tuple, row_axis: int, state_ax
         t = t.permute(row_axis, state_axis, *other).squeeze(1)
         rows.append(t.expand(full[row_axis], *o_shape).reshape(full[row_axis], -1))
     return out_args, rows[0], rows[1]
+
+
+def _per_axis(t, rank: int, trailing: int, keep: int, drop: int, size: int):
+    """``t`` (rank + trailing dims) as (size, *trailing shape) along axis ``keep``, or None where
+    it varies along axis ``drop`` or along any other batch axis."""
+    t = compact(t, rank + trailing, trailing)
+    if any(t.shape[d] != 1 for d in range(rank) if d != keep):
+        return None
+    t = t.movedim(keep, 0).reshape(t.shape[keep], *t.shape[rank:])
+    return t.expand(size, *t.shape[1:])
+
+
+def mvn_table_layout(
+    loc, matrix, matrix_rows: bool, value, weight, full: tuple, row_axis: int, state_axis: int
+):
+    """A MultivariateNormal site as a table: the loc (K, D) and matrix ((K,) rows of a param, or
+    (K, D, D) constants) per state, values (N, D) and weights (N,) per row; None where it does
+    not fit (other batch axes, an argument that varies with the row, a value with the state)."""
+    rank = len(full)
+    if any(full[d] != 1 for d in range(rank) if d not in (row_axis, state_axis)):
+        return None
+    k, n = full[state_axis], full[row_axis]
+    parts = [
+        _per_axis(loc, rank, 1, state_axis, row_axis, k),
+        _per_axis(matrix, rank, 0 if matrix_rows else 2, state_axis, row_axis, k),
+        _per_axis(value, rank, 1, row_axis, state_axis, n),
+        _per_axis(weight, rank, 0, row_axis, state_axis, n),
+    ]
+    return None if any(p is None for p in parts) else parts
 
 
 @dataclass
@@ -143,9 +172,71 @@ class Table:
         return tuple(flat @ t.reshape(-1, t.shape[-1]) for t in (self.w, self.wy, self.wyy))
 
 
+class MvnTable(Table):
+    """MultivariateNormal sites at steps ``ts``: per state a loc (a row of a param, or a
+    constant) and a matrix (a row of a covariance_matrix / scale_tril param, or a constant);
+    values y (N, T', D) and weights w (N, T')."""
+
+    def finish(self) -> None:
+        y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
+        self.y, self.w = torch.where(w[..., None] != 0, y, torch.zeros_like(y)), w
+        self.steps = torch.as_tensor(self.ts, device=y.device)
+        total = w.sum()
+        self.shift = (w[..., None] * self.y).sum((0, 1)) / total.clamp_min(torch.finfo(y.dtype).tiny)
+        self.centred = (self.y - self.shift).reshape(-1, y.shape[-1])
+        self.wy = (w[..., None] * (self.y - self.shift)).reshape(-1, y.shape[-1])
+
+    def locs(self, values: dict) -> torch.Tensor:
+        src, ix = self.sources[0], self.idx[0]
+        d = self.y.shape[-1]
+        return values[src[1]].reshape(-1, d)[ix[:, 0] // d] if src[0] == "param" else ix
+
+    def trils(self, values: dict) -> torch.Tensor:
+        src, ix = self.sources[1], self.idx[1]
+        d = self.y.shape[-1]
+        m = values[src[1]].reshape(-1, d, d)[ix] if src[0] == "param" else ix
+        return torch.linalg.cholesky(m) if self.args[1] == "covariance_matrix" else m
+
+    def log_probs(self, values: dict) -> torch.Tensor:
+        """(N, T', K): -|L_k^-1 (y - mu_k)|^2 / 2 - log det L_k - D log(2 pi) / 2, times w; one
+        (N T', D) x (D, D) product per state."""
+        n, steps, d = self.y.shape
+        tril = self.trils(values)
+        eye = torch.eye(d, dtype=tril.dtype, device=tril.device)
+        inverse = torch.linalg.solve_triangular(tril, eye.expand_as(tril), upper=False)
+        k = len(tril)
+        # z[n, k] = L_k^-1 y'_n - L_k^-1 mu'_k for every state at once: one (rows, D) x (D, K D)
+        # product per block of rows (blocks keep the (rows, K, D) temporary in cache)
+        wide = inverse.transpose(1, 2).permute(1, 0, 2).reshape(d, k * d)
+        offset = (inverse @ (self.locs(values) - self.shift).unsqueeze(-1)).reshape(k * d)
+        block = max(1, 2**18 // (k * d))
+        maha = torch.cat(
+            [
+                (torch.square(rows @ wide - offset)).view(len(rows), k, d).sum(-1)
+                for rows in self.centred.split(block)
+            ]
+        )
+        half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        lp = -0.5 * maha - half_log_det - 0.5 * d * math.log(2 * math.pi)
+        return lp.reshape(n, steps, -1) * self.w[..., None]
+
+    def moments(self, q: torch.Tensor) -> tuple:
+        """sum over rows and steps of q w (K,), q w y' (K, D) and q w y' y'^T (K, D, D)."""
+        q = q.reshape(-1, q.shape[-1])
+        qw = q * self.w.reshape(-1, 1)
+        m0 = qw.sum(0)
+        m1 = q.T @ self.wy
+        k, d = q.shape[-1], self.centred.shape[-1]
+        m2 = self.centred.new_zeros(k, d, d)
+        block = max(1, 2**18 // (k * d))
+        for qb, yb in zip(qw.split(block), self.centred.split(block)):
+            m2 += torch.einsum("nk,ni,nj->kij", qb, yb, yb)
+        return m0, m1, m2
+
+
 def _log(t: torch.Tensor) -> torch.Tensor:
     """log t with log 0 the most negative finite number, so that 0 * log 0 = 0 in the products."""
     return torch.log(t).clamp_min(torch.finfo(t.dtype).min)
 
 
-__all__ = ["TABLE_FAMILIES", "Table", "compact", "table_layout"]
+__all__ = ["TABLE_FAMILIES", "MvnTable", "Table", "compact", "mvn_table_layout", "table_layout"]
