@@ -106,6 +106,11 @@ MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
 _CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
 
 
+#: keep the sites that fit as emission tables (:mod:`.chain_tables`); False: the general layout
+#: for every site (what the tests compare the tables against)
+EMISSION_TABLES = True
+
+
 class NotCompilable(Exception):
     """The model is not a chain of exponential-family sites over param gathers (the reason)."""
 
@@ -229,6 +234,20 @@ def _arg(fn, name: str) -> torch.Tensor:
     if name == "probs" and "probs" not in fn.__dict__:
         raise NotCompilable(f"{type(fn).__name__} is given logits, not probs")
     return getattr(fn, name)
+
+
+def _log_prob_shapes(trace) -> None:
+    """Stand-ins for ``trace.compute_log_prob()`` with the shapes Pyro's log-densities would have
+    (what packing reads) and no arithmetic; observed values outside their distribution's support
+    are refused as Pyro's validation would."""
+    for s in _sites(trace):
+        fn, value = s["fn"], s["value"]
+        if s["is_observed"] and not bool(fn.support.check(value).all()):
+            raise NotCompilable(f"site {s['name']!r} has values outside the support of its distribution")
+        shapes = [fn.batch_shape, value.shape[: value.dim() - fn.event_dim]]
+        shapes += [t.shape for t in (s["mask"], s["scale"]) if isinstance(t, torch.Tensor)]
+        stand_in = value.new_zeros((), dtype=torch.float32).expand(torch.broadcast_shapes(*shapes))
+        s["log_prob"] = s["unscaled_log_prob"] = stand_in
 
 
 class CompiledChain:
@@ -400,6 +419,8 @@ class CompiledChain:
         raise NotCompilable("a MultivariateNormal's matrix depends on the params other than by indexing")
 
     def _compile(self, real) -> None:
+        """Read the structure off the trace ``real`` (each site's log-density shape from its
+        distribution and value: computing Pyro's log-densities is the certification's job)."""
         sites = [s for s in _sites(real) if s["name"] not in self.point_sites]
         priors = [s for s in _sites(real) if s["name"] in self.point_sites]
         for s in sites:
@@ -415,7 +436,7 @@ class CompiledChain:
             raise NotCompilable("the enumerated sites take different numbers of values")
         self.K, self.T = ks.pop(), len(chain)
         self.N = len(self.data[0])
-        real.compute_log_prob()
+        _log_prob_shapes(real)
         real.pack_tensors()
         symbol = {s["infer"]["_enumerate_symbol"]: t for t, s in enumerate(chain)}
         enum_dim = {t: s["infer"]["_enumerate_dim"] for t, s in enumerate(chain)}
@@ -513,12 +534,13 @@ class CompiledChain:
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
                 return flat(t.reshape(t.shape + (1,) * events))
 
-            if not shared and len(deps) == 1 and family is dist.MultivariateNormal and not event:
+            tabled = EMISSION_TABLES and not shared and len(deps) == 1
+            if tabled and family is dist.MultivariateNormal and not event:
                 w_full = weight.reshape(wshape)
                 axes = (len(batch) + data_dim, len(batch) + dims["j"])
                 if self._mvn_table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
                     continue
-            if not shared and len(deps) == 1 and family in TABLE_FAMILIES:
+            if tabled and family in TABLE_FAMILIES:
                 w_full = weight.reshape(wshape + (1,) * events)
                 axes = (len(batch) + data_dim, len(batch) + dims["j"])
                 if self._table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
