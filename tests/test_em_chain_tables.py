@@ -242,3 +242,27 @@ def test_tables_in_float32_agree_with_float64(monkeypatch):
         runs.append((result.log_likelihood, params["locs"].double()))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-4)
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_data_set_is_certified_on_its_first_rows(monkeypatch):
+    """Pyro's contraction (the certificate) holds every (row, state, position) log-density: on
+    more than CERTIFY_ROWS rows the chain is certified on the first ones, and the compile on all
+    rows, having the same structure, is not certified again. The fit is the same."""
+    x = _data("real")
+    certified_rows = []
+    certify = chain.CompiledChain._certify
+
+    def spy(self, real, gen):
+        certified_rows.append(self.N)
+        certify(self, real, gen)
+
+    monkeypatch.setattr(chain.CompiledChain, "_certify", spy)
+    runs = []
+    for rows in (16, 10_000):
+        monkeypatch.setattr(chain, "CERTIFY_ROWS", rows)
+        pyro.clear_param_store()
+        result = em(diag_normal, x, max_iter=3, tol=0.0, device="cpu")
+        runs.append((result.log_likelihood, pyro.param("locs").detach().clone()))
+    assert certified_rows == [16, N]
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-12, atol=0)

@@ -106,6 +106,11 @@ MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
 _CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
 
 
+#: rows of the slice a chain is certified on before it is compiled on all rows (Pyro's
+#: contraction holds every (row, state, position) log-density at once: certifying on all rows of
+#: a large data set would take gigabytes)
+CERTIFY_ROWS = 2048
+
 #: keep the sites that fit as emission tables (:mod:`.chain_tables`); False: the general layout
 #: for every site (what the tests compare the tables against)
 EMISSION_TABLES = True
@@ -234,6 +239,22 @@ def _arg(fn, name: str) -> torch.Tensor:
     if name == "probs" and "probs" not in fn.__dict__:
         raise NotCompilable(f"{type(fn).__name__} is given logits, not probs")
     return getattr(fn, name)
+
+
+def compile_chain(model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator, guide=None):
+    """A :class:`CompiledChain` of ``model`` on ``data``, certified on its first
+    :data:`CERTIFY_ROWS` rows when there are more (every tensor of ``data`` holds one entry per
+    row); the compile on all rows must then have the certified structure, or it is certified
+    itself."""
+    certified = None
+    if len(data[0]) > CERTIFY_ROWS:
+        head = tuple(t[:CERTIFY_ROWS] for t in data)
+        try:
+            sample = CompiledChain(model, head, nesting=nesting, plate=plate, gen=gen, guide=guide)
+            certified = sample.signature
+        except NotCompilable:
+            certified = None  # the compile on all rows says why, or certifies itself
+    return CompiledChain(model, data, nesting=nesting, plate=plate, gen=gen, guide=guide, certified=certified)
 
 
 def _log_prob_shapes(trace) -> None:

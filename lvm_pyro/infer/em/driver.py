@@ -89,7 +89,7 @@ from lvm_pyro.errors import (
 )
 from lvm_pyro.infer import logdensity
 from lvm_pyro.infer.distributed import DistributedContext, join_group
-from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, plain_constraint
+from lvm_pyro.infer.em.chain import CompiledChain, NotCompilable, compile_chain, plain_constraint
 from lvm_pyro.infer.params import claim_module_params, restoring_param_store
 from lvm_pyro.models.base import DATA_PLATE, Program, as_program, empty_guide
 
@@ -1091,7 +1091,7 @@ def _make_route(program: Program, data: tuple, e_step, chunk_size, m_step_steps,
         why = _chain_unsupported(program, data, route, chunk_size, group)
         if why is None:
             try:
-                compiled = CompiledChain(
+                compiled = compile_chain(
                     program.model, data, nesting=route.nesting, plate=data_plate, gen=gen, guide=program.guide
                 )
             except NotCompilable as exc:
