@@ -115,22 +115,28 @@ class Table:
         )
 
     def finish(self) -> None:
+        """The sites' columns side by side: ``self.columns`` (N T', F) holds w, w y' (y' = y - the
+        shift), w y'^2 for a Normal, and the per-row constant of the log-density, so that one
+        product with (F, K) parameter rows gives every log-density and one with the (K, N T')
+        posteriors every moment."""
         y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
-        self.y, self.w = torch.where(w != 0, y, torch.zeros_like(y)), w
+        y = torch.where(w != 0, y, torch.zeros_like(y))
+        self.shape = y.shape  # (N, T', O)
         self.steps = torch.as_tensor(self.ts, device=y.device)
         # about the data's weighted mean, so that the expanded squares lose little to rounding
-        total = w.sum((0, 1))
-        self.shift = (w * self.y).sum((0, 1)) / total.clamp_min(torch.finfo(y.dtype).tiny)
-        if self.family is not dist.Normal:
-            self.shift = torch.zeros_like(self.shift)
-        centred = self.y - self.shift
-        self.wy, self.wyy = w * centred, w * centred**2
+        self.shift = torch.zeros_like(y[0, 0])
+        if self.family is dist.Normal:
+            self.shift = (w * y).sum((0, 1)) / w.sum((0, 1)).clamp_min(torch.finfo(y.dtype).tiny)
+        centred = y - self.shift
+        columns = [w, w * centred] + ([w * centred**2] if self.family is dist.Normal else [])
         if self.family is dist.Poisson:
-            self.row_constant = -(w * torch.lgamma(self.y + 1)).sum(-1)
+            constant = -(w * torch.lgamma(y + 1)).sum(-1, keepdim=True)
         elif self.family is dist.Normal:
-            self.row_constant = -0.5 * math.log(2 * math.pi) * w.sum(-1)
+            constant = -0.5 * math.log(2 * math.pi) * w.sum(-1, keepdim=True)
         else:
-            self.row_constant = torch.zeros_like(w[..., 0])
+            constant = torch.zeros_like(w[..., :1])
+        self.columns = torch.cat([*columns, constant], -1).reshape(-1, len(columns) * y.shape[-1] + 1)
+        self.y, self.w = [], []
 
     def arguments(self, values: dict) -> list[torch.Tensor]:
         return [
@@ -139,37 +145,38 @@ class Table:
         ]
 
     def log_probs(self, values: dict) -> torch.Tensor:
-        """(N, T', K): sum over o of each (row, step)'s log-density under each state."""
-
-        def dot(a, b):  # (N, T', O) . (K, O) -> (N, T', K)
-            return torch.matmul(a, b.T)
-
+        """(N, T', K): sum over o of each (row, step)'s log-density under each state, as one
+        product of the columns with the parameters' rows:
+        Normal [-log sigma - mu'^2 P / 2, mu' P, -P / 2] for [w, w y', w y'^2] (P = sigma^-2);
+        Poisson [-lambda, log lambda]; Bernoulli [log(1 - p), log p - log(1 - p)];
+        Exponential [log lambda, -lambda]; and 1 for the per-row constant."""
         args = self.arguments(values)
-        w, wy = self.w, self.wy
         if self.family is dist.Normal:
             loc, scale = args
             precision = scale**-2
             moved = loc - self.shift
-            quadratic = (
-                dot(self.wyy, precision) - 2 * dot(wy, moved * precision) + dot(w, moved**2 * precision)
-            )
-            lp = -0.5 * quadratic - dot(w, scale.log())
+            rows = [-scale.log() - 0.5 * moved**2 * precision, moved * precision, -0.5 * precision]
         elif self.family is dist.Poisson:
-            lp = dot(wy, _log(args[0])) - dot(w, args[0])
+            rows = [-args[0], _log(args[0])]
         elif self.family is dist.Bernoulli:
-            lp = dot(wy, _log(args[0])) + dot(w - wy, _log(1 - args[0]))
+            rows = [_log(1 - args[0]), _log(args[0]) - _log(1 - args[0])]
         else:  # Exponential
-            lp = dot(w, _log(args[0])) - dot(wy, args[0])
-        return lp + self.row_constant[..., None]
+            rows = [_log(args[0]), -args[0]]
+        ones = rows[0].new_ones(rows[0].shape[0], 1)
+        weights = torch.cat([*rows, ones], -1)  # (K, F)
+        return (self.columns @ weights.T).reshape(self.shape[0], self.shape[1], -1)
 
     def posterior(self, post, n_steps: int, n_states: int) -> torch.Tensor:
         """(N, T', K): the (weighted) posterior of each row's state at the table's steps."""
-        return post[1].reshape(self.y.shape[0], n_steps, n_states)[:, self.steps]
+        return post[1].reshape(self.shape[0], n_steps, n_states)[:, self.steps]
 
     def moments(self, q: torch.Tensor) -> tuple:
-        """(K, O) sums over rows and steps of q w, q w y' and q w y'^2 (y' = y - shift)."""
-        flat = q.reshape(-1, q.shape[-1]).T
-        return tuple(flat @ t.reshape(-1, t.shape[-1]) for t in (self.w, self.wy, self.wyy))
+        """(K, O) sums over rows and steps of q w, q w y' and q w y'^2 (y' = y - shift; the last
+        for a Normal only, else None)."""
+        o = self.shape[-1]
+        sums = q.reshape(-1, q.shape[-1]).T @ self.columns[:, :-1]
+        parts = sums.split(o, -1)
+        return parts[0], parts[1], parts[2] if len(parts) > 2 else None
 
 
 class MvnTable(Table):
@@ -180,6 +187,7 @@ class MvnTable(Table):
     def finish(self) -> None:
         y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
         self.y, self.w = torch.where(w[..., None] != 0, y, torch.zeros_like(y)), w
+        self.shape = y.shape  # (N, T', D)
         self.steps = torch.as_tensor(self.ts, device=y.device)
         total = w.sum()
         self.shift = (w[..., None] * self.y).sum((0, 1)) / total.clamp_min(torch.finfo(y.dtype).tiny)
