@@ -75,10 +75,11 @@ ALPHA, S0 = 2.0, 10.0  # the MAP variant's Dirichlet concentration and Normal pr
 CONTENDERS = ("chain ML", "chain MAP", "GaussianMixtureModel", "sklearn")
 
 
-def make_problem(n: int, k: int, d: int, seed: int = 0):
+def make_problem(n: int, k: int, d: int, seed: int = 0, covariance: str = "full"):
     """x from a mixture of k Gaussians with random means (spread 3) and random covariances, and
     the start every contender takes: uniform weights, k distinct data points as locs, the
-    feature variances as a diagonal covariance for every component."""
+    feature variances as a diagonal covariance for every component (``covariance="diag"``: the
+    feature standard deviations as every component's scales)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=3.0, size=(k, d))
     mixing = rng.normal(scale=0.3, size=(k, d, d)) + np.eye(d)
@@ -88,8 +89,21 @@ def make_problem(n: int, k: int, d: int, seed: int = 0):
         weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
         locs=torch.from_numpy(x[rng.choice(n, k, replace=False)].copy()),
         covs=torch.diag(torch.from_numpy(x.var(0))).expand(k, d, d).clone(),
+        covariance=covariance,
     )
+    if covariance == "diag":
+        start["scales"] = torch.from_numpy(x.std(0)).expand(k, d).clone()
     return torch.from_numpy(x), start
+
+
+def _emission(x, locs, start, z):
+    """The observation site: MultivariateNormal(locs[z], covs[z]), or for ``covariance="diag"``
+    Normal(locs[z], scales[z]).to_event(1), its matrix or scales a pyro.param."""
+    if start["covariance"] == "diag":
+        scales = pyro.param("scales", start["scales"].clone(), constraint=constraints.positive)
+        return pyro.sample("obs", dist.Normal(locs[z], scales[z]).to_event(1), obs=x)
+    covs = pyro.param("covs", start["covs"].clone(), constraint=constraints.positive_definite)
+    return pyro.sample("obs", dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]), obs=x)
 
 
 def ml_model(start: dict):
@@ -98,10 +112,9 @@ def ml_model(start: dict):
     def model(x):
         weights = pyro.param("weights", start["weights"].clone(), constraint=constraints.simplex)
         locs = pyro.param("locs", start["locs"].clone())
-        covs = pyro.param("covs", start["covs"].clone(), constraint=constraints.positive_definite)
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            pyro.sample("obs", dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]), obs=x)
+            _emission(x, locs, start, z)
 
     return model
 
@@ -114,10 +127,9 @@ def map_model(start: dict):
     def model(x):
         weights = pyro.sample("weights", dist.Dirichlet(x.new_full((k,), ALPHA)))
         locs = pyro.sample("locs", dist.Normal(x.new_zeros(()), S0).expand([k, d]).to_event(2))
-        covs = pyro.param("covs", start["covs"].clone(), constraint=constraints.positive_definite)
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            pyro.sample("obs", dist.MultivariateNormal(locs[z], covariance_matrix=covs[z]), obs=x)
+            _emission(x, locs, start, z)
 
     return model
 
@@ -142,8 +154,10 @@ def fit_chain_map(x, start, iters):
 
 def fit_gmm(x, start, iters):
     k, d = start["locs"].shape
-    gmm = GaussianMixtureModel(k, d, "full", reg_covar=0.0).double()
-    gmm.set_parameters(weights=start["weights"], means=start["locs"], covariances=start["covs"])
+    diag = start["covariance"] == "diag"
+    gmm = GaussianMixtureModel(k, d, start["covariance"], reg_covar=0.0).double()
+    covariances = start["scales"] ** 2 if diag else start["covs"]
+    gmm.set_parameters(weights=start["weights"], means=start["locs"], covariances=covariances)
     t0 = time.perf_counter()
     result = em(gmm, x, max_iter=iters, tol=0.0, init="current", device="cpu", canonical_order=False)
     return time.perf_counter() - t0, result
@@ -151,9 +165,10 @@ def fit_gmm(x, start, iters):
 
 def fit_sklearn(x, start, iters):
     xs = x.numpy()
+    diag = start["covariance"] == "diag"
     gm = GaussianMixture(
         len(start["weights"]),
-        covariance_type="full",
+        covariance_type=start["covariance"],
         reg_covar=0.0,
         max_iter=iters,
         tol=0.0,
@@ -161,7 +176,7 @@ def fit_sklearn(x, start, iters):
         random_state=0,
         weights_init=start["weights"].numpy(),
         means_init=start["locs"].numpy(),
-        precisions_init=torch.linalg.inv(start["covs"]).numpy(),
+        precisions_init=(start["scales"] ** -2 if diag else torch.linalg.inv(start["covs"])).numpy(),
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -183,6 +198,8 @@ def map_reference(x: torch.Tensor, start: dict, iters: int) -> list[float]:
     M-step: weights (n_k + alpha - 1) / (N + K (alpha - 1)); each loc
     (n_k P_k + I / s0^2)^-1 (P_k sum_n r_nk x_n) with P_k the old precision (prior mean 0);
     each covariance the weighted scatter about its new loc over n_k."""
+    if start["covariance"] == "diag":
+        return _map_reference_diag(x, start, iters)
     w, m, c = start["weights"].clone(), start["locs"].clone(), start["covs"].clone()
     n, (k, d) = len(x), m.shape
     eye = torch.eye(d, dtype=x.dtype)
@@ -205,6 +222,27 @@ def map_reference(x: torch.Tensor, start: dict, iters: int) -> list[float]:
     return objective
 
 
+def _map_reference_diag(x: torch.Tensor, start: dict, iters: int) -> list[float]:
+    """The diagonal model's MAP-ECM: each loc entry (n_k / s^2 + 1 / s0^2)^-1 sum_n r_nk x_n / s^2
+    with the old scale s, then each scale the weighted deviation about the new loc."""
+    w, m, s = start["weights"].clone(), start["locs"].clone(), start["scales"].clone()
+    n, k = len(x), len(w)
+    prior_w, prior_m = dist.Dirichlet(x.new_full((k,), ALPHA)), dist.Normal(x.new_zeros(()), S0)
+    objective = []
+    for i in range(iters + 1):
+        logp = w.log() + dist.Normal(m, s).log_prob(x[:, None, :]).sum(-1)
+        ll = logp.logsumexp(1)
+        objective.append(float(ll.sum() + prior_w.log_prob(w) + prior_m.log_prob(m).sum()) / n)
+        if i == iters:
+            return objective
+        r = (logp - ll[:, None]).exp()
+        nk = r.sum(0)
+        w = (nk + ALPHA - 1) / (n + k * (ALPHA - 1))
+        m = ((r.T @ x) / s**2) / (nk[:, None] / s**2 + 1 / S0**2)
+        s = ((r.T @ x**2 - 2 * m * (r.T @ x) + nk[:, None] * m**2) / nk[:, None]).sqrt()
+    return objective
+
+
 def rel_diff(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.max(np.abs(a - b) / np.abs(b)))
@@ -213,13 +251,14 @@ def rel_diff(a, b) -> float:
 def check(x, start, iters: int, fits: dict) -> dict:
     """The agreement checks on one round's ``max_iter=iters`` fits; raises AssertionError."""
     ml, mapr, gmm, sk = (fits[name] for name in CONTENDERS)
-    closed = {"weights": "closed_form", "locs": "closed_form", "covs": "closed_form"}
+    spread = "scales" if start["covariance"] == "diag" else "covs"
+    closed = {"weights": "closed_form", "locs": "closed_form", spread: "closed_form"}
     assert ml.e_step == "chain" and ml.m_step == "closed_form", (ml.e_step, ml.m_step, ml.closed_form_refused)
     assert ml.param_routes == closed, ml.param_routes
     routes = {
         "AutoDelta.weights": "closed_form_map",
         "AutoDelta.locs": "closed_form_map",
-        "covs": "closed_form",
+        spread: "closed_form",
     }
     assert mapr.e_step == "chain" and mapr.m_step == "closed_form", (mapr.e_step, mapr.closed_form_refused)
     assert mapr.param_routes == routes, mapr.param_routes
@@ -250,16 +289,16 @@ def check(x, start, iters: int, fits: dict) -> dict:
     return out
 
 
-def warm_up() -> None:
+def warm_up(covariance: str) -> None:
     """One small fit per contender first, so one-time costs of the process (lazy imports,
     first calls into torch.linalg and Pyro) do not land in the first timed round."""
-    x, start = make_problem(*QUICK[0])
+    x, start = make_problem(*QUICK[0], covariance=covariance)
     for fn in FITS.values():
         fn(x, start, 2)
 
 
-def run_problem(n: int, k: int, d: int, iters: int, rounds: int) -> dict:
-    x, start = make_problem(n, k, d)
+def run_problem(n: int, k: int, d: int, iters: int, rounds: int, covariance: str) -> dict:
+    x, start = make_problem(n, k, d, covariance=covariance)
     runs = {name: {"lo": [], "hi": []} for name in CONTENDERS}
     agreement = None
     for r in range(rounds):
@@ -320,11 +359,11 @@ def agreement_lines(results: list[dict]) -> str:
     )
 
 
-def profile(n: int, k: int, d: int, iters: int, top: int = 25) -> str:
+def profile(n: int, k: int, d: int, iters: int, covariance: str, top: int = 25) -> str:
     """cProfile of one chain-ML fit of ``iters`` iterations: the functions of lvm_pyro's em
     package and the torch calls with the most time (each per-iteration function has ncalls
     iters + 1: the last E-step evaluates the returned parameters)."""
-    x, start = make_problem(n, k, d)
+    x, start = make_problem(n, k, d, covariance=covariance)
     fit_chain_ml(x, start, 1)
     prof = cProfile.Profile()
     prof.enable()
@@ -346,6 +385,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default=None, help="problems as N:K:D,N:K:D (default: the two above)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the chain route")
     parser.add_argument("--out", default=None, help="write the results as markdown here")
+    parser.add_argument(
+        "--covariance",
+        choices=("full", "diag"),
+        default="full",
+        help="full: MultivariateNormal emissions (default); diag: Normal(locs[z], scales[z]).to_event(1)",
+    )
     args = parser.parse_args(argv)
     if args.iters < 2:
         parser.error("--iters must be at least 2 (the time per iteration is a difference with max_iter=1)")
@@ -362,24 +407,25 @@ def run(args, problems, rounds: int) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     header = (
         f"torch {torch.__version__}, pyro {pyro.__version__}, scikit-learn {sklearn.__version__}, float64, "
-        f"cpu, {args.threads} thread(s) (torch and BLAS), {args.iters} iterations (tol=0), "
+        f"cpu, {args.threads} thread(s) (torch and BLAS), {args.covariance} covariances, "
+        f"{args.iters} iterations (tol=0), "
         f"{rounds} round(s), load average {load[0]:.2f} at the start"
     )
     print(header, flush=True)
-    warm_up()
-    results = [run_problem(n, k, d, args.iters, rounds) for n, k, d in problems]
+    warm_up(args.covariance)
+    results = [run_problem(n, k, d, args.iters, rounds, args.covariance) for n, k, d in problems]
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = f"{table(results)}\n\nAgreement (asserted):\n\n{agreement_lines(results)}\n"
     print()
     print(body)
     print(f"load average {load_end:.2f} at the end")
-    prof = profile(*problems[0], args.iters) if args.profile else ""
+    prof = profile(*problems[0], args.iters, args.covariance) if args.profile else ""
     if prof:
         print(prof)
     if args.out:
         command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/em_chain_mvn.py", *sys.argv[1:]])
         text = (
-            "# EM on a user's Pyro mixture of multivariate normals (the chain route)\n\n"
+            f"# EM on a user's Pyro mixture ({args.covariance} covariances, the chain route)\n\n"
             f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
             f"{header}, {load_end:.2f} at the end.\n\n"
             "ms/iter: median over rounds of (time of max_iter=iters - time of max_iter=1) / (iters - 1), "

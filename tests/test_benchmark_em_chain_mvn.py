@@ -1,4 +1,5 @@
-"""The chain-route MVN benchmark runs in its quick mode (its agreement checks are assertions)."""
+"""The chain-route mixture benchmark runs in its quick mode, for full and diagonal covariances
+(its agreement checks against GaussianMixtureModel, scikit-learn and MAP-ECM are assertions)."""
 
 import subprocess
 import sys
@@ -7,11 +8,12 @@ from pathlib import Path
 import pytest
 
 
-def test_benchmark_runs_in_quick_mode():
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_benchmark_runs_in_quick_mode(covariance):
     pytest.importorskip("sklearn")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "em_chain_mvn.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--iters", "4"],
+        [sys.executable, str(script), "--quick", "--iters", "4", "--covariance", covariance],
         capture_output=True,
         text=True,
         timeout=300,
