@@ -266,3 +266,29 @@ def test_a_large_data_set_is_certified_on_its_first_rows(monkeypatch):
     assert certified_rows == [16, N]
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-12, atol=0)
+
+
+def offset_rate(x):
+    """A rate that is a param gather plus an integer covariate: under the probe, coef[k, 0] + 1
+    reads as the code of coef[k, 1]. Not a gather, so no closed form."""
+    w = pyro.param("w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    coef = pyro.param("coef", x.new_tensor([[0.5, 3.0], [4.0, 3.0]]), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w), infer={"enumerate": "parallel"})
+        pyro.sample("y", dist.Poisson(coef[z, 0] + x[:, 1]), obs=x[:, 0])
+
+
+def test_an_argument_that_is_a_gather_only_on_the_certified_rows_is_caught(monkeypatch):
+    """The first CERTIFY_ROWS rows have covariate 0 (there the rate is a gather, and certified);
+    on the later rows it is not: the compile on all rows has the certified structure, but its
+    arguments are checked on every row at perturbed params, and the model takes Pyro's
+    enumeration with the reason."""
+    monkeypatch.setattr(chain, "CERTIFY_ROWS", 64)
+    g = torch.Generator().manual_seed(0)
+    offset = (torch.arange(200) >= 64).double()
+    z = torch.randint(2, (200,), generator=g)
+    x = torch.stack([torch.poisson(torch.tensor([1.0, 6.0]).double()[z] + offset, generator=g), offset], -1)
+    pyro.clear_param_store()
+    result = em(offset_rate, x, max_iter=2, tol=0.0, device="cpu", m_step_steps=2)
+    assert result.e_step == "enum"
+    assert "is not a gather of param 'coef' on every row" in result.closed_form_refused

@@ -103,7 +103,7 @@ CONJUGATE: dict[tuple, tuple[str, ...]] = {
 }
 #: constraints of the params whose rows are whole (D, D) matrices (a MultivariateNormal's)
 MATRIX = (constraints.positive_definite, constraints.lower_cholesky)
-_CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1 + pass) * _CODE + i + 0.25
+_CODE = 2.0**20  # element probes: entry i of param j reads (2j + 1) * _CODE + i + 0.25
 
 
 #: rows of the slice a chain is certified on before it is compiled on all rows (Pyro's
@@ -244,16 +244,14 @@ def _arg(fn, name: str) -> torch.Tensor:
 def compile_chain(model, data: tuple, *, nesting: int, plate: str, gen: torch.Generator, guide=None):
     """A :class:`CompiledChain` of ``model`` on ``data``, certified on its first
     :data:`CERTIFY_ROWS` rows when there are more (every tensor of ``data`` holds one entry per
-    row); the compile on all rows must then have the certified structure, or it is certified
-    itself."""
+    row); the compile on all rows must then have the certified structure (or it is certified
+    itself), and every argument it reads as a gather is checked on all rows."""
     certified = None
     if len(data[0]) > CERTIFY_ROWS:
         head = tuple(t[:CERTIFY_ROWS] for t in data)
-        try:
-            sample = CompiledChain(model, head, nesting=nesting, plate=plate, gen=gen, guide=guide)
-            certified = sample.signature
-        except NotCompilable:
-            certified = None  # the compile on all rows says why, or certifies itself
+        # a refusal on the first rows is the model's (certifying every row instead could take
+        # gigabytes): it propagates
+        certified = CompiledChain(model, head, nesting=nesting, plate=plate, gen=gen, guide=guide).signature
     return CompiledChain(model, data, nesting=nesting, plate=plate, gen=gen, guide=guide, certified=certified)
 
 
@@ -317,6 +315,8 @@ class CompiledChain:
         self._compile(real)
         if certified is None or certified != self.signature:
             self._certify(real, gen)
+        else:
+            self._check_reads(gen)
 
     @property
     def signature(self) -> tuple:
@@ -380,6 +380,11 @@ class CompiledChain:
         self.probe_values = values
         return _trace(self.model, self.data, self.nesting, values, validate=False)
 
+    def _read(self, site: str, arg: str, kind: str, name: str, index: torch.Tensor) -> None:
+        """Remember that ``arg`` of ``site`` gathers ``index`` of param ``name`` (entries, rows of
+        a simplex, or (D, D) matrices), for :meth:`_check_reads`."""
+        self.reads.append((site, arg, kind, name, index))
+
     def _decode_rows(self, probs: torch.Tensor):
         """Categorical probs read back under the row probe -> (param name, row index)."""
         code = (probs[..., 0].double() * (self.total_rows + 2) - 1).round().long()
@@ -398,8 +403,8 @@ class CompiledChain:
         (the same in the probe and the real trace), with its broadcast dims kept at size 1."""
         a = compact(probe).double()
         # the code of the first entry names the one param the argument can gather from
-        first = float(a[(0,) * a.dim()]) if a.numel() else 0.0
-        j = round(((first - 0.25) / _CODE - 1) / 2)
+        first = float(a[(0,) * a.dim()]) if a.numel() else math.nan
+        j = round(((first - 0.25) / _CODE - 1) / 2) if math.isfinite(first) else -1
         if 0 <= j < len(self.names) and self.names[j] not in (*self.simplex, *self.matrix):
             n = self.names[j]
             ia = a - (2 * j + 1) * _CODE - 0.25
@@ -465,6 +470,7 @@ class CompiledChain:
         self._priors(priors, probe_sites)
         groups: OrderedDict = OrderedDict()
         self.tables: list[Table] = []
+        self.reads: list[tuple] = []
         rank = max([self.nesting, *(-d for d in enum_dim.values()), *(s["log_prob"].dim() for s in sites)])
         for s in sites:
             deps = sorted(symbol[d] for d in s["packed"]["log_prob"]._pyro_dims if d in symbol)
@@ -569,6 +575,7 @@ class CompiledChain:
             value = s["value"]
             if family is dist.Categorical:
                 name, row = self._decode_rows(_arg(_unwrap(probe_sites[s["name"]]["fn"])[0], "probs"))
+                self._read(s["name"], "probs", "rows", name, row)
                 idx = [flat(row * self.values[name].shape[-1] + value.long())]
                 sources = (("param", name),)
                 y = flat(value.long())
@@ -579,6 +586,7 @@ class CompiledChain:
                 d = base.event_shape[0]
                 src_loc, ix = self._decode_entries(pb.loc, base.loc)
                 src_mat, rows = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
+                self._record(s["name"], args, (src_loc, src_mat), (ix, rows))
                 sources = (src_loc, src_mat)
                 idx = [
                     flat(ix, trailing=(d,))
@@ -592,6 +600,7 @@ class CompiledChain:
                 pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
                 for arg in args:
                     src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
+                    self._record(s["name"], (arg,), (src,), (ix,))
                     sources.append(src)
                     idx.append(flat(ix) if src[0] == "param" else flat(ix.to(self.dtype)))
                 sources = tuple(sources)
@@ -623,6 +632,7 @@ class CompiledChain:
         sources, idx = [], []
         for arg in args:
             src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
+            self._record(s["name"], (arg,), (src,), (ix,))
             sources.append(src)
             idx.append(ix if src[0] == "param" else torch.as_tensor(ix, device=self.device).to(self.dtype))
         if fmask is not None:
@@ -643,6 +653,13 @@ class CompiledChain:
         tab.w.append(w)
         return True
 
+    def _record(self, site: str, args: tuple, sources: tuple, indices: tuple) -> None:
+        """:meth:`_read` for the param arguments among ``args`` (a MultivariateNormal's second one
+        a matrix)."""
+        for i, (arg, src, ix) in enumerate(zip(args, sources, indices)):
+            if src[0] == "param":
+                self._read(site, arg, "matrix" if src[1] in self.matrix and i == 1 else "entries", src[1], ix)
+
     def _mvn_table(self, s, base, args, probe_sites, weight, fmask, full, axes, step: int) -> bool:
         """Keep a MultivariateNormal site as a table (one loc row and one matrix per state) where
         its layout fits: False leaves it to the general layout."""
@@ -653,9 +670,9 @@ class CompiledChain:
         if fmask is not None:
             weight = weight * fmask.to(self.dtype)
         if src_loc[0] == "const":
-            loc = loc.to(self.dtype)
+            loc = loc.to(self.device, self.dtype)
         if src_mat[0] == "const":
-            mat = mat.to(self.dtype)
+            mat = mat.to(self.device, self.dtype)
         value = s["value"].to(self.dtype)
         layout = mvn_table_layout(loc, mat, src_mat[0] == "param", value, weight, tuple(full), *axes)
         if layout is None:
@@ -956,16 +973,50 @@ class CompiledChain:
             merged.setdefault(o - absent, []).extend(terms)
         return contract_to_tensor(merged, sum_dims).sum(), torch.as_tensor(log_prior)
 
-    def _certify(self, real, gen: torch.Generator) -> None:
-        """The compiled log Z equals Pyro's at a random perturbation of the params (random, so no
-        symmetry of the start, such as equal scales, can hide a misplaced factor)."""
-        tol = 1e-10 if self.dtype == torch.float64 else 1e-4
+    def _perturbed(self, gen: torch.Generator) -> dict:
+        """The params moved by a random step in their unconstrained space."""
         perturbed = {}
         for n, v in self.values.items():
             t = transform_to(self.constraints[n])
             z = t.inv(v)
             noise = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(z.device, z.dtype)
             perturbed[n] = t(torch.where(torch.isfinite(z), z, torch.zeros_like(z)) + 0.5 * noise).detach()
+        return perturbed
+
+    @torch.no_grad()
+    def _check_reads(self, gen: torch.Generator) -> None:
+        """Where the full certification is skipped (rows beyond the certified ones, a later
+        minibatch): every distribution argument the compile reads as a gather of a param equals
+        that gather in a trace of the model at randomly perturbed params. The log-density
+        formulas were certified on other rows; this catches an argument that is not a plain
+        gather on these rows (say ``coef[z, 0] + x_n`` with an integer x_n, whose probe codes
+        read as ``coef[z, x_n]``). One trace, no log-densities."""
+        perturbed = self._perturbed(gen)
+        sites = {s["name"]: s for s in _sites(_trace(self.model, self.data, self.nesting, perturbed, False))}
+        tol = dict(rtol=1e-10, atol=0.0) if self.dtype == torch.float64 else dict(rtol=1e-5, atol=0.0)
+        for site, arg, kind, name, index in self.reads:
+            theirs = _arg(_unwrap(sites[site]["fn"])[0], arg).to(self.dtype)
+            value = perturbed[name].to(self.dtype)
+            if kind == "entries":
+                ours, theirs = value.reshape(-1)[index], compact(theirs)
+            elif kind == "rows":
+                k = value.shape[-1]
+                ours = value.reshape(-1, k)[index]
+                ours, theirs = ours / ours.sum(-1, keepdim=True), compact(theirs, trailing=1)
+            else:
+                d = value.shape[-1]
+                ours, theirs = value.reshape(-1, d, d)[index], compact(theirs, trailing=2)
+            ours, theirs = torch.broadcast_tensors(ours, theirs)
+            if not torch.allclose(ours, theirs, **tol):
+                raise NotCompilable(
+                    f"the argument {arg!r} of site {site!r} is not a gather of param {name!r} on every row"
+                )
+
+    def _certify(self, real, gen: torch.Generator) -> None:
+        """The compiled log Z equals Pyro's at a random perturbation of the params (random, so no
+        symmetry of the start, such as equal scales, can hide a misplaced factor)."""
+        tol = 1e-10 if self.dtype == torch.float64 else 1e-4
+        perturbed = self._perturbed(gen)
         with torch.no_grad():
             for values in (perturbed,):
                 theirs, prior = (float(t) for t in self._pyro_log_z(values))
