@@ -48,13 +48,16 @@ class Statistics:
         self.sparse: dict = {}
 
     def add_dense(self, key, size: int, index: torch.Tensor, value: torch.Tensor) -> None:
-        """sum value[e] into entry index[e] of the dense statistic ``key`` of ``size`` entries."""
+        """sum value[e] into entry index[e] of the dense statistic ``key`` of ``size`` entries
+        (statistics are kept in float64, whatever the data's dtype)."""
+        value = value.double()
         if key not in self.dense:
             self.dense[key] = value.new_zeros((size, *value.shape[1:]))
         self.dense[key].index_add_(0, index, value)
 
     def add_sparse(self, key, keys: torch.Tensor, value: torch.Tensor) -> None:
-        """sum value[e] into pair keys[e] of the sparse statistic ``key``."""
+        """sum value[e] into pair keys[e] of the sparse statistic ``key`` (in float64)."""
+        value = value.double()
         if key in self.sparse:
             old_keys, old = self.sparse[key]
             keys, value = torch.cat([old_keys, keys]), torch.cat([old, value])
@@ -124,7 +127,7 @@ def expected_statistics(c, values: dict, post, reference: dict | None = None) ->
     for tab in c.tables:
         _table_statistics(c, tab, values, post, st)
     for g in c.groups:
-        w = c.posterior_at(g, post) * g.weight
+        w = (c.posterior_at(g, post) * g.weight).double()  # sums in float64 (see Statistics)
         if g.family is dist.MultivariateNormal:
             _mvn_statistics(c, g, w, values, st)
         elif g.family is dist.Normal:
@@ -197,7 +200,7 @@ def _mvn_table_statistics(c, tab, values: dict, moments: tuple, st: Statistics) 
         st.add_sparse(("mvn", lsrc[1], msrc[1], tab.args[1]), keys, sums)
     elif _closed(c, lsrc):  # constant matrices: one precision per state
         n, rows = lsrc[1], lix[:, 0] // d
-        precision = torch.cholesky_inverse(tab.trils(values))
+        precision = torch.cholesky_inverse(tab.trils(values)).double()
         size = values[n].numel() // d
         st.add_dense((n, "w"), size, rows, m0)
         st.add_dense((n, "P"), size, rows, m0[:, None, None] * precision)
@@ -273,7 +276,7 @@ def _mvn_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> None
         space = values[lsrc[1]].numel() // d * rows
         distinct, inverse = _distinct(g, g.loc_rows * rows + g.idx[1], space, "mvn")
         order, counts = _sorted(g, inverse, len(distinct))
-        diff = y - st.reference[lsrc[1]].reshape(-1, d)[g.loc_rows]
+        diff = (y - st.reference[lsrc[1]].reshape(-1, d)[g.loc_rows]).double()
         weighted = w[:, None] * diff
         scatter = torch.stack(
             [a.T @ b for a, b in zip(weighted[order].split(counts), diff[order].split(counts))]
@@ -289,13 +292,15 @@ def _mvn_statistics(c, g, w: torch.Tensor, values: dict, st: Statistics) -> None
         st.add_sparse(("mvn", lsrc[1], msrc[1], g.args[1]), distinct, sums)
     elif loc_closed:  # constant matrices: one precision per event
         n, size = lsrc[1], values[lsrc[1]].numel() // d
-        precision = torch.cholesky_inverse(c._tril(g, values))
+        precision = torch.cholesky_inverse(c._tril(g, values)).double()
         st.add_dense((n, "w"), size, g.loc_rows, w)
         st.add_dense((n, "P"), size, g.loc_rows, w[:, None, None] * precision)
-        st.add_dense((n, "Py"), size, g.loc_rows, w[:, None] * (precision @ y.unsqueeze(-1)).squeeze(-1))
+        st.add_dense(
+            (n, "Py"), size, g.loc_rows, w[:, None] * (precision @ y.double().unsqueeze(-1)).squeeze(-1)
+        )
     else:  # the matrix rows' scatter about locs that are constants (or not solved here)
         n, size = msrc[1], values[msrc[1]].numel() // d**2
-        diff = y - c._args(g, values)[0]
+        diff = (y - c._args(g, values)[0]).double()
         weighted = w[:, None] * diff
         scatter = [
             a.T @ b
@@ -331,7 +336,7 @@ def solve(c, st: Statistics, values: dict) -> dict:
 
 def _ratio(c, st: Statistics, n: str, role: tuple, values: dict, new: dict) -> torch.Tensor:
     old = values[n].reshape(-1)
-    zero = torch.zeros_like(old)
+    zero = torch.zeros_like(old, dtype=torch.float64)
     a, b = st.dense.get((n, "num"), zero).clone(), st.dense.get((n, "den"), zero).clone()
     for key, (keys, sums) in st.sparse.items():
         if key[0] != "normal" or n not in key[1:]:
@@ -404,7 +409,7 @@ def _mvn_locs(c, st: Statistics, n: str, values: dict) -> torch.Tensor:
     old = values[n]
     d = old.shape[-1]
     rows = old.numel() // d
-    zeros = dict(dtype=old.dtype, device=old.device)
+    zeros = dict(dtype=torch.float64, device=old.device)  # the statistics' dtype
     w_sum, wy = torch.zeros(rows, **zeros), torch.zeros(rows, d, **zeros)
     meets = torch.zeros(rows, **zeros)  # the number of (matrix row, group) pairs with weight
     general = torch.zeros(rows, dtype=torch.bool, device=old.device)
@@ -432,7 +437,7 @@ def _mvn_locs(c, st: Statistics, n: str, values: dict) -> torch.Tensor:
             tril = _matrix_tril(values, key[2], key[3], d)
             size = len(tril)
             li, mi = keys // size, keys % size
-            precision = torch.cholesky_inverse(tril)[mi]
+            precision = torch.cholesky_inverse(tril).double()[mi]
             prec_sum.index_add_(0, li, W[:, None, None] * precision)
             prec_y.index_add_(0, li, (precision @ (W[:, None] * ref[li] + WY).unsqueeze(-1)).squeeze(-1))
         if prior is not None:
@@ -453,7 +458,7 @@ def _mvn_matrices(c, st: Statistics, n: str, values: dict, new: dict) -> torch.T
     old = values[n]
     d = old.shape[-1]
     rows = old.numel() // d**2
-    zeros = dict(dtype=old.dtype, device=old.device)
+    zeros = dict(dtype=torch.float64, device=old.device)  # the statistics' dtype
     w_sum = st.dense.get((n, "w"), torch.zeros(rows, **zeros)).clone()
     scatter = st.dense.get((n, "S"), torch.zeros(rows, d, d, **zeros)).clone()
     for key, keys, W, WY, WYY in _pairs(st, 2, n, d):

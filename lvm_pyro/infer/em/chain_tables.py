@@ -120,7 +120,11 @@ class Table:
         product with (F, K) parameter rows gives every log-density and one with the (K, N T')
         posteriors every moment."""
         y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
-        y = torch.where(w != 0, y, torch.zeros_like(y))
+        self.dtype = y.dtype
+        # float64 whatever the data's dtype: the expanded squares about the shift cancel where
+        # the clusters are far apart and tight (a float32 column loses them entirely)
+        y = torch.where(w != 0, y, torch.zeros_like(y)).double()
+        w = w.double()
         self.shape = y.shape  # (N, T', O)
         self.steps = torch.as_tensor(self.ts, device=y.device)
         # about the data's weighted mean, so that the expanded squares lose little to rounding
@@ -150,7 +154,7 @@ class Table:
         Normal [-log sigma - mu'^2 P / 2, mu' P, -P / 2] for [w, w y', w y'^2] (P = sigma^-2);
         Poisson [-lambda, log lambda]; Bernoulli [log(1 - p), log p - log(1 - p)];
         Exponential [log lambda, -lambda]; and 1 for the per-row constant."""
-        args = self.arguments(values)
+        args = [a.double() for a in self.arguments(values)]
         if self.family is dist.Normal:
             loc, scale = args
             precision = scale**-2
@@ -164,7 +168,7 @@ class Table:
             rows = [_log(args[0]), -args[0]]
         ones = rows[0].new_ones(rows[0].shape[0], 1)
         weights = torch.cat([*rows, ones], -1)  # (K, F)
-        return (self.columns @ weights.T).reshape(self.shape[0], self.shape[1], -1)
+        return (self.columns @ weights.T).reshape(self.shape[0], self.shape[1], -1).to(self.dtype)
 
     def posterior(self, post, n_steps: int, n_states: int) -> torch.Tensor:
         """(N, T', K): the (weighted) posterior of each row's state at the table's steps."""
@@ -172,9 +176,9 @@ class Table:
 
     def moments(self, q: torch.Tensor) -> tuple:
         """(K, O) sums over rows and steps of q w, q w y' and q w y'^2 (y' = y - shift; the last
-        for a Normal only, else None)."""
+        for a Normal only, else None), in float64."""
         o = self.shape[-1]
-        sums = q.reshape(-1, q.shape[-1]).T @ self.columns[:, :-1]
+        sums = q.double().reshape(-1, q.shape[-1]).T @ self.columns[:, :-1]
         parts = sums.split(o, -1)
         return parts[0], parts[1], parts[2] if len(parts) > 2 else None
 
@@ -186,7 +190,10 @@ class MvnTable(Table):
 
     def finish(self) -> None:
         y, w = torch.stack(self.y, 1), torch.stack(self.w, 1)
-        self.y, self.w = torch.where(w[..., None] != 0, y, torch.zeros_like(y)), w
+        self.dtype = y.dtype
+        y = torch.where(w[..., None] != 0, y, torch.zeros_like(y)).double()  # float64, as Table's
+        self.y, self.w = y, w.double()
+        w = self.w
         self.shape = y.shape  # (N, T', D)
         self.steps = torch.as_tensor(self.ts, device=y.device)
         total = w.sum()
@@ -209,14 +216,14 @@ class MvnTable(Table):
         """(N, T', K): -|L_k^-1 (y - mu_k)|^2 / 2 - log det L_k - D log(2 pi) / 2, times w; one
         (N T', D) x (D, D) product per state."""
         n, steps, d = self.y.shape
-        tril = self.trils(values)
+        tril = self.trils(values).double()
         eye = torch.eye(d, dtype=tril.dtype, device=tril.device)
         inverse = torch.linalg.solve_triangular(tril, eye.expand_as(tril), upper=False)
         k = len(tril)
         # z[n, k] = L_k^-1 y'_n - L_k^-1 mu'_k for every state at once: one (rows, D) x (D, K D)
         # product per block of rows (blocks keep the (rows, K, D) temporary in cache)
         wide = inverse.transpose(1, 2).permute(1, 0, 2).reshape(d, k * d)
-        offset = (inverse @ (self.locs(values) - self.shift).unsqueeze(-1)).reshape(k * d)
+        offset = (inverse @ (self.locs(values).double() - self.shift).unsqueeze(-1)).reshape(k * d)
         block = max(1, 2**18 // (k * d))
         maha = torch.cat(
             [
@@ -226,11 +233,11 @@ class MvnTable(Table):
         )
         half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         lp = -0.5 * maha - half_log_det - 0.5 * d * math.log(2 * math.pi)
-        return lp.reshape(n, steps, -1) * self.w[..., None]
+        return (lp.reshape(n, steps, -1) * self.w[..., None]).to(self.dtype)
 
     def moments(self, q: torch.Tensor) -> tuple:
         """sum over rows and steps of q w (K,), q w y' (K, D) and q w y' y'^T (K, D, D)."""
-        q = q.reshape(-1, q.shape[-1])
+        q = q.double().reshape(-1, q.shape[-1])
         qw = q * self.w.reshape(-1, 1)
         m0 = qw.sum(0)
         m1 = q.T @ self.wy

@@ -861,6 +861,7 @@ class _ChainRoute:
 
     @torch.no_grad()
     def _write(self, name: str, value: torch.Tensor) -> None:
+        value = value.to(self.unconstrained[name].dtype)  # the solve works in float64
         constraint = self.c.constraints[name]
         plain = plain_constraint(constraint)  # an AutoDelta's independent(simplex, 1) and the like
         tiny = torch.finfo(value.dtype).tiny
