@@ -292,3 +292,29 @@ def test_an_argument_that_is_a_gather_only_on_the_certified_rows_is_caught(monke
     result = em(offset_rate, x, max_iter=2, tol=0.0, device="cpu", m_step_steps=2)
     assert result.e_step == "enum"
     assert "is not a gather of param 'coef' on every row" in result.closed_form_refused
+
+
+def far_tight_mixture(x):
+    w = pyro.param("w", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    locs = pyro.param("locs", x.new_tensor([-990.0, 990.0]))
+    scales = pyro.param("scales", x.new_tensor([0.05, 0.05]), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(locs[z], scales[z]), obs=x)
+
+
+def test_tight_clusters_far_apart_in_float32_match_float64():
+    """Clusters at -1000 and 1000 with scales 0.01: the expanded squares about the data's mean
+    are ~1e10 per term, beyond float32; tables and statistics work in float64, so a float32 fit
+    agrees with the float64 one."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([-1000 + 0.01 * torch.randn(150, generator=g), 1000 + 0.01 * torch.randn(150, generator=g)])
+    x = x.double()[torch.randperm(300, generator=g)]
+    fits = []
+    for dtype in (torch.float64, torch.float32):
+        pyro.clear_param_store()
+        result = em(far_tight_mixture, x.to(dtype), max_iter=5, tol=0.0, device="cpu")
+        assert result.e_step == "chain"
+        fits.append((result.log_likelihood[-1], pyro.param("scales").detach().double()))
+    assert abs(fits[1][0] - fits[0][0]) < 1e-3 * abs(fits[0][0])
+    torch.testing.assert_close(fits[1][1], fits[0][1], rtol=1e-3, atol=0)

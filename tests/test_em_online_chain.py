@@ -148,3 +148,18 @@ def test_models_online_em_cannot_fit_are_refused_naming_the_fix():
         _fit(gaussian_hmm, (y, y), batch_size=10, **HMM)
     with pytest.raises(ConfigurationError, match="init='current'"):
         _fit(gaussian_hmm, y, batch_size=10, init="kmeans", **HMM)
+
+
+def test_a_dataloader_of_float64_rows_is_fitted_in_float64():
+    """A DataLoader has no dtype of its own: each batch keeps its floating dtype (not torch's
+    default float32), as the same rows given as a tensor would."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = _mixture_data(seed=2)
+    _, from_tensor = _fit(mvn_mixture, x, max_iter=1, batch_size=len(x))
+    _, from_loader = _fit(
+        mvn_mixture, DataLoader(TensorDataset(x), batch_size=len(x)), max_iter=1, batch_size=len(x)
+    )
+    for name, value in from_tensor.items():
+        assert from_loader[name].dtype == torch.float64
+        torch.testing.assert_close(from_loader[name], value, rtol=1e-10, atol=1e-12)

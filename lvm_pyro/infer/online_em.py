@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from lvm_pyro.data import validate_data
-from lvm_pyro.errors import ConfigurationError, DataError, ModelContractError
+from lvm_pyro.errors import ConfigurationError, DataError, DivergenceError, ModelContractError
 from lvm_pyro.models.gmm.missing import validate_missing_data
 from lvm_pyro.threads import single_threaded
 
@@ -148,6 +148,12 @@ class OnlineEM:
             self.shift = x.nanmean(0)
         out = self.model.expected_statistics(x, self.shift, self.chunk_size, sample_weight)
         total, batch = out if isinstance(out, tuple) else (None, out)
+        if total is not None and not math.isfinite(float(total)):
+            raise DivergenceError(
+                f"the log-likelihood of minibatch {self.t + 1} is {float(total)}: the parameters "
+                "left the data's support or underflowed; use float64 data, a better start, or "
+                "a larger batch_size"
+            )
         weight = float(len(x)) if sample_weight is None else float(sample_weight.sum())
         if weight <= 0:
             raise DataError("a minibatch has total sample weight 0: every row's weight is zero")
@@ -324,6 +330,8 @@ def online_em(
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
         raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
     data = _load(data)
+    any_shape = bool(getattr(model, "any_event_shape", False))
+    keep_dtype = any_shape and dtype is None  # a user's model: each batch keeps its floating dtype
     like = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     dtype = dtype or (like.dtype if like is not None else torch.get_default_dtype())
     device = device if device is not None else (like.device if like is not None else "cpu")
@@ -331,7 +339,6 @@ def online_em(
         model.to(dtype=dtype, device=device)
     n_features = getattr(model, "n_features", None)
     missing = bool(getattr(model, "missing_values", False))
-    any_shape = bool(getattr(model, "any_event_shape", False))
     indexable = _indexable(data)
     weights = None
     if sample_weight is not None:
@@ -372,7 +379,8 @@ def online_em(
         t_pass = time.perf_counter()
         total, weight = 0.0, 0.0
         for i, (batch, w) in enumerate(_batches(data, batch_size, weights, rng)):
-            x = _as_rows(batch, dtype, device, n_features, f"data batch {i} of pass {p}", missing, any_shape)
+            name = f"data batch {i} of pass {p}"
+            x = _as_rows(batch, None if keep_dtype else dtype, device, n_features, name, missing, any_shape)
             wt = (
                 None
                 if w is None

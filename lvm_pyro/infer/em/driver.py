@@ -1410,9 +1410,9 @@ def _online(model, data, *, guide, batch_size, max_iter, tol, n_init, init, chun
         floating = getattr(data, "dtype", None)
         if isinstance(floating, np.dtype):
             floating = torch.from_numpy(np.zeros(0, dtype=floating)).dtype
+        # an array's floating dtype; None: each batch keeps its own (a DataLoader's float64 stays)
         dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point else None
-        dtype = dtype or torch.get_default_dtype()
-        dev = dev if dev is not None else "cpu"
+        dev = resolve_device(device)
     run = online_em(target, data, batch_size=batch_size, max_passes=max_iter, tol=tol, init=init,
                     seed=seed, chunk_size=chunk_size, sample_weight=sample_weight, device=dev, dtype=dtype)
     if canonical_order and hasattr(source, "canonicalize_"):
