@@ -93,9 +93,9 @@ def _closed(c, src) -> bool:
 
 
 def _distinct(g, key: torch.Tensor, space: int, name: str):
-    """The distinct pair keys (in [0, space)) of a group's elements, each element's place among
-    them, and the elements ordered by it with the count per key (computed once per group):
-    by a scatter over the key space where it is not much larger than the group, else a sort."""
+    """The distinct pair keys (in [0, space)) of a group's elements and each element's place
+    among them (computed once per group and ``name``): by a scatter over the key space where it
+    is not much larger than the group, else a sort."""
     cache = g.__dict__.setdefault("_pairs", {})
     if name not in cache:
         if space <= max(2**22, 4 * len(key)):
