@@ -195,18 +195,23 @@ FITS = {
 
 def map_reference(x: torch.Tensor, start: dict, iters: int) -> list[float]:
     """Hand-written MAP-ECM, the objective (log-likelihood + log prior) per point after each
-    M-step: weights (n_k + alpha - 1) / (N + K (alpha - 1)); each loc
-    (n_k P_k + I / s0^2)^-1 (P_k sum_n r_nk x_n) with P_k the old precision (prior mean 0);
-    each covariance the weighted scatter about its new loc over n_k."""
-    if start["covariance"] == "diag":
-        return _map_reference_diag(x, start, iters)
-    w, m, c = start["weights"].clone(), start["locs"].clone(), start["covs"].clone()
+    M-step: weights (n_k + alpha - 1) / (N + K (alpha - 1)); then the locs given the old
+    covariances (prior mean 0), then the covariances about the new locs. Full: each loc
+    (n_k P_k + I / s0^2)^-1 (P_k sum_n r_nk x_n) with P_k the old precision, each covariance the
+    weighted scatter over n_k. Diag: each loc entry (n_k / s^2 + 1 / s0^2)^-1 sum_n r_nk x_n / s^2
+    with the old scale s, each scale the weighted deviation."""
+    diag = start["covariance"] == "diag"
+    w, m = start["weights"].clone(), start["locs"].clone()
+    spread = start["scales"].clone() if diag else start["covs"].clone()
     n, (k, d) = len(x), m.shape
     eye = torch.eye(d, dtype=x.dtype)
     prior_w, prior_m = dist.Dirichlet(x.new_full((k,), ALPHA)), dist.Normal(x.new_zeros(()), S0)
     objective = []
     for i in range(iters + 1):
-        logp = w.log() + dist.MultivariateNormal(m, covariance_matrix=c).log_prob(x[:, None, :])
+        if diag:
+            logp = w.log() + dist.Normal(m, spread).log_prob(x[:, None, :]).sum(-1)
+        else:
+            logp = w.log() + dist.MultivariateNormal(m, covariance_matrix=spread).log_prob(x[:, None, :])
         ll = logp.logsumexp(1)
         objective.append(float(ll.sum() + prior_w.log_prob(w) + prior_m.log_prob(m).sum()) / n)
         if i == iters:
@@ -214,32 +219,15 @@ def map_reference(x: torch.Tensor, start: dict, iters: int) -> list[float]:
         r = (logp - ll[:, None]).exp()
         nk = r.sum(0)
         w = (nk + ALPHA - 1) / (n + k * (ALPHA - 1))
-        precision = torch.linalg.inv(c)
+        if diag:
+            m = ((r.T @ x) / spread**2) / (nk[:, None] / spread**2 + 1 / S0**2)
+            spread = ((r.T @ x**2 - 2 * m * (r.T @ x) + nk[:, None] * m**2) / nk[:, None]).sqrt()
+            continue
+        precision = torch.linalg.inv(spread)
         lhs = nk[:, None, None] * precision + eye / S0**2
         m = torch.linalg.solve(lhs, precision @ (r.T @ x)[..., None])[..., 0]
-        c = torch.stack([((r[:, j, None] * (x - m[j])).T @ (x - m[j])) / nk[j] for j in range(k)])
-        c = 0.5 * (c + c.transpose(-1, -2))
-    return objective
-
-
-def _map_reference_diag(x: torch.Tensor, start: dict, iters: int) -> list[float]:
-    """The diagonal model's MAP-ECM: each loc entry (n_k / s^2 + 1 / s0^2)^-1 sum_n r_nk x_n / s^2
-    with the old scale s, then each scale the weighted deviation about the new loc."""
-    w, m, s = start["weights"].clone(), start["locs"].clone(), start["scales"].clone()
-    n, k = len(x), len(w)
-    prior_w, prior_m = dist.Dirichlet(x.new_full((k,), ALPHA)), dist.Normal(x.new_zeros(()), S0)
-    objective = []
-    for i in range(iters + 1):
-        logp = w.log() + dist.Normal(m, s).log_prob(x[:, None, :]).sum(-1)
-        ll = logp.logsumexp(1)
-        objective.append(float(ll.sum() + prior_w.log_prob(w) + prior_m.log_prob(m).sum()) / n)
-        if i == iters:
-            return objective
-        r = (logp - ll[:, None]).exp()
-        nk = r.sum(0)
-        w = (nk + ALPHA - 1) / (n + k * (ALPHA - 1))
-        m = ((r.T @ x) / s**2) / (nk[:, None] / s**2 + 1 / S0**2)
-        s = ((r.T @ x**2 - 2 * m * (r.T @ x) + nk[:, None] * m**2) / nk[:, None]).sqrt()
+        spread = torch.stack([((r[:, j, None] * (x - m[j])).T @ (x - m[j])) / nk[j] for j in range(k)])
+        spread = 0.5 * (spread + spread.transpose(-1, -2))
     return objective
 
 
