@@ -39,6 +39,15 @@ def mixture(x):
         pyro.sample("obs", dist.Normal(loc[z], 1.0), obs=x[:, 0])
 
 
+def positive_locs(x):
+    """A mixture whose locs are constrained positive: no closed form, so no online EM."""
+    w = pyro.param("bad_em_pw", x.new_tensor([0.5, 0.5]), constraint=constraints.simplex)
+    loc = pyro.param("bad_em_ploc", x.new_tensor([0.5, 2.0]), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("obs", dist.Normal(loc[z], 1.0), obs=x[:, 0])
+
+
 def _mix(**kwargs):
     pyro.clear_param_store()
     kwargs.setdefault("max_iter", 2)
@@ -463,8 +472,9 @@ CASES = [
     Case("sample_weight with a model's m_step",
          lambda: em(_PoissonWithMStep(), torch.ones(6, 1), sample_weight=np.ones(6), device="cpu"),
          ConfigurationError, r"own m_step.*receives no weights"),
-    Case("batch_size on a user model", lambda: em(mixture, _x(), batch_size=5, device="cpu"),
-         ConfigurationError, r"batch_size=.*expected_statistics.*fit\(\.\.\., batch_size=\)"),
+    Case("batch_size on a user model with gradient-route params",
+         lambda: em(positive_locs, _x(), batch_size=5, device="cpu"),
+         ConfigurationError, r"\['bad_em_ploc'\] take gradient steps.*batch_size=None"),
     Case("batch_size zero", lambda: _gmm(batch_size=0), ConfigurationError,
          r"batch_size must be a positive integer"),
     Case("batch_size with n_init", lambda: _gmm(batch_size=5, n_init=2), ConfigurationError,
