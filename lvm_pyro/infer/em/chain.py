@@ -561,16 +561,18 @@ class CompiledChain:
                 """A tensor of the batch shape, repeated over the event dims, flattened."""
                 return flat(t.reshape(t.shape + (1,) * events))
 
+            # the arguments decoded once, for a table or the general layout
+            if family is not dist.Categorical:
+                sources, decoded = self._decode_site(s, base, args, probe_sites)
             tabled = EMISSION_TABLES and not shared and len(deps) == 1
+            axes = (len(batch) + data_dim, len(batch) + dims.get("j", 0))
             if tabled and family is dist.MultivariateNormal and not event:
                 w_full = weight.reshape(wshape)
-                axes = (len(batch) + data_dim, len(batch) + dims["j"])
-                if self._mvn_table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
+                if self._mvn_table(s, base, sources, args, decoded, w_full, fmask, full, axes, deps[0]):
                     continue
             if tabled and family in TABLE_FAMILIES:
                 w_full = weight.reshape(wshape + (1,) * events)
-                axes = (len(batch) + data_dim, len(batch) + dims["j"])
-                if self._table(s, base, args, probe_sites, w_full, fmask, full, axes, deps[0]):
+                if self._table(s, family, sources, args, decoded, w_full, fmask, full, axes, deps[0]):
                     continue
             value = s["value"]
             if family is dist.Categorical:
@@ -582,12 +584,8 @@ class CompiledChain:
             elif family is dist.MultivariateNormal:
                 if event:
                     raise NotCompilable(f"site {s['name']!r} reinterprets a MultivariateNormal's batch dims")
-                pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
                 d = base.event_shape[0]
-                src_loc, ix = self._decode_entries(pb.loc, base.loc)
-                src_mat, rows = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
-                self._record(s["name"], args, (src_loc, src_mat), (ix, rows))
-                sources = (src_loc, src_mat)
+                (src_loc, src_mat), (ix, rows) = sources, decoded
                 idx = [
                     flat(ix, trailing=(d,))
                     if src_loc[0] == "param"
@@ -596,14 +594,7 @@ class CompiledChain:
                 ]
                 y = flat(value.to(self.dtype), trailing=(d,))
             else:
-                idx, sources = [], []
-                pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
-                for arg in args:
-                    src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
-                    self._record(s["name"], (arg,), (src,), (ix,))
-                    sources.append(src)
-                    idx.append(flat(ix) if src[0] == "param" else flat(ix.to(self.dtype)))
-                sources = tuple(sources)
+                idx = [flat(self._placed(src, ix)) for src, ix in zip(sources, decoded)]
                 y = flat(value.to(self.dtype))
                 if family is dist.Bernoulli and not bool(((y == 0) | (y == 1)).all()):
                     raise NotCompilable(f"site {s['name']!r} has Bernoulli values other than 0 and 1")
@@ -624,17 +615,26 @@ class CompiledChain:
         self.row_pairs = any(g.sel[2] is None or len(g.sel[2]) for g in self.groups)
         self._roles()
 
-    def _table(self, s, base, args, probe_sites, weight, fmask, full, axes, step: int) -> bool:
+    def _decode_site(self, s, base, args, probe_sites) -> tuple:
+        """The sources of a site's arguments (a param gather or a constant) and their indices or
+        values (a MultivariateNormal's second argument a matrix), each param gather remembered
+        for :meth:`_check_reads`."""
+        pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
+        sources, decoded = [], []
+        for i, arg in enumerate(args):
+            matrix = type(base) is dist.MultivariateNormal and i == 1
+            decode = self._decode_matrix if matrix else self._decode_entries
+            src, ix = decode(_arg(pb, arg), _arg(base, arg))
+            if src[0] == "param":
+                self._read(s["name"], arg, "matrix" if matrix else "entries", src[1], ix)
+            sources.append(src)
+            decoded.append(ix)
+        return tuple(sources), decoded
+
+    def _table(self, s, family, sources, args, decoded, weight, fmask, full, axes, step: int) -> bool:
         """Keep site ``s`` (at chain step ``step``) as an emission table (:mod:`.chain_tables`)
         where its layout fits: False leaves it to the general layout."""
-        family = type(base)
-        pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
-        sources, idx = [], []
-        for arg in args:
-            src, ix = self._decode_entries(_arg(pb, arg), _arg(base, arg))
-            self._record(s["name"], (arg,), (src,), (ix,))
-            sources.append(src)
-            idx.append(ix if src[0] == "param" else torch.as_tensor(ix, device=self.device).to(self.dtype))
+        idx = [self._placed(src, ix) for src, ix in zip(sources, decoded)]
         if fmask is not None:
             weight = weight * fmask.to(self.dtype)
         layout = table_layout(idx, s["value"].to(self.dtype), weight, tuple(full), *axes)
@@ -643,54 +643,42 @@ class CompiledChain:
         idx, y, w = layout
         if family is dist.Bernoulli and not bool(((y == 0) | (y == 1) | (w == 0)).all()):
             raise NotCompilable(f"site {s['name']!r} has Bernoulli values other than 0 and 1")
-        sources = tuple(sources)
-        tab = next((t for t in self.tables if t.accepts(family, sources, args, idx)), None)
-        if tab is None:
-            tab = Table(family, sources, args, idx)
-            self.tables.append(tab)
-        tab.ts.append(step)
-        tab.y.append(y)
-        tab.w.append(w)
+        self._add_to_table(Table, family, sources, args, idx, step, y, w)
         return True
 
-    def _record(self, site: str, args: tuple, sources: tuple, indices: tuple) -> None:
-        """:meth:`_read` for the param arguments among ``args`` (a MultivariateNormal's second one
-        a matrix)."""
-        for i, (arg, src, ix) in enumerate(zip(args, sources, indices)):
-            if src[0] == "param":
-                self._read(site, arg, "matrix" if src[1] in self.matrix and i == 1 else "entries", src[1], ix)
-
-    def _mvn_table(self, s, base, args, probe_sites, weight, fmask, full, axes, step: int) -> bool:
+    def _mvn_table(self, s, base, sources, args, decoded, weight, fmask, full, axes, step: int) -> bool:
         """Keep a MultivariateNormal site as a table (one loc row and one matrix per state) where
         its layout fits: False leaves it to the general layout."""
-        pb = _unwrap(probe_sites[s["name"]]["fn"])[0]
         d = base.event_shape[0]
-        src_loc, loc = self._decode_entries(pb.loc, base.loc)
-        src_mat, mat = self._decode_matrix(_arg(pb, args[1]), _arg(base, args[1]))
+        loc, mat = (self._placed(src, ix) for src, ix in zip(sources, decoded))
         if fmask is not None:
             weight = weight * fmask.to(self.dtype)
-        if src_loc[0] == "const":
-            loc = loc.to(self.device, self.dtype)
-        if src_mat[0] == "const":
-            mat = mat.to(self.device, self.dtype)
         value = s["value"].to(self.dtype)
-        layout = mvn_table_layout(loc, mat, src_mat[0] == "param", value, weight, tuple(full), *axes)
+        layout = mvn_table_layout(loc, mat, sources[1][0] == "param", value, weight, tuple(full), *axes)
         if layout is None:
             return False
         loc, mat, y, w = layout
-        if src_loc[0] == "param":  # whole rows of the loc param, or the general layout
+        if sources[0][0] == "param":  # whole rows of the loc param, or the general layout
             rows = loc[:, 0] // d
             if not torch.equal(loc, rows[:, None] * d + torch.arange(d, device=loc.device)):
                 return False
-        sources, idx = (src_loc, src_mat), [loc, mat]
-        tab = next((t for t in self.tables if t.accepts(dist.MultivariateNormal, sources, args, idx)), None)
+        self._add_to_table(MvnTable, dist.MultivariateNormal, sources, args, [loc, mat], step, y, w)
+        return True
+
+    def _placed(self, src: tuple, ix: torch.Tensor) -> torch.Tensor:
+        """A param's indices as they are; a constant on the data's device and dtype."""
+        return ix if src[0] == "param" else ix.to(self.device, self.dtype)
+
+    def _add_to_table(self, kind, family, sources, args, idx, step: int, y, w) -> None:
+        """Step ``step``'s values and weights join the table of the same family, argument sources
+        and param entries, or a new one."""
+        tab = next((t for t in self.tables if t.accepts(family, sources, args, idx)), None)
         if tab is None:
-            tab = MvnTable(dist.MultivariateNormal, sources, args, idx)
+            tab = kind(family, sources, args, idx)
             self.tables.append(tab)
         tab.ts.append(step)
         tab.y.append(y)
         tab.w.append(w)
-        return True
 
     def _priors(self, priors: list, probe_sites: dict) -> None:
         """The prior of every point-estimated global: its site's value must be one whole param of
