@@ -176,7 +176,8 @@ def _table_statistics(c, tab, values: dict, post, st: Statistics) -> None:
 
 
 def _scatter_about(m0, m1, m2, delta):
-    """sum q w (y' - delta)(y' - delta)^T from the moments about the shift, per state."""
+    """sum q w (y' - delta)(y' - delta)^T from the moments sum q w, sum q w y', sum q w y' y'^T
+    (about a shift or a reference point), per state or pair."""
     outer = delta[:, :, None] * m1[:, None, :]
     return m2 - outer - outer.transpose(-1, -2) + m0[:, None, None] * delta[:, :, None] * delta[:, None, :]
 
@@ -465,11 +466,7 @@ def _mvn_matrices(c, st: Statistics, n: str, values: dict, new: dict) -> torch.T
         loc = key[1]
         li, mi = keys // rows, keys % rows
         delta = new[loc].reshape(-1, d)[li] - st.reference[loc].reshape(-1, d)[li]
-        outer = WY[:, :, None] * delta[:, None, :]
-        part = (
-            WYY - outer - outer.transpose(-1, -2) + W[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        )
-        scatter.index_add_(0, mi, part)
+        scatter.index_add_(0, mi, _scatter_about(W, WY, WYY, delta))
         w_sum.index_add_(0, mi, W)
     cov = scatter / w_sum.clamp_min(torch.finfo(old.dtype).tiny)[:, None, None]
     cov = 0.5 * (cov + cov.transpose(-1, -2))
